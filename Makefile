@@ -1,0 +1,47 @@
+# The two commands a newcomer needs:  make reproduce   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT ?= results/local
+
+.PHONY: reproduce test venv lint bench stress cluster-up cluster-down clean
+
+## venv: create .venv with pip and install the package with DALI and the test tools
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dali,test]'
+	@touch $(STAMP)
+
+## reproduce: run the quick campaign sized for this machine and write the report
+reproduce: $(STAMP)
+	$(VENV)/bin/pyramidrepro reproduce --out $(OUT)
+
+## test: lint, then the whole suite (starts the local Slurm test cluster when it can)
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+## bench: the benchmark scripts (figures printed, not asserted)
+bench: $(STAMP)
+	$(PY) benchmarks/ddp_scaling.py
+	$(VENV)/bin/pyramidrepro bench-loader --loader torchvision
+	$(VENV)/bin/pyramidrepro bench-loader --loader torch
+	$(VENV)/bin/pyramidrepro bench-loader --loader dali
+
+stress: $(STAMP)
+	$(PY) benchmarks/ddp_stress.py --runs 20
+
+cluster-up:
+	bash slurm/dev/cluster.sh start
+cluster-down:
+	bash slurm/dev/cluster.sh stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache results/local

@@ -1,0 +1,438 @@
+"""Experiment configuration: one schema for every experiment YAML.
+
+A config is a tree of dataclasses.  ``load_config`` reads a YAML file with ``yaml.safe_load``,
+applies ``--set dotted.key=VALUE`` overrides (VALUE parsed as YAML) and validates every key
+against the schema; any problem raises :class:`ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem: file, dotted key and what was expected."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source, self.key, self.message = source, key, message
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + message)
+
+
+@dataclass
+class ModelConfig:
+    """PyramidNet variant."""
+
+    depth: int = 110
+    alpha: float = 48.0
+    block: Literal["basic", "bottleneck"] = "basic"
+    widening: Literal["additive", "multiplicative"] = "additive"
+    num_classes: int = 10
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are loaded and augmented."""
+
+    source: Literal["cifar10", "synthetic"] = "cifar10"
+    root: str = "data"
+    download: bool = False
+    checksums: Optional[dict[str, str]] = None
+    loader: Literal["torch", "torchvision", "dali"] = "torch"
+    augment: bool = True
+    num_workers: int = 2
+    synthetic_train_size: int = 50000
+    synthetic_test_size: int = 10000
+    synthetic_learnable: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, parallel mode, precision and run length."""
+
+    mode: Literal["single", "dp", "dp_balanced", "ddp"] = "single"
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    warmup_steps: int = 5
+    lr: Optional[float] = None
+    base_lr: float = 0.1
+    lr_reference_batch: int = 128
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    optimizer_impl: Literal["auto", "foreach", "fused", "plain"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: Optional[str] = None
+    seed: int = 0
+    log_every: int = 20
+    evaluate: bool = True
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_bn: bool = False
+    allow_cpu_dp: bool = False
+    accumulation_steps: int = 1
+    activation_checkpointing: bool = False
+    gradient_as_bucket_view: bool = True
+    static_graph: bool = False
+    bucket_cap_mb: float = 25.0
+    threads: Optional[int] = None
+    dist_timeout_s: float = 120.0
+    checkpoint_every_s: Optional[float] = 300.0
+
+
+@dataclass
+class DevicesConfig:
+    """Which device to use and how to constrain it."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    memory_limit_gb: Optional[float] = None
+    cudnn_benchmark: bool = True
+
+
+@dataclass
+class MetricsConfig:
+    """HDF5 metrics writer settings."""
+
+    flush_interval_s: float = 2.0
+
+
+@dataclass
+class ClusterConfig:
+    """Where ``pyramidrepro submit`` sends the job."""
+
+    executor: Literal["slurm", "local", "debug"] = "local"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    time_min: int = 60
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: Optional[int] = None
+    cpus_per_task: int = 2
+    mem_gb: Optional[float] = None
+    array_parallelism: int = 16
+    signal_delay_s: int = 120
+    max_requeues: int = 3
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContainerConfig:
+    """Apptainer image the jobs run in (optional)."""
+
+    image: Optional[str] = None
+    binds: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    apptainer: str = "apptainer"
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: the root of every YAML file."""
+
+    name: str = "experiment"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Short stable hash of the resolved config (sweep excluded)."""
+        d = self.to_dict()
+        d.pop("sweep", None)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate: ``train.lr`` or base_lr scaled linearly with the global batch."""
+        t = self.train
+        if t.lr is not None:
+            return t.lr
+        return t.base_lr * t.batch_size / t.lr_reference_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic validation from the dataclass type hints
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any value"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, source, key)
+            except ConfigError:
+                continue
+        raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a mapping, got {value!r}")
+        ktp, vtp = typing.get_args(tp)
+        return {
+            _coerce(k, ktp, source, key): _coerce(v, vtp, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string: accept it
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix or "<root>", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            dotted = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(
+                source, dotted, f"unknown key (allowed here: {', '.join(names)})"
+            )
+    kwargs = {}
+    for k, v in raw.items():
+        dotted = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _coerce(v, hints[k], source, dotted)
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
+    from .model import blocks_per_stage
+
+    m, t, d = cfg.model, cfg.train, cfg.data
+    try:
+        blocks_per_stage(m.depth, m.block)
+    except ValueError as exc:
+        raise ConfigError(source, "model.depth", str(exc)) from None
+    if m.alpha < 0:
+        raise ConfigError(source, "model.alpha", f"must be >= 0, got {m.alpha}")
+    if m.num_classes < 1:
+        raise ConfigError(source, "model.num_classes", "must be >= 1")
+    positive = {
+        "train.batch_size": t.batch_size,
+        "train.epochs": t.epochs,
+        "train.log_every": t.log_every,
+        "train.accumulation_steps": t.accumulation_steps,
+        "train.lr_reference_batch": t.lr_reference_batch,
+        "data.synthetic_train_size": d.synthetic_train_size,
+        "data.synthetic_test_size": d.synthetic_test_size,
+        "cluster.nodes": cfg.cluster.nodes,
+        "cluster.cpus_per_task": cfg.cluster.cpus_per_task,
+        "cluster.time_min": cfg.cluster.time_min,
+        "cluster.array_parallelism": cfg.cluster.array_parallelism,
+    }
+    for key, val in positive.items():
+        if val <= 0:
+            raise ConfigError(source, key, f"must be > 0, got {val}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        raise ConfigError(source, "train.max_steps", f"must be > 0, got {t.max_steps}")
+    if t.warmup_steps < 0:
+        raise ConfigError(source, "train.warmup_steps", "must be >= 0")
+    if t.batch_size % t.accumulation_steps:
+        raise ConfigError(
+            source,
+            "train.accumulation_steps",
+            f"batch_size {t.batch_size} does not divide into {t.accumulation_steps} micro batches",
+        )
+    if d.num_workers < 0:
+        raise ConfigError(source, "data.num_workers", "must be >= 0")
+    if t.threads is not None and t.threads <= 0:
+        raise ConfigError(source, "train.threads", "must be > 0")
+    for i, ms in enumerate(t.lr_milestones):
+        if not 0 < ms <= 1:
+            raise ConfigError(source, f"train.lr_milestones[{i}]", "fractions in (0, 1]")
+    if cfg.devices.memory_limit_gb is not None and cfg.devices.memory_limit_gb <= 0:
+        raise ConfigError(source, "devices.memory_limit_gb", "must be > 0")
+    if cfg.cluster.gpus_per_node < 0:
+        raise ConfigError(source, "cluster.gpus_per_node", "must be >= 0")
+    if cfg.cluster.tasks_per_node is not None and cfg.cluster.tasks_per_node <= 0:
+        raise ConfigError(source, "cluster.tasks_per_node", "must be > 0")
+    if d.checksums:
+        for name, md5 in d.checksums.items():
+            if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5.lower()):
+                raise ConfigError(source, f"data.checksums.{name}", f"not an MD5 hex digest: {md5!r}")
+    for key, values in cfg.sweep.items():
+        if not values:
+            raise ConfigError(source, f"sweep.{key}", "needs a non-empty list of values")
+        if key.startswith("sweep") or key.split(".")[0] in ("cluster", "container"):
+            raise ConfigError(source, f"sweep.{key}", "cannot sweep over this section")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``dotted.key=VALUE``; VALUE is parsed as YAML (so lists and mappings work)."""
+    if "=" not in text:
+        raise ConfigError("--set", text, "expected dotted.key=VALUE")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError("--set", text, "empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", key, f"value is not valid YAML: {exc}") from None
+    return key, value
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(source, ".".join(parts[: i + 1]), "is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate a raw mapping against the schema."""
+    cfg = _build(ExperimentConfig, raw, source, "")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one experiment file; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), "", "no such file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(str(p), "", f"malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(p), "<root>", "expected a mapping at the top level")
+    raw.setdefault("name", p.stem)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML."""
+    raw = read_yaml(path)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(raw, key, value)
+    return config_from_dict(raw, str(path))
+
+
+def sweep_points(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Cartesian product of ``sweep`` as a list of {dotted key: value}; [{}] without a sweep."""
+    import itertools
+
+    keys = list(cfg.sweep)
+    if not keys:
+        return [{}]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.sweep[k] for k in keys))]
+
+
+def expand_sweep(cfg: ExperimentConfig, source: str = "<config>") -> list[tuple[str, ExperimentConfig]]:
+    """One (run id, config) per sweep point; each point's config is validated on its own."""
+    base = cfg.to_dict()
+    base["sweep"] = {}
+    out = []
+    for i, point in enumerate(sweep_points(cfg)):
+        raw = json.loads(json.dumps(base))
+        for key, value in point.items():
+            apply_override(raw, key, value, source=f"{source}: sweep")
+        point_cfg = config_from_dict(raw, f"{source} (sweep point {point})")
+        out.append((point_run_id(i, point, point_cfg), point_cfg))
+    return out
+
+
+def point_run_id(index: int, point: dict[str, Any], cfg: ExperimentConfig) -> str:
+    """A stable, readable run id: index, the swept values, and the resolved config's hash."""
+    parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
+    slug = "-".join(parts).replace("/", "_").replace(" ", "")
+    return f"p{index:03d}-{slug}-{cfg.digest()}" if slug else f"run-{cfg.digest()}"

@@ -1,0 +1,506 @@
+"""CIFAR-10 data: the official "python version" files, synthetic data, sharding and loaders.
+
+The reader verifies MD5 checksums **before** anything is unpickled and then unpickles with a
+restricted unpickler that only admits what a CIFAR batch contains (a dict, lists, numpy arrays).
+Loaders share one small interface (``len``, ``set_epoch``, iteration yielding ``(images, labels)``
+on the training device) so the trainer does not care which one it drives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+META_FILE = "batches.meta"
+#: The official checksums, as published with the dataset and used by every major loader.
+OFFICIAL_MD5 = {
+    ARCHIVE_NAME: "c58f30108f718f92721af3b95e74349a",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    META_FILE: "5ff9c542aee3614f3951f8cda6e48888",
+}
+#: Per-channel mean and standard deviation of the CIFAR-10 training images, on a 0..1 scale.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+PAD = 4
+
+
+class DataError(RuntimeError):
+    """Missing, corrupted or malformed data files."""
+
+
+@dataclass
+class ImageSet:
+    """A split held in memory: uint8 images N x 3 x 32 x 32 (RGB, CHW) and int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    test: ImageSet
+    source: str  # "cifar10 (<path>)" or "synthetic"
+
+
+# ---------------------------------------------------------------------------------------------
+# Official-format reader
+# ---------------------------------------------------------------------------------------------
+
+
+def md5_bytes(blob: bytes) -> str:
+    return hashlib.md5(blob, usedforsecurity=False).hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only the globals that a CIFAR batch file needs (numpy array reconstruction)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR file")
+        return super().find_class(module, name)
+
+
+def _unpickle(blob: bytes, name: str) -> dict:
+    """Unpickle a Python-2-era CIFAR pickle; keys come back as str whatever the encoding gave."""
+    try:
+        obj = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as exc:  # noqa: BLE001 - any failure is a malformed file
+        raise DataError(f"{name}: not a CIFAR pickle ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{name}: expected a dict, got {type(obj).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _batch_arrays(d: dict, name: str) -> ImageSet:
+    if "data" not in d or ("labels" not in d and "fine_labels" not in d):
+        raise DataError(f"{name}: missing keys 'data'/'labels' (has {sorted(d)})")
+    data = d["data"]
+    if isinstance(data, (bytes, str)):
+        raise DataError(f"{name}: 'data' is not an array")
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{name}: 'data' has shape {data.shape}, expected N x 3072")
+    labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{name}: {labels.shape[0]} labels for {data.shape[0]} images")
+    return ImageSet(data.reshape(-1, 3, 32, 32), labels)
+
+
+def _concat(parts: list[ImageSet]) -> ImageSet:
+    return ImageSet(
+        np.ascontiguousarray(np.concatenate([p.images for p in parts])),
+        np.concatenate([p.labels for p in parts]),
+    )
+
+
+def _missing_message(root: Path) -> str:
+    return (
+        f"CIFAR-10 not found under {root}: put the official archive {ARCHIVE_NAME} "
+        f"({ARCHIVE_URL}) in {root}/, or its extracted folder {BATCHES_DIR}/ there; "
+        "set data.download: true to fetch it on a machine that is online, "
+        "or use data.source: synthetic"
+    )
+
+
+def download_cifar10(root: Path) -> Path:
+    """Fetch the official archive into ``root`` (verified before it is kept)."""
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / ARCHIVE_NAME
+    tmp = root / (ARCHIVE_NAME + ".part")
+    try:
+        with urllib.request.urlopen(ARCHIVE_URL, timeout=30) as resp, open(tmp, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"download of {ARCHIVE_URL} failed ({exc}). " + _missing_message(root))
+    digest = md5_file(tmp)
+    if digest != OFFICIAL_MD5[ARCHIVE_NAME]:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"downloaded {ARCHIVE_NAME} has MD5 {digest}, expected the official one")
+    tmp.rename(dest)
+    return dest
+
+
+def load_cifar10(
+    root: str | Path, checksums: dict[str, str] | None = None, download: bool = False
+) -> DataSplits:
+    """Load CIFAR-10 from ``root`` (the archive, the batches folder, or a folder holding either).
+
+    ``checksums`` (file name -> MD5) replaces the official table, for data in the official
+    format that is not the official archive; every file is verified before it is unpickled.
+    """
+    root = Path(root)
+    table = dict(checksums) if checksums else dict(OFFICIAL_MD5)
+    batches = next(
+        (d for d in (root / BATCHES_DIR, root) if (d / TRAIN_FILES[0]).is_file()), None
+    )
+    archive = next(
+        (a for a in (root / ARCHIVE_NAME, root) if a.is_file() and a.name.endswith("tar.gz")),
+        None,
+    )
+    if batches is None and archive is None and download:
+        archive = download_cifar10(root)
+    if batches is not None:
+        blobs = {}
+        for name in TRAIN_FILES + TEST_FILES:
+            path = batches / name
+            if not path.is_file():
+                raise DataError(f"{path}: missing. " + _missing_message(root))
+            blobs[name] = path.read_bytes()
+        _verify(blobs, table, batches)
+        where = batches
+    elif archive is not None:
+        if ARCHIVE_NAME in table or archive.name in table:
+            expect = table.get(archive.name, table.get(ARCHIVE_NAME))
+            digest = md5_file(archive)
+            if digest != expect:
+                raise DataError(
+                    f"{archive}: MD5 {digest} does not match the expected {expect}; "
+                    "refusing to unpickle it (re-download the archive, or give its checksum "
+                    "in data.checksums if it is your own data in the official format)"
+                )
+            archive_verified = True
+        else:
+            archive_verified = False
+        blobs = {}
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                base = os.path.basename(member.name)
+                if member.isfile() and base in TRAIN_FILES + TEST_FILES:
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    blobs[base] = fh.read()
+        missing = [n for n in TRAIN_FILES + TEST_FILES if n not in blobs]
+        if missing:
+            raise DataError(f"{archive}: archive lacks {', '.join(missing)}")
+        if not archive_verified:
+            _verify(blobs, table, archive)
+        where = archive
+    else:
+        raise DataError(_missing_message(root))
+    train = _concat([_batch_arrays(_unpickle(blobs[n], n), n) for n in TRAIN_FILES])
+    test = _concat([_batch_arrays(_unpickle(blobs[n], n), n) for n in TEST_FILES])
+    return DataSplits(train, test, f"cifar10 ({where})")
+
+
+def _verify(blobs: dict[str, bytes], table: dict[str, str], where: Path) -> None:
+    for name, blob in blobs.items():
+        expect = table.get(name)
+        if expect is None:
+            raise DataError(
+                f"{where}/{name}: no checksum to verify it against; "
+                f"give one in data.checksums.{name} (verification is never skipped)"
+            )
+        digest = md5_bytes(blob)
+        if digest != expect.lower():
+            raise DataError(
+                f"{where}/{name}: MD5 {digest} does not match the expected {expect}; "
+                "refusing to unpickle it"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_splits(
+    train_size: int, test_size: int, num_classes: int = 10, seed: int = 0, learnable: bool = False
+) -> DataSplits:
+    """CIFAR-shaped uint8 data made in memory.
+
+    ``learnable=False``: uniform noise with random labels (for throughput).  ``learnable=True``:
+    each class is a smooth colour template plus noise, which a small network learns in seconds.
+    """
+    rng = np.random.default_rng(seed)
+    if not learnable:
+        def make(n: int) -> ImageSet:
+            return ImageSet(
+                rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8),
+                rng.integers(0, num_classes, size=n).astype(np.int64),
+            )
+        return DataSplits(make(train_size), make(test_size), "synthetic")
+    coarse = rng.uniform(0, 255, size=(num_classes, 3, 4, 4))
+    templates = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
+
+    def make_learnable(n: int) -> ImageSet:
+        labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+        noise = rng.normal(0, 40, size=(n, 3, 32, 32))
+        images = np.clip(templates[labels] * 0.7 + 38 + noise, 0, 255).astype(np.uint8)
+        return ImageSet(images, labels)
+
+    return DataSplits(make_learnable(train_size), make_learnable(test_size), "synthetic")
+
+
+def check_data_available(data_cfg) -> None:  # noqa: ANN001
+    """Fail early (before any run folder exists) when CIFAR-10 files are not where promised."""
+    if data_cfg.source != "cifar10" or data_cfg.download:
+        return
+    root = Path(data_cfg.root)
+    candidates = [root / BATCHES_DIR / TRAIN_FILES[0], root / TRAIN_FILES[0], root / ARCHIVE_NAME]
+    if not (any(c.is_file() for c in candidates) or (root.is_file() and root.name.endswith("tar.gz"))):
+        raise DataError(_missing_message(root))
+
+
+def load_splits(data_cfg, num_classes: int = 10, seed: int = 0) -> DataSplits:  # noqa: ANN001
+    """The train/test splits that a ``data`` config section names."""
+    if data_cfg.source == "synthetic":
+        return synthetic_splits(
+            data_cfg.synthetic_train_size,
+            data_cfg.synthetic_test_size,
+            num_classes,
+            seed,
+            data_cfg.synthetic_learnable,
+        )
+    return load_cifar10(data_cfg.root, data_cfg.checksums, data_cfg.download)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding: one global permutation per (seed, epoch), equal batch counts on every rank
+# ---------------------------------------------------------------------------------------------
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The global order of the ``n`` samples in ``epoch``: the same on every rank."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def shard_batches(
+    n: int, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
+    shuffle: bool = True,
+) -> np.ndarray:
+    """Indices for this rank, shaped [num_batches, global_batch // world_size].
+
+    Policy for the last partial batch: dropped (every rank then runs the same number of steps,
+    and every step sees exactly ``global_batch`` samples).  Global batch ``b`` is split into
+    ``world_size`` consecutive slices, so the union over ranks of step ``s`` is exactly the
+    batch a single process with the same global batch sees at step ``s``.
+    """
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} does not divide by world size {world_size}")
+    local = global_batch // world_size
+    num_batches = n // global_batch
+    if num_batches == 0:
+        raise ValueError(f"dataset of {n} samples is smaller than one global batch of {global_batch}")
+    perm = epoch_permutation(n, seed, epoch, shuffle)[: num_batches * global_batch]
+    return perm.reshape(num_batches, world_size, local)[:, rank]
+
+
+def eval_shard(n: int, rank: int, world_size: int) -> np.ndarray:
+    """Evaluation indices for this rank: a strided share; together the ranks cover all ``n``."""
+    return np.arange(rank, n, world_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchLoader(Protocol):
+    """What the trainer needs of a loader."""
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) so that ``uint8 * scale + shift`` is the normalized image, shaped 1x3x1x1."""
+    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random 32x32 crop with 4-pixel zero padding and a random horizontal flip, batched.
+
+    ``images`` is uint8 B x 3 x 32 x 32 on any device.  Returns the augmented batch and the
+    offsets (dy, dx in -4..4) and flip flags used, so tests can check the distribution.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    offs = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device="cpu").to(dev)
+    flips = torch.rand(b, generator=generator, device="cpu").to(dev) < 0.5
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    rows = (offs[0][:, None] + ar_h)[:, :, None]  # B x H x 1
+    cols = offs[1][:, None] + ar_w  # B x W
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # B x 1 x W
+    bidx = torch.arange(b, device=dev)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bidx, rows, cols]  # B x H x W x C
+    return out.permute(0, 3, 1, 2).contiguous(), offs - PAD, flips
+
+
+class TensorLoader:
+    """The whole uint8 dataset as one tensor on the training device; batches augmented on it.
+
+    No worker processes: indexing, crop, flip and normalization are a few vectorized tensor ops
+    per batch, on the GPU when training runs there.
+    """
+
+    def __init__(
+        self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
+        world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
+    ) -> None:
+        self.device = device
+        self.images = torch.from_numpy(data.images).to(device)
+        self.labels = torch.from_numpy(data.labels).to(device)
+        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.train, self.augment = seed, train, augment
+        self.scale, self.shift = normalize_constants(device)
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def _make_index(self) -> np.ndarray | list[np.ndarray]:
+        if self.train:
+            return shard_batches(
+                len(self.labels), self.global_batch, self.rank, self.world_size,
+                self.seed, self.epoch,
+            )
+        idx = eval_shard(len(self.labels), self.rank, self.world_size)
+        return [idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch)]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order; ``start`` skips batches already trained (resume)."""
+        self.epoch = epoch
+        self.generator.manual_seed(hash((self.seed, epoch, self.rank)) & 0x7FFFFFFF)
+        self._index = self._make_index()[start:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch_idx in self._index:
+            idx = torch.from_numpy(np.ascontiguousarray(batch_idx)).to(self.device, non_blocking=True)
+            x = self.images.index_select(0, idx)
+            if self.train and self.augment:
+                x, _, _ = random_crop_flip(x, self.generator)
+            yield torch.addcmul(self.shift, x.float(), self.scale), self.labels.index_select(0, idx)
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """torchvision-style per-sample dataset: PIL image -> transforms -> tensor."""
+
+    def __init__(self, data: ImageSet, transform) -> None:  # noqa: ANN001
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.data.images[i].transpose(1, 2, 0))
+        return self.transform(img), int(self.data.labels[i])
+
+
+class TorchvisionLoader:
+    """The classic Dataset + DataLoader + transforms path (the seed-style baseline)."""
+
+    def __init__(
+        self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
+        world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
+        num_workers: int = 2,
+    ) -> None:
+        from torchvision import transforms as T
+
+        steps = [T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip()] if train and augment else []
+        steps += [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+        self.dataset = _ImageDataset(data, T.Compose(steps))
+        self.device = device
+        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.train, self.num_workers = seed, train, num_workers
+        self.epoch, self.start = 0, 0
+
+    def _batches(self) -> list[list[int]]:
+        if self.train:
+            return shard_batches(
+                len(self.dataset), self.global_batch, self.rank, self.world_size,
+                self.seed, self.epoch,
+            ).tolist()[self.start :]
+        idx = eval_shard(len(self.dataset), self.rank, self.world_size).tolist()
+        return [idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch)]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.manual_seed(hash((self.seed, self.epoch, self.rank)) & 0x7FFFFFFF)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self._batches(),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def make_loader(
+    kind: str, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
+    world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
+    num_workers: int = 2,
+) -> BatchLoader:
+    """Build the loader that ``data.loader`` names; ``batch_size`` is the global batch."""
+    common = dict(rank=rank, world_size=world_size, seed=seed, train=train, augment=augment)
+    if kind == "torch":
+        return TensorLoader(data, batch_size, device, **common)
+    if kind == "torchvision":
+        return TorchvisionLoader(data, batch_size, device, num_workers=num_workers, **common)
+    if kind == "dali":
+        from .dali_loader import DaliLoader
+
+        return DaliLoader(data, batch_size, device, **common)
+    raise ValueError(f"unknown loader {kind!r} (expected torch, torchvision or dali)")

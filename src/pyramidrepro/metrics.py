@@ -1,0 +1,173 @@
+"""Per-run metrics in one HDF5 file, written as the run goes.
+
+Layout (documented in the README):
+
+* root attributes: ``status`` (running | completed | oom | nan | failed), ``config_yaml``,
+  ``git_commit``, ``versions`` (JSON), ``hostname``, ``device_name``, ``world_size``, ``mode``,
+  ``data_source``, ``started_at``, ``finished_at`` and whatever else the run adds;
+* group ``steps``: equal-length 1-D datasets ``step``, ``epoch``, ``loss``, ``lr``,
+  ``images_per_s``, ``step_time_s``, ``data_time_s``;
+* group ``epochs``: ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
+  ``epoch_time_s``;
+* group ``summary`` (attributes): ``images_per_s``, ``peak_memory_bytes``, ``final_test_acc``...;
+* group ``ranks``: ``step_time_s`` [rank, step], ``peak_memory_bytes`` [rank or GPU].
+
+Rows are buffered in memory and appended every ``flush_interval_s`` seconds by opening the file,
+extending the resizable datasets and closing it again.  Between flushes the file on disk is
+closed and consistent, so it can be read mid-run and survives ``kill -9`` with every row flushed
+so far.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+STEP_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "step_time_s", "data_time_s")
+EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
+_INT_FIELDS = {"step", "epoch"}
+
+
+def _attr_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+class MetricsWriter:
+    """Appends rows to ``metrics.h5``; only the process that owns the file creates one."""
+
+    def __init__(
+        self, path: str | Path, attrs: dict[str, Any] | None = None, flush_interval_s: float = 2.0
+    ) -> None:
+        self.path = Path(path)
+        self.flush_interval_s = flush_interval_s
+        self._steps: dict[str, list] = {k: [] for k in STEP_FIELDS}
+        self._epochs: dict[str, list] = {k: [] for k in EPOCH_FIELDS}
+        self._attrs: dict[str, Any] = {}
+        self._summary: dict[str, Any] = {}
+        self._ranks: dict[str, np.ndarray] = {}
+        self._last_flush = time.monotonic()
+        self.flush_count = 0
+        self.flush_seconds = 0.0
+        if not self.path.exists():
+            tmp = self.path.with_suffix(".h5.tmp")
+            with h5py.File(tmp, "w", locking=False) as f:
+                for group, fields in (("steps", STEP_FIELDS), ("epochs", EPOCH_FIELDS)):
+                    g = f.create_group(group)
+                    for name in fields:
+                        dtype = np.int64 if name in _INT_FIELDS else np.float64
+                        g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+                f.create_group("summary")
+                f.attrs["status"] = "running"
+            tmp.replace(self.path)
+        if attrs:
+            self.set_attrs(**attrs)
+            self.flush(force=True)
+
+    # -- buffering ---------------------------------------------------------------------------
+    def log_step(self, **row: Any) -> None:
+        for k in STEP_FIELDS:
+            self._steps[k].append(row.get(k, np.nan))
+        self.flush()
+
+    def log_epoch(self, **row: Any) -> None:
+        for k in EPOCH_FIELDS:
+            self._epochs[k].append(row.get(k, np.nan))
+        self.flush(force=True)
+
+    def set_attrs(self, **attrs: Any) -> None:
+        self._attrs.update(attrs)
+
+    def set_summary(self, **attrs: Any) -> None:
+        self._summary.update(attrs)
+
+    def set_ranks(self, **arrays: np.ndarray) -> None:
+        self._ranks.update({k: np.asarray(v) for k, v in arrays.items()})
+
+    # -- writing -----------------------------------------------------------------------------
+    def flush(self, force: bool = False) -> None:
+        """Append buffered rows if ``flush_interval_s`` has passed (or ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last_flush < self.flush_interval_s:
+            return
+        t0 = time.perf_counter()
+        with h5py.File(self.path, "a", locking=False) as f:
+            for group, buf in (("steps", self._steps), ("epochs", self._epochs)):
+                n_new = len(next(iter(buf.values())))
+                if not n_new:
+                    continue
+                for name, values in buf.items():
+                    ds = f[group][name]
+                    old = ds.shape[0]
+                    ds.resize((old + n_new,))
+                    ds[old:] = np.asarray(values, dtype=ds.dtype)
+                    values.clear()
+            for k, v in self._attrs.items():
+                f.attrs[k] = _attr_value(v)
+            for k, v in self._summary.items():
+                f["summary"].attrs[k] = _attr_value(v)
+            if self._ranks:
+                g = f.require_group("ranks")
+                for k, v in self._ranks.items():
+                    if k in g:
+                        del g[k]
+                    g.create_dataset(k, data=v)
+                self._ranks.clear()
+        self._attrs.clear()
+        self._summary.clear()
+        self._last_flush = now
+        self.flush_count += 1
+        self.flush_seconds += time.perf_counter() - t0
+
+    def rewind(self, last_step: int, completed_epochs: int) -> None:
+        """Drop rows past a checkpoint: steps > ``last_step`` and epochs >= ``completed_epochs``.
+
+        A resumed run then continues its metrics with no gap and no duplicate step.
+        """
+        self.flush(force=True)
+        with h5py.File(self.path, "a", locking=False) as f:
+            keep = int(np.count_nonzero(f["steps/step"][:] <= last_step))
+            for name in STEP_FIELDS:
+                f["steps"][name].resize((keep,))
+            keep_e = int(np.count_nonzero(f["epochs/epoch"][:] < completed_epochs))
+            for name in EPOCH_FIELDS:
+                f["epochs"][name].resize((keep_e,))
+
+    def close(self, status: str, **attrs: Any) -> None:
+        """Write everything left, the final status and ``finished_at``."""
+        self.set_attrs(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **attrs)
+        self.flush(force=True)
+
+
+def read_metrics(path: str | Path, retries: int = 5) -> dict[str, Any]:
+    """Read a metrics file (possibly of a run still going) into plain Python/numpy objects."""
+    last_exc: Exception | None = None
+    for attempt in range(retries):
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                out: dict[str, Any] = {"path": str(path), "attrs": {}, "summary": {}}
+                for k, v in f.attrs.items():
+                    out["attrs"][k] = v.decode() if isinstance(v, bytes) else v
+                for group in ("steps", "epochs", "ranks"):
+                    if group in f:
+                        out[group] = {k: f[group][k][()] for k in f[group]}
+                if "summary" in f:
+                    out["summary"] = {
+                        k: (v.decode() if isinstance(v, bytes) else v)
+                        for k, v in f["summary"].attrs.items()
+                    }
+                return out
+        except (OSError, KeyError) as exc:  # a write in progress: try again shortly
+            last_exc = exc
+            time.sleep(0.1 * (attempt + 1))
+    raise OSError(f"{path}: could not read metrics ({last_exc})")

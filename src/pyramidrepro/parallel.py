@@ -1,0 +1,271 @@
+"""Parallel setup: who am I (rank discovery), process groups, model wrapping, local launcher.
+
+The same entry point runs under ``torchrun`` (env://), under Slurm ``srun`` / submitit
+(SLURM_* variables, master address from the node list, port from the job id), and under the
+project's own launcher ``pyramidrepro run --nproc N``.  Nothing assumes a single node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "none"  # none | env (torchrun / pyramidrepro --nproc) | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.launcher != "none"
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm node list such as ``gpu[01-03,07],login1`` into host names."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for r in ranges.split(","):
+            if "-" in r:
+                lo, hi = r.split("-", 1)
+                width = len(lo)
+                hosts.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1))
+            else:
+                hosts.append(f"{prefix}{r}{suffix}")
+    return hosts
+
+
+def port_from_job_id(job_id: str | int) -> int:
+    """A master port derived from the Slurm job id, so concurrent jobs on a node do not clash."""
+    digits = re.sub(r"\D", "", str(job_id)) or "0"
+    return 15000 + int(digits) % 20000
+
+
+def detect_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read the rank layout from torchrun/launcher variables, else from Slurm, else single."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return DistEnv(
+            rank=int(env["RANK"]),
+            world_size=world,
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            launcher="env",
+        )
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        ntasks = int(env["SLURM_NTASKS"])
+        nnodes = max(1, len(expand_nodelist(nodelist)))
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=ntasks,
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            local_world_size=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+            or max(1, ntasks // nnodes),
+            master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
+            master_port=int(env.get("MASTER_PORT") or port_from_job_id(env.get("SLURM_JOB_ID", 0))),
+            launcher="slurm",
+        )
+    return DistEnv()
+
+
+def pick_device(requested: str, env: DistEnv) -> torch.device:
+    """CUDA (this rank's local GPU) when present and allowed, else CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("devices.device: cuda requested but no CUDA device is available")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        index = env.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def init_process_group(env: DistEnv, backend: str, device: torch.device, timeout_s: float) -> str:
+    """Join the job's process group; ``backend`` auto means NCCL on GPUs, gloo on CPU."""
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise RuntimeError("train.backend: nccl needs a GPU for every rank; use gloo on CPU")
+    kwargs = {}
+    if backend == "nccl":
+        kwargs["device_id"] = device
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **kwargs,
+    )
+    return backend
+
+
+def shutdown_process_group() -> None:
+    """Leave the process group cleanly.
+
+    Every rank first meets at a barrier, so no rank tears down its gloo/NCCL connections (or,
+    on rank 0, the TCP store) while a peer still uses them; then the group is destroyed while
+    the interpreter is fully alive.  Destroying it with peers still mid-collective, or leaving
+    it to interpreter teardown, is what made the runtime's worker threads abort the process.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+class ModelWithLoss(nn.Module):
+    """Model + criterion as one module, for the balanced DataParallel.
+
+    Each replica computes the loss on its own slice and returns only three numbers (loss sum,
+    correct count, sample count), so the master GPU gathers scalars instead of all the logits.
+    """
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=label_smoothing)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        loss_sum = self.criterion(logits.float(), y)
+        correct = (logits.argmax(1) == y).sum().to(loss_sum.dtype)
+        count = torch.ones_like(loss_sum) * y.shape[0]
+        return torch.stack([loss_sum, correct.detach(), count]).unsqueeze(0)
+
+
+def wrap_model(
+    model: nn.Module, mode: str, device: torch.device, *, allow_cpu_dp: bool = False,
+    gradient_as_bucket_view: bool = True, static_graph: bool = False, bucket_cap_mb: float = 25.0,
+) -> tuple[nn.Module, list[int]]:
+    """Wrap the model for ``mode``; returns the module to call and the GPU ids it spans."""
+    if mode == "single":
+        return model, [device.index or 0] if device.type == "cuda" else []
+    if mode in ("dp", "dp_balanced"):
+        inner = ModelWithLoss(model) if mode == "dp_balanced" else model
+        if device.type != "cuda":
+            if not allow_cpu_dp:
+                raise RuntimeError(
+                    f"train.mode: {mode} needs CUDA GPUs (DataParallel scatters over GPUs); "
+                    "set train.allow_cpu_dp: true to run the degenerate one-device CPU case"
+                )
+            return _CpuDataParallel(inner), []
+        ids = list(range(torch.cuda.device_count()))
+        return nn.DataParallel(inner, device_ids=ids, output_device=ids[0]), ids
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = DDP(
+            model, device_ids=ids, gradient_as_bucket_view=gradient_as_bucket_view,
+            static_graph=static_graph, bucket_cap_mb=bucket_cap_mb,
+        )
+        return wrapped, ids or []
+    raise ValueError(f"unknown train.mode {mode!r}")
+
+
+class _CpuDataParallel(nn.Module):
+    """The degenerate DataParallel on CPU: one replica, the module called as it is."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.module(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local launcher: pyramidrepro run --nproc N
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(argv: Sequence[str], nproc: int, grace_s: float = 10.0) -> int:
+    """Run ``python -m pyramidrepro ARGV`` as ``nproc`` ranks on this machine.
+
+    Returns 0 when every rank exits 0.  When a rank fails or is killed, the launcher says which,
+    gives the others ``grace_s`` seconds to notice, then terminates them; the result is non-zero.
+    """
+    port = free_port()
+    procs = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )
+        procs.append(subprocess.Popen([sys.executable, "-m", "pyramidrepro", *argv], env=env))
+    failed: tuple[int, int] | None = None
+    deadline = None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if failed is None:
+                for rank, code in enumerate(codes):
+                    if code not in (None, 0):
+                        failed = (rank, code)
+                        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                        print(f"pyramidrepro: rank {rank} failed ({how}); stopping the other ranks",
+                              file=sys.stderr, flush=True)
+                        deadline = time.monotonic() + grace_s
+                        break
+            if all(c is not None for c in codes):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                time.sleep(2)
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        return 130
+    if failed is not None:
+        return failed[1] if failed[1] > 0 else 128 - failed[1]
+    return 0

@@ -1,0 +1,604 @@
+"""The training loop: one Trainer for every parallel mode, precision and loader.
+
+``Trainer(cfg, run_dir)()`` runs an experiment in this process (one rank of it when launched
+distributed), writes ``metrics.h5`` from rank 0 and returns the final status.  It is also the
+callable that the dispatcher submits: ``checkpoint()`` makes it requeueable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import resource
+import socket
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import __version__
+from .config import ExperimentConfig
+from .data import load_splits, make_loader
+from .metrics import MetricsWriter
+from .model import PyramidNet
+from .parallel import (
+    DistEnv,
+    detect_dist_env,
+    init_process_group,
+    pick_device,
+    shutdown_process_group,
+    wrap_model,
+)
+
+STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """The commit of the package's source tree, or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip()
+        if out.returncode == 0 and commit:
+            dirty = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("PYRAMIDREPRO_GIT_COMMIT", "unknown")
+
+
+def versions() -> dict[str, Any]:
+    """Versions of everything that shapes a result."""
+    import h5py
+
+    from .dali_loader import dali_version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "dali": dali_version(),
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "numpy": np.__version__,
+        "pyramidrepro": __version__,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def peak_memory_bytes(device: torch.device, gpu_ids: list[int] | None = None) -> list[int]:
+    """Peak memory per GPU this process used (CUDA max allocated), or the process's peak RSS."""
+    if device.type == "cuda":
+        ids = gpu_ids or [device.index or 0]
+        return [int(torch.cuda.max_memory_allocated(i)) for i in ids]
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return [int(rss_kb * 1024)]
+
+
+def lr_at_epoch(cfg: ExperimentConfig, epoch: int) -> float:
+    """Step decay: the effective lr divided by 10 at each milestone fraction of the epochs."""
+    lr = cfg.effective_lr
+    for frac in cfg.train.lr_milestones:
+        if epoch >= int(round(frac * cfg.train.epochs)):
+            lr *= 0.1
+    return lr
+
+
+class StepTimer:
+    """Per-step durations without a host sync in the loop (CUDA events; perf_counter on CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._marks.append(ev)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Seconds between consecutive marks; keeps the last mark as the next window's start."""
+        if len(self._marks) < 2:
+            return []
+        if self.cuda:
+            self._marks[-1].synchronize()
+            out = [a.elapsed_time(b) / 1000.0 for a, b in zip(self._marks, self._marks[1:])]
+        else:
+            out = [b - a for a, b in zip(self._marks, self._marks[1:])]
+        self._marks = self._marks[-1:]
+        return out
+
+
+class RunStopped(Exception):
+    """Raised inside the loop to end a run with a non-completed status."""
+
+    def __init__(self, status: str, **info: Any) -> None:
+        super().__init__(status)
+        self.status, self.info = status, info
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train one experiment in this process (or this rank) and record it in ``run_dir``."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, run_dir: str | Path, extra_attrs: dict[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.extra_attrs = dict(extra_attrs or {})
+        self.progress = progress
+        self._between_steps = True
+        self._state: dict[str, Any] | None = None
+
+    # -- submitit integration ----------------------------------------------------------------
+    def __call__(self) -> str:
+        return self.run()
+
+    def checkpoint(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - submitit API
+        """Called by submitit on preemption/timeout (rank 0 only): save, then requeue self.
+
+        The save happens only when the loop is between steps; otherwise the last periodic
+        checkpoint stands, and the resumed run rewinds its metrics to it.
+        """
+        import submitit
+
+        if self._state is not None and self._between_steps:
+            self._save_checkpoint(**self._state)
+        return submitit.helpers.DelayedSubmission(
+            Trainer(self.cfg, self.run_dir, self.extra_attrs, self.progress)
+        )
+
+    # -- setup --------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run to the end; returns the status (completed | oom | nan | failed)."""
+        cfg, t = self.cfg, self.cfg.train
+        env = detect_dist_env() if t.mode == "ddp" else DistEnv()
+        self.env = env
+        device = pick_device(cfg.devices.device, env)
+        self.device = device
+        threads = t.threads or max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.backend = None
+        if t.mode == "ddp":
+            if not env.distributed:
+                env = DistEnv(launcher="env", master_port=_free_port())
+                self.env = env
+            self.backend = init_process_group(env, t.backend, device, t.dist_timeout_s)
+        if t.batch_size % env.world_size:
+            raise ValueError(
+                f"train.batch_size {t.batch_size} does not divide by the world size {env.world_size}"
+            )
+        writer = None
+        try:
+            self._setup(device)
+            if env.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+                writer = MetricsWriter(self.run_dir / "metrics.h5", flush_interval_s=cfg.metrics.flush_interval_s)
+            self.writer = writer
+            status, info = self._train()
+        except torch.cuda.OutOfMemoryError as exc:
+            status, info = "oom", {"oom_batch_size": t.batch_size, "error": str(exc).splitlines()[0]}
+        except BaseException as exc:
+            if writer is not None:
+                writer.close("failed", error=f"{type(exc).__name__}: {exc}")
+            if dist.is_initialized() and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                dist.destroy_process_group()
+            raise
+        if writer is not None:
+            writer.close(status, **info)
+        if status == "completed":
+            shutdown_process_group()
+        elif dist.is_initialized():  # peers may be mid-collective: no barrier, just leave
+            dist.destroy_process_group()
+        if env.is_main:
+            print(f"{status}: {self.run_dir / 'metrics.h5'}", flush=True)
+        return status
+
+    def _setup(self, device: torch.device) -> None:
+        cfg, t, env = self.cfg, self.cfg.train, self.env
+        seed = t.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.memory_cap = None
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.devices.cudnn_benchmark
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            if cfg.devices.memory_limit_gb is not None:
+                total = torch.cuda.get_device_properties(device).total_memory
+                fraction = min(1.0, cfg.devices.memory_limit_gb * 2**30 / total)
+                ids = range(torch.cuda.device_count()) if t.mode.startswith("dp") else [device.index]
+                for i in ids:
+                    torch.cuda.set_per_process_memory_fraction(fraction, i)
+                self.memory_cap = {"limit_gb": cfg.devices.memory_limit_gb, "fraction": fraction,
+                                   "total_bytes": int(total)}
+        splits = load_splits(cfg.data, cfg.model.num_classes, seed)
+        self.data_source = splits.source
+        m = cfg.model
+        model: nn.Module = PyramidNet(
+            m.depth, m.alpha, m.block, m.widening, m.num_classes,
+            activation_checkpointing=t.activation_checkpointing,
+        )
+        if t.mode == "ddp" and t.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.wrapped, self.gpu_ids = wrap_model(
+            model, t.mode, device, allow_cpu_dp=t.allow_cpu_dp,
+            gradient_as_bucket_view=t.gradient_as_bucket_view, static_graph=t.static_graph,
+            bucket_cap_mb=t.bucket_cap_mb,
+        )
+        self.step_module = self.wrapped
+        if t.compile:
+            self.step_module = torch.compile(self.wrapped, mode=t.compile_mode)
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss()
+        common = dict(rank=env.rank, world_size=env.world_size, seed=seed)
+        self.train_loader = make_loader(
+            cfg.data.loader, splits.train, t.batch_size, device, augment=cfg.data.augment,
+            num_workers=cfg.data.num_workers, **common,
+        )
+        self.test_loader = (
+            make_loader(
+                "torch" if cfg.data.loader == "dali" and device.type == "cpu" else cfg.data.loader,
+                splits.test, max(256, t.batch_size // env.world_size), device, train=False,
+                augment=False, num_workers=cfg.data.num_workers, **common,
+            )
+            if t.evaluate else None
+        )
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+
+    def _autocast(self):  # noqa: ANN202
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch: int, step: int, batch_in_epoch: int) -> None:
+        if not self.env.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "batch_in_epoch": batch_in_epoch,
+            "torch_rng": torch.get_rng_state(),
+            "config_digest": self.cfg.digest(),
+        }
+        tmp = self.run_dir / (CHECKPOINT_NAME + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / CHECKPOINT_NAME)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("config_digest") != self.cfg.digest():
+            raise RuntimeError(f"{path}: checkpoint belongs to a different config; move it away")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        return state
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _train(self) -> tuple[str, dict[str, Any]]:
+        cfg, t, env, device = self.cfg, self.cfg.train, self.env, self.device
+        steps_per_epoch = len(self.train_loader)
+        total_steps = steps_per_epoch * t.epochs
+        if t.max_steps is not None:
+            total_steps = min(total_steps, t.max_steps)
+        start_epoch, step, skip = 0, 0, 0
+        # every rank reads the checkpoint rank 0 wrote (the run folder is shared)
+        resumed = self._load_checkpoint()
+        if resumed is not None:
+            start_epoch, step, skip = resumed["epoch"], resumed["step"], resumed["batch_in_epoch"]
+        if self.writer is not None:
+            attrs = self._run_attributes(steps_per_epoch, total_steps)
+            if resumed is not None:
+                self.writer.rewind(step, start_epoch)
+                attrs["resumed_from_step"] = step
+            self.writer.set_attrs(**attrs)
+            self.writer.flush(force=True)
+
+        progress = self._progress_bar(total_steps, step)
+        timer = StepTimer(device)
+        images_per_step = t.batch_size
+        measured: list[float] = []  # step times after warm-up
+        my_step_times: list[float] = []
+        pending: list[tuple[int, int, float, torch.Tensor, float]] = []
+        last_ckpt = time.monotonic()
+        info: dict[str, Any] = {}
+        self.step_module.train()
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, t.epochs):
+                if step >= total_steps:
+                    break
+                lr = lr_at_epoch(cfg, epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.train_loader.set_epoch(epoch, start=skip)
+                epoch_start = time.perf_counter()
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device)
+                seen = 0
+                timer.mark()
+                t_data = time.perf_counter()
+                for batch_in_epoch, (x, y) in enumerate(self.train_loader, start=skip):
+                    data_time = time.perf_counter() - t_data
+                    self._between_steps = False
+                    loss, n_correct = self._step(x, y)
+                    self._between_steps = True
+                    step += 1
+                    timer.mark()
+                    loss_sum += loss.detach() * y.shape[0]
+                    correct += n_correct
+                    seen += y.shape[0]
+                    pending.append((step, epoch, lr, loss.detach(), data_time))
+                    self._state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch + 1}
+                    if step % t.log_every == 0 or step >= total_steps or batch_in_epoch + 1 == steps_per_epoch:
+                        times = timer.durations()
+                        self._drain(pending, times, measured, my_step_times, progress)
+                        pending = []
+                        if t.checkpoint_every_s and time.monotonic() - last_ckpt > t.checkpoint_every_s:
+                            self._save_checkpoint(**self._state)
+                            last_ckpt = time.monotonic()
+                    if step >= total_steps:
+                        break
+                    t_data = time.perf_counter()
+                skip = 0
+                epoch_complete = batch_in_epoch + 1 == steps_per_epoch
+                epoch_time = time.perf_counter() - epoch_start
+                if epoch_complete:
+                    self._end_epoch(epoch, loss_sum, correct, seen, epoch_time)
+                    self._save_checkpoint(epoch + 1, step, 0)
+                    last_ckpt = time.monotonic()
+        except RunStopped as stop:
+            return stop.status, stop.info
+        finally:
+            if progress is not None:
+                progress.close()
+        info.update(self._summarise(measured, my_step_times))
+        return "completed", info
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cfg.train
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        k = t.accumulation_steps
+        xs, ys = (x.chunk(k), y.chunk(k)) if k > 1 else ((x,), (y,))
+        total_loss = torch.zeros((), device=self.device)
+        total_correct = torch.zeros((), device=self.device)
+        for i, (xi, yi) in enumerate(zip(xs, ys)):
+            last = i == len(xs) - 1
+            sync = nullcontext() if last or t.mode != "ddp" else self.wrapped.no_sync()
+            with sync:
+                with self._autocast():
+                    if t.mode == "dp_balanced":
+                        parts = self.step_module(xi, yi).sum(0)
+                        loss = parts[0] / parts[2]
+                        n_correct = parts[1]
+                    else:
+                        logits = self.step_module(xi)
+                        loss = self.criterion(logits.float(), yi)
+                        n_correct = (logits.argmax(1) == yi).sum()
+                self.scaler.scale(loss / len(xs)).backward()
+            total_loss += loss.detach() / len(xs)
+            total_correct += n_correct.detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, total_correct
+
+    def _drain(self, pending, times, measured, my_step_times, progress) -> None:  # noqa: ANN001
+        """Turn the window's device-side losses into rows (one host sync per window)."""
+        if not pending:
+            return
+        t = self.cfg.train
+        losses = torch.stack([p[3] for p in pending]).float().cpu().numpy()
+        if dist.is_initialized():
+            # global loss: mean over ranks (each rank's loss is over its slice)
+            lt = torch.from_numpy(losses).to(self.device)
+            dist.all_reduce(lt)
+            losses = (lt / self.env.world_size).cpu().numpy()
+        times = list(times)[-len(pending):]
+        if len(times) < len(pending):
+            times = [float("nan")] * (len(pending) - len(times)) + times
+        for (step, epoch, lr, _loss, data_time), loss, dt in zip(pending, losses, times):
+            my_step_times.append(dt)
+            if step > t.warmup_steps:
+                measured.append(dt)
+            ips = t.batch_size / dt if dt and dt > 0 else float("nan")
+            if self.writer is not None:
+                self.writer.log_step(step=step, epoch=epoch, loss=float(loss), lr=lr,
+                                     images_per_s=ips, step_time_s=dt, data_time_s=data_time)
+            if not math.isfinite(float(loss)):
+                raise RunStopped("nan", nan_step=step)
+        if progress is not None:
+            last_ips = t.batch_size / times[-1] if times[-1] and times[-1] > 0 else 0.0
+            progress.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{last_ips:,.0f}", refresh=False)
+            progress.update(len(pending))
+
+    def _evaluate(self) -> tuple[float, float]:
+        assert self.test_loader is not None
+        model = self.model
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        criterion = nn.CrossEntropyLoss(reduction="sum")
+        self.test_loader.set_epoch(0)
+        with torch.no_grad(), self._autocast():
+            for x, y in self.test_loader:
+                if self.cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x).float()
+                loss_sum += criterion(logits, y).double()
+                correct += (logits.argmax(1) == y).sum().double()
+                count += y.shape[0]
+        if dist.is_initialized():
+            stats = torch.stack([loss_sum, correct, count])
+            dist.all_reduce(stats)
+            loss_sum, correct, count = stats
+        model.train()
+        return float(loss_sum / count), float(correct / count)
+
+    def _end_epoch(self, epoch, loss_sum, correct, seen, epoch_time) -> None:  # noqa: ANN001
+        stats = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)])
+        if dist.is_initialized():
+            dist.all_reduce(stats)  # sums over every rank's samples
+        train_loss = float(stats[0] / stats[2])
+        train_acc = float(stats[1] / stats[2])
+        test_loss, test_acc = self._evaluate() if self.test_loader is not None else (float("nan"),) * 2
+        if self.writer is not None:
+            self.writer.log_epoch(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                                  test_loss=test_loss, test_acc=test_acc, epoch_time_s=epoch_time)
+            if self.test_loader is not None:
+                self.writer.set_summary(final_test_acc=test_acc)
+        if self.env.is_main and not self._use_bar():
+            print(f"epoch {epoch + 1}/{self.cfg.train.epochs}: train_loss {train_loss:.4f} "
+                  f"train_acc {train_acc:.4f} test_acc {test_acc:.4f} ({epoch_time:.1f}s)", flush=True)
+
+    def _summarise(self, measured: list[float], my_step_times: list[float]) -> dict[str, Any]:
+        t = self.cfg.train
+        peaks = peak_memory_bytes(self.device, self.gpu_ids)
+        summary: dict[str, Any] = {}
+        if not measured:  # too few steps for a warm-up: use what there is
+            measured = [d for d in my_step_times if math.isfinite(d)]
+        if measured:
+            arr = np.asarray(measured)
+            summary["images_per_s"] = float(np.median(t.batch_size / arr))
+            summary["images_per_s_mean"] = float(t.batch_size * len(arr) / arr.sum())
+            summary["measured_steps"] = len(arr)
+        if dist.is_initialized():
+            gathered: list[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, (my_step_times, peaks))
+        else:
+            gathered = [(my_step_times, peaks)]
+        if self.writer is not None:
+            n = min(len(g[0]) for g in gathered)
+            step_times = np.array([g[0][:n] for g in gathered], dtype=np.float64)
+            rank_peaks = np.array([p for g in gathered for p in g[1]], dtype=np.int64)
+            self.writer.set_ranks(step_time_s=step_times, peak_memory_bytes=rank_peaks)
+            summary["peak_memory_bytes"] = int(rank_peaks.max())
+            if self.cfg.train.compile and my_step_times:
+                summary["compile_time_s"] = float(my_step_times[0])
+            self.writer.set_summary(**summary)
+        return {}
+
+    def _run_attributes(self, steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+        cfg, t, env = self.cfg, self.cfg.train, self.env
+        gpus = [torch.cuda.get_device_name(i) for i in self.gpu_ids] if self.gpu_ids else []
+        world = env.world_size if t.mode == "ddp" else max(1, len(self.gpu_ids))
+        attrs = {
+            "status": "running",
+            "config_yaml": cfg.to_yaml(),
+            "experiment": cfg.name,
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "hostname": socket.gethostname(),
+            "device_name": device_name(self.device),
+            "devices": gpus or [device_name(self.device)],
+            "world_size": world,
+            "mode": t.mode,
+            "backend": self.backend or "",
+            "batch_size": t.batch_size,
+            "local_batch_size": t.batch_size // env.world_size,
+            "precision": t.precision,
+            "channels_last": t.channels_last,
+            "compile": t.compile,
+            "loader": cfg.data.loader,
+            "accumulation_steps": t.accumulation_steps,
+            "activation_checkpointing": t.activation_checkpointing,
+            "data_source": self.data_source,
+            "model": f"PyramidNet-{cfg.model.depth} alpha={cfg.model.alpha:g} {cfg.model.block}",
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "warmup_steps": t.warmup_steps,
+            "memory_limit_gb": cfg.devices.memory_limit_gb if cfg.devices.memory_limit_gb else "",
+            "gpu_total_memory_bytes": (self.memory_cap or {}).get("total_bytes", ""),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+        }
+        attrs.update(self.extra_attrs)
+        return attrs
+
+    def _use_bar(self) -> bool:
+        if self.progress is not None:
+            return self.progress
+        return sys.stderr.isatty()
+
+    def _progress_bar(self, total: int, initial: int):  # noqa: ANN202
+        if not self.env.is_main or not self._use_bar():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="step", desc=self.cfg.name, dynamic_ncols=True)
+
+
+def make_optimizer(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; the implementation (foreach/fused/plain) is configurable."""
+    t = cfg.train
+    kwargs: dict[str, Any] = dict(
+        lr=cfg.effective_lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+        weight_decay=t.weight_decay,
+    )
+    if t.optimizer_impl == "fused":
+        kwargs["fused"] = True
+    elif t.optimizer_impl == "foreach":
+        kwargs["foreach"] = True
+    elif t.optimizer_impl == "plain":
+        kwargs["foreach"] = False
+    return torch.optim.SGD(model.parameters(), **kwargs)
+
+
+def _free_port() -> int:
+    from .parallel import free_port
+
+    return free_port()

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pyramidrepro ARGS`` and capture its output."""
+    full_env = dict(os.environ)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "pyramidrepro", *args], capture_output=True, text=True,
+        timeout=timeout, env=full_env, cwd=cwd or ROOT,
+    )
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A tiny dataset in the official format, and its checksums."""
+    from cifar_format import write_cifar10
+
+    sums = write_cifar10(tmp_path / "cifar", per_batch=40, test=40)
+    return tmp_path / "cifar", sums
+
+
+def only_run_dir(out: Path) -> Path:
+    dirs = [p for p in out.glob("*/*") if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SMOKE, run_cli
+from pyramidrepro.config import ConfigError, expand_sweep, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+BAD = [
+    ("model:\n  depht: 20\n", "model.depht", "unknown key"),
+    ("train:\n  batch_size: big\n", "train.batch_size", "expected an integer"),
+    ("model:\n  depth: 21\n", "model.depth", "6n+2"),
+    ("model:\n  depth: 30\n  block: bottleneck\n", "model.depth", "9n+2"),
+    ("train:\n  batch_size: 0\n", "train.batch_size", "must be > 0"),
+    ("train:\n  batch_size: -4\n", "train.batch_size", "must be > 0"),
+    ("train:\n  mode: horovod\n", "train.mode", "one of"),
+    ("train: [1, 2\n", "", "malformed YAML"),
+    ("data:\n  checksums: {test_batch: nothex}\n", "data.checksums.test_batch", "MD5"),
+]
+
+
+@pytest.mark.parametrize("text,key,msg", BAD)
+def test_bad_config_one_line_exit_2_no_run_dir(tmp_path, text, key, msg):
+    exp = _write(tmp_path, text)
+    out = tmp_path / "out"
+    r = run_cli("run", str(exp), "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(exp) in lines[0] and key in lines[0] and msg in lines[0]
+    assert not out.exists()
+
+
+def test_missing_experiment_file(tmp_path):
+    r = run_cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "nope.yaml" in r.stderr and "no such file" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_cifar_files_say_where_to_put_them(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("run", str(SMOKE), "--set", "data.source=cifar10", "--set",
+                f"data.root={tmp_path / 'nodata'}", "--out", str(out))
+    assert r.returncode == 2
+    assert "cifar-10-python.tar.gz" in r.stderr and "nodata" in r.stderr
+    assert not out.exists()
+
+
+def test_bad_override_names_the_key(tmp_path):
+    r = run_cli("validate", str(SMOKE), "--set", "train.batch_size=[1")
+    assert r.returncode == 2 and "train.batch_size" in r.stderr
+    r = run_cli("validate", str(SMOKE), "--set", "train.lr_milestones=notalist")
+    assert r.returncode == 2 and "train.lr_milestones" in r.stderr
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = load_config(SMOKE, ["train.lr_milestones=[0.3, 0.6]", "model.alpha=24",
+                              "data.checksums={test_batch: " + "a" * 32 + "}"])
+    assert cfg.train.lr_milestones == [0.3, 0.6]
+    assert cfg.model.alpha == 24.0
+    assert cfg.data.checksums == {"test_batch": "a" * 32}
+
+
+def test_validate_prints_resolved_config():
+    r = run_cli("validate", str(SMOKE), "--set", "train.batch_size=32")
+    assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    assert resolved["train"]["batch_size"] == 32 and resolved["name"] == "smoke"
+    assert resolved["model"]["depth"] == 20
+
+
+def test_linear_lr_scaling():
+    cfg = load_config(SMOKE, ["train.batch_size=256"])
+    assert cfg.effective_lr == pytest.approx(0.2)
+    cfg = load_config(SMOKE, ["train.batch_size=256", "train.lr=0.05"])
+    assert cfg.effective_lr == 0.05
+
+
+def test_sweep_expansion_has_stable_ids(tmp_path):
+    exp = _write(tmp_path, SMOKE.read_text() + "sweep:\n  train.mode: [single, ddp]\n"
+                 "  train.batch_size: [32, 64, 128]\n")
+    cfg = load_config(exp)
+    points = expand_sweep(cfg, str(exp))
+    assert len(points) == 6
+    ids = [rid for rid, _ in points]
+    assert len(set(ids)) == 6 and ids == [rid for rid, _ in expand_sweep(load_config(exp), str(exp))]
+    assert {(c.train.mode, c.train.batch_size) for _, c in points} == {
+        (m, b) for m in ("single", "ddp") for b in (32, 64, 128)}
+    bad = _write(tmp_path, "sweep:\n  train.batch_size: [64, 0]\n")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        expand_sweep(load_config(bad), str(bad))
+
+
+def test_shipped_experiments_validate():
+    for exp in sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")):
+        cfg = load_config(exp)
+        expand_sweep(cfg, str(exp))
+
+
+def test_help_explains_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("run", "validate", "model-info", "bench-loader"):
+        assert cmd in r.stdout
