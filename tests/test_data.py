@@ -7,8 +7,8 @@ import pytest
 
 from cifar_format import write_cifar10
 from pyramidrepro.data import (
-    DataError,
     OFFICIAL_MD5,
+    DataError,
     load_cifar10,
     shard_batches,
 )

@@ -92,8 +92,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_model_info_cli_prints_json():
-    from conftest import run_cli
     import json
+
+    from conftest import run_cli
 
     r = run_cli("model-info", "--depth", "110", "--alpha", "48", "--block", "basic")
     assert r.returncode == 0, r.stderr

@@ -6,17 +6,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from .config import ConfigError, ExperimentConfig, load_config
+from .config import ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
-
-
-def _run_dir(cfg: ExperimentConfig, out: str, run_id: str | None) -> Path:
-    rid = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.digest()}"
-    return Path(out) / cfg.name / rid
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -27,14 +21,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.train.batch_size % max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))):
         raise ConfigError(args.experiment, "train.batch_size",
                           f"{cfg.train.batch_size} does not divide by the {args.nproc} ranks")
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-    else:
-        run_dir = _run_dir(cfg, args.out, args.run_id)
     from .data import check_data_available
+    from .train import STATUS_EXIT_CODES, Trainer, default_run_dir
 
     check_data_available(cfg.data)
+    run_dir = None
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    elif args.run_id:
+        run_dir = Path(args.out) / cfg.name / args.run_id
     if args.nproc > 1:
+        run_dir = run_dir or default_run_dir(cfg, args.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         from .parallel import launch_local
@@ -43,10 +40,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.no_progress:
             argv.append("--no-progress")
         return launch_local(argv, args.nproc)
-    from .train import STATUS_EXIT_CODES, Trainer
+    trainer = Trainer(cfg, run_dir, progress=False if args.no_progress else None, out_dir=args.out)
+    status = trainer.run()
+    code = STATUS_EXIT_CODES.get(status, 1)
+    if trainer.backend is not None:  # a DDP rank: skip interpreter teardown (see exit_rank)
+        from .parallel import exit_rank
 
-    status = Trainer(cfg, run_dir, progress=False if args.no_progress else None).run()
-    return STATUS_EXIT_CODES.get(status, 1)
+        exit_rank(code)
+    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

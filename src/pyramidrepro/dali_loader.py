@@ -8,7 +8,7 @@ otherwise.  Batches come back as torch tensors on the training device.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -57,7 +57,9 @@ class DaliLoader:
         self.epoch = 0
         self._index = self._make_index()
         on_gpu = device.type == "cuda"
-        device_id = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+        device_id = None
+        if on_gpu:
+            device_id = device.index if device.index is not None else torch.cuda.current_device()
         mean = [255.0 * m for m in CIFAR10_MEAN]
         std = [255.0 * s for s in CIFAR10_STD]
         do_augment = train and augment

@@ -14,9 +14,10 @@ import os
 import pickle
 import tarfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def download_cifar10(root: Path) -> Path:
                 out.write(chunk)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {ARCHIVE_URL} failed ({exc}). " + _missing_message(root))
+        raise DataError(f"download of {ARCHIVE_URL} failed ({exc}). " + _missing_message(root)) from None
     digest = md5_file(tmp)
     if digest != OFFICIAL_MD5[ARCHIVE_NAME]:
         tmp.unlink(missing_ok=True)

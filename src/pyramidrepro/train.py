@@ -7,7 +7,6 @@ callable that the dispatcher submits: ``checkpoint()`` makes it requeueable.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -156,11 +155,13 @@ class Trainer:
     """Train one experiment in this process (or this rank) and record it in ``run_dir``."""
 
     def __init__(
-        self, cfg: ExperimentConfig, run_dir: str | Path, extra_attrs: dict[str, Any] | None = None,
-        progress: bool | None = None,
+        self, cfg: ExperimentConfig, run_dir: str | Path | None = None,
+        extra_attrs: dict[str, Any] | None = None, progress: bool | None = None,
+        out_dir: str | Path = "results/runs",
     ) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.out_dir = Path(out_dir)
         self.extra_attrs = dict(extra_attrs or {})
         self.progress = progress
         self._between_steps = True
@@ -201,6 +202,11 @@ class Trainer:
                 env = DistEnv(launcher="env", master_port=_free_port())
                 self.env = env
             self.backend = init_process_group(env, t.backend, device, t.dist_timeout_s)
+        if self.run_dir is None:  # rank 0 names the run; every rank writes/reads the same folder
+            box = [default_run_dir(cfg, self.out_dir)]
+            if dist.is_initialized():
+                dist.broadcast_object_list(box, src=0)
+            self.run_dir = box[0]
         if t.batch_size % env.world_size:
             raise ValueError(
                 f"train.batch_size {t.batch_size} does not divide by the world size {env.world_size}"
@@ -211,7 +217,9 @@ class Trainer:
             if env.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-                writer = MetricsWriter(self.run_dir / "metrics.h5", flush_interval_s=cfg.metrics.flush_interval_s)
+                writer = MetricsWriter(
+                    self.run_dir / "metrics.h5", flush_interval_s=cfg.metrics.flush_interval_s
+                )
             self.writer = writer
             status, info = self._train()
         except torch.cuda.OutOfMemoryError as exc:
@@ -259,6 +267,8 @@ class Trainer:
             activation_checkpointing=t.activation_checkpointing,
         )
         if t.mode == "ddp" and t.sync_bn:
+            if device.type != "cuda":
+                raise RuntimeError("train.sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
         if t.channels_last:
@@ -328,7 +338,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def _train(self) -> tuple[str, dict[str, Any]]:
-        cfg, t, env, device = self.cfg, self.cfg.train, self.env, self.device
+        cfg, t, device = self.cfg, self.cfg.train, self.device
         steps_per_epoch = len(self.train_loader)
         total_steps = steps_per_epoch * t.epochs
         if t.max_steps is not None:
@@ -348,7 +358,6 @@ class Trainer:
 
         progress = self._progress_bar(total_steps, step)
         timer = StepTimer(device)
-        images_per_step = t.batch_size
         measured: list[float] = []  # step times after warm-up
         my_step_times: list[float] = []
         pending: list[tuple[int, int, float, torch.Tensor, float]] = []
@@ -382,7 +391,8 @@ class Trainer:
                     seen += y.shape[0]
                     pending.append((step, epoch, lr, loss.detach(), data_time))
                     self._state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch + 1}
-                    if step % t.log_every == 0 or step >= total_steps or batch_in_epoch + 1 == steps_per_epoch:
+                    window_end = step % t.log_every == 0 or step >= total_steps
+                    if window_end or batch_in_epoch + 1 == steps_per_epoch:
                         times = timer.durations()
                         self._drain(pending, times, measured, my_step_times, progress)
                         pending = []
@@ -399,6 +409,8 @@ class Trainer:
                     self._end_epoch(epoch, loss_sum, correct, seen, epoch_time)
                     self._save_checkpoint(epoch + 1, step, 0)
                     last_ckpt = time.monotonic()
+            if self._state is not None:  # the final state: the trained model, and a no-op resume
+                self._save_checkpoint(**self._state)
         except RunStopped as stop:
             return stop.status, stop.info
         finally:
@@ -490,7 +502,8 @@ class Trainer:
         return float(loss_sum / count), float(correct / count)
 
     def _end_epoch(self, epoch, loss_sum, correct, seen, epoch_time) -> None:  # noqa: ANN001
-        stats = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)])
+        seen_t = torch.tensor(float(seen), device=self.device)
+        stats = torch.stack([loss_sum.float(), correct.float(), seen_t])
         if dist.is_initialized():
             dist.all_reduce(stats)  # sums over every rank's samples
         train_loss = float(stats[0] / stats[2])
@@ -580,6 +593,11 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, unit="step", desc=self.cfg.name, dynamic_ncols=True)
+
+
+def default_run_dir(cfg: ExperimentConfig, out_dir: str | Path) -> Path:
+    """``OUT/<experiment>/<time stamp>-<config hash>``."""
+    return Path(out_dir) / cfg.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.digest()}"
 
 
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> torch.optim.Optimizer:
