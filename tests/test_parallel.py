@@ -5,7 +5,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from conftest import ROOT, SMOKE, only_run_dir, run_cli
@@ -53,8 +52,8 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
 
 def test_torchrun_launch_works_like_nproc(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pyramidrepro", "run", str(SMOKE), "--set", "train.mode=ddp",
-         "--out", str(tmp_path), *TINY],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pyramidrepro", "run", str(SMOKE), "--set", "train.mode=ddp", "--out", str(tmp_path), *TINY],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]

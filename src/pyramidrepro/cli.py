@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -82,6 +83,62 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    result = build_report(args.results, args.out, command=" ".join(["pyramidrepro", *sys.argv[1:]]))
+    for c in result["claims"]:
+        print(f"{c['key']}: {c['verdict']:8s} {c['evidence']}")
+    print(f"report: {result['report']} ({result['runs']} runs)")
+    return 0
+
+
+def _hardware() -> tuple[str, int]:
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ("cuda" if n else "cpu"), n
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Pick the campaign for the hardware present, run it, write the report."""
+    from .campaign import run_campaign
+    from .config import load_config
+    from .data import DataError, check_data_available
+    from .report import build_report
+
+    kind, n_gpus = _hardware()
+    root = Path(__file__).resolve().parents[2]
+    experiment = args.experiment or str(root / "experiments" / ("fig5.yaml" if n_gpus else "quick_cpu.yaml"))
+    overrides = list(args.set)
+    cfg = load_config(experiment, overrides)
+    if cfg.data.source == "cifar10":
+        try:
+            check_data_available(cfg.data)
+            print(f"reproduce: CIFAR-10 found under {cfg.data.root}")
+        except DataError:
+            print(f"reproduce: CIFAR-10 not found under {cfg.data.root}: using synthetic data "
+                  "(throughput does not depend on the pixels; the report says so)")
+            overrides.append("data.source=synthetic")
+    if n_gpus and n_gpus < 2:
+        print("reproduce: one GPU: DP and DDP lines need 2 GPUs; running the single-GPU line")
+        overrides.append("sweep={train.mode: [single], train.batch_size: [32, 64, 128, 256, 512, 1024]}")
+    cfg = load_config(experiment, overrides)
+    ranks = args.nproc or (n_gpus if n_gpus else 2)
+    print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
+          + f", DDP with {ranks} ranks, results in {args.out}", flush=True)
+    t0 = time.monotonic()
+    results = run_campaign(cfg, experiment, args.out, ranks)
+    out_dir = Path(args.out) / cfg.name
+    report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}")
+    failed = [r for r in results if "exit" in r[1]]
+    print(f"reproduce: {len(results)} points in {time.monotonic() - t0:.0f} s, {len(failed)} failed")
+    for c in report["claims"]:
+        print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
+    print(f"reproduce: report at {report['report']}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyramidrepro",
@@ -129,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="epochs timed (after one warm-up)")
     p.add_argument("--num-workers", type=int, default=2, help="workers (torchvision loader)")
     p.set_defaults(func=cmd_bench_loader)
+    p = sub.add_parser("report", help="figure 5, claims and tables from a folder of runs",
+                       description="Read every metrics.h5 below RESULTS and write report.md plus "
+                                   "fig5_throughput.png/.svg (and accuracy plots if any).")
+    p.add_argument("results", help="folder holding runs (searched recursively)")
+    p.add_argument("--out", help="where to write the report (default: RESULTS)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run the campaign sized for this machine, then report",
+                       description="CPU only: experiments/quick_cpu.yaml (single vs 2-rank gloo DDP, "
+                                   "small PyramidNet). GPUs: experiments/fig5.yaml under a 12 GB cap.")
+    p.add_argument("--out", default="results/local", help="results folder (default: results/local)")
+    p.add_argument("--experiment", help="campaign file (default: chosen by the hardware)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--nproc", type=int, help="DDP ranks (default: GPUs present, or 2 on CPU)")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

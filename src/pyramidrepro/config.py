@@ -153,7 +153,9 @@ class ExperimentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
-    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    #: a mapping of dotted keys to value lists (their cartesian product), or a list of such
+    #: mappings (the union of their products, in order)
+    sweep: Union[dict[str, list[Any]], list[dict[str, list[Any]]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,11 +337,16 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         for name, md5 in d.checksums.items():
             if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5.lower()):
                 raise ConfigError(source, f"data.checksums.{name}", f"not an MD5 hex digest: {md5!r}")
-    for key, values in cfg.sweep.items():
-        if not values:
-            raise ConfigError(source, f"sweep.{key}", "needs a non-empty list of values")
-        if key.startswith("sweep") or key.split(".")[0] in ("cluster", "container"):
-            raise ConfigError(source, f"sweep.{key}", "cannot sweep over this section")
+    blocks = cfg.sweep if isinstance(cfg.sweep, list) else [cfg.sweep]
+    for i, block in enumerate(blocks):
+        where = f"sweep[{i}]" if isinstance(cfg.sweep, list) else "sweep"
+        for key, values in block.items():
+            if not values:
+                raise ConfigError(source, f"{where}.{key}", "needs a non-empty list of values")
+            section = key.split(".")[0]
+            if section not in ("model", "data", "train", "devices", "metrics") or "." not in key:
+                raise ConfigError(source, f"{where}.{key}",
+                                  "sweeps take dotted keys of model, data, train, devices or metrics")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -411,10 +418,14 @@ def sweep_points(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Cartesian product of ``sweep`` as a list of {dotted key: value}; [{}] without a sweep."""
     import itertools
 
-    keys = list(cfg.sweep)
-    if not keys:
-        return [{}]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.sweep[k] for k in keys))]
+    blocks = cfg.sweep if isinstance(cfg.sweep, list) else [cfg.sweep]
+    points: list[dict[str, Any]] = []
+    for block in blocks:
+        keys = list(block)
+        if not keys:
+            continue
+        points += [dict(zip(keys, combo)) for combo in itertools.product(*(block[k] for k in keys))]
+    return points or [{}]
 
 
 def expand_sweep(cfg: ExperimentConfig, source: str = "<config>") -> list[tuple[str, ExperimentConfig]]:

@@ -371,14 +371,12 @@ def random_crop_flip(
     offs = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device="cpu").to(dev)
     flips = torch.rand(b, generator=generator, device="cpu").to(dev) < 0.5
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    rows = (offs[0][:, None] + ar_h)[:, :, None]  # B x H x 1
-    cols = offs[1][:, None] + ar_w  # B x W
-    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # B x 1 x W
-    bidx = torch.arange(b, device=dev)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[bidx, rows, cols]  # B x H x W x C
-    return out.permute(0, 3, 1, 2).contiguous(), offs - PAD, flips
+    # every 32x32 window of the padded images as a view: B x C x 9 x 9 x H x W (no copy) ...
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    # ... from which one window per image is gathered: B x C x H x W
+    out = windows[torch.arange(b, device=dev), :, offs[0], offs[1]]
+    out = torch.where(flips[:, None, None, None], out.flip(3), out)
+    return out, offs - PAD, flips
 
 
 class TensorLoader:

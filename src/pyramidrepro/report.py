@@ -1,0 +1,402 @@
+"""Turn a campaign (every ``metrics.h5`` below a folder) into the paper's Figure 5 and a report.
+
+``build_report(results_dir, out_dir)`` writes ``report.md``, ``fig5_throughput.png/.svg`` and,
+when there are accuracy runs, ``accuracy.png/.svg``; it also returns the claims' verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .metrics import read_metrics
+
+PAPER_ERROR = {(110, 48.0): 4.62, (110, 270.0): 3.73}  # Han et al. 2017, CIFAR-10 top-1 error %
+PAPER_OOM_BATCH = 512
+PAPER_GPU_MEMORY_GB = 12
+ABOUT = 0.20  # "about equal": within 20 %
+
+
+@dataclass
+class RunRecord:
+    """What the report needs of one run."""
+
+    path: str
+    experiment: str
+    mode: str
+    line: str
+    batch_size: int
+    status: str
+    images_per_s: float | None
+    peak_memory: list[int]
+    device_name: str
+    world_size: int
+    data_source: str
+    memory_limit_gb: float | None
+    precision: str
+    git_commit: str
+    versions: dict[str, Any]
+    container_image: str
+    finished_at: str
+    model: str
+    accumulation_steps: int = 1
+    activation_checkpointing: bool = False
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+    depth: int = 0
+    alpha: float = 0.0
+    gpu: bool = False
+
+
+def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool) -> str:
+    """Legend entry of a run: the mode plus the memory remedies in use."""
+    parts = [mode]
+    if precision != "fp32":
+        parts.append(precision)
+    if checkpointing:
+        parts.append("ckpt")
+    if accumulation > 1:
+        parts.append(f"accum{accumulation}")
+    return "+".join(parts)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def load_runs(results_dir: str | Path) -> list[RunRecord]:
+    """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked)."""
+    records = []
+    for path in sorted(Path(results_dir).rglob("metrics.h5")):
+        try:
+            m = read_metrics(path)
+        except OSError as exc:
+            print(f"report: skipping unreadable {path}: {exc}")
+            continue
+        a, s = m["attrs"], m.get("summary", {})
+        cfg = yaml.safe_load(a.get("config_yaml", "") or "{}") or {}
+        train = cfg.get("train", {})
+        mode = str(a.get("mode", train.get("mode", "?")))
+        precision = str(a.get("precision", train.get("precision", "fp32")))
+        accum = int(a.get("accumulation_steps", train.get("accumulation_steps", 1)) or 1)
+        ckpt = bool(a.get("activation_checkpointing", train.get("activation_checkpointing", False)))
+        peaks = m.get("ranks", {}).get("peak_memory_bytes")
+        versions = a.get("versions", "{}")
+        device = str(a.get("device_name", ""))
+        records.append(RunRecord(
+            path=str(path),
+            experiment=str(a.get("experiment", cfg.get("name", ""))),
+            mode=mode,
+            line=line_label(mode, precision, accum, ckpt),
+            batch_size=int(a.get("batch_size", train.get("batch_size", 0))),
+            status=str(a.get("status", "unknown")),
+            images_per_s=_num(s.get("images_per_s")),
+            peak_memory=[int(p) for p in peaks] if peaks is not None else [],
+            device_name=device,
+            world_size=int(a.get("world_size", 1)),
+            data_source=str(a.get("data_source", "")),
+            memory_limit_gb=_num(a.get("memory_limit_gb")),
+            precision=precision,
+            git_commit=str(a.get("git_commit", "")),
+            versions=json.loads(versions) if isinstance(versions, str) and versions else {},
+            container_image=str(a.get("container_image", "")),
+            finished_at=str(a.get("finished_at", "")),
+            model=str(a.get("model", "")),
+            accumulation_steps=accum,
+            activation_checkpointing=ckpt,
+            epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
+            depth=int(cfg.get("model", {}).get("depth", 0)),
+            alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
+            gpu=not device.startswith("cpu"),
+        ))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# The table behind the figure: line x batch -> median images/s of completed repeats
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    line: str
+    batch_size: int
+    status: str  # completed | oom | nan | failed | running
+    images_per_s: float | None
+    peak_memory: list[int]
+    runs: int
+    devices: str
+
+
+def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
+    groups: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.line, r.batch_size)].append(r)
+    table: dict[str, dict[int, Point]] = defaultdict(dict)
+    for (line, batch), runs in sorted(groups.items()):
+        done = [r for r in runs if r.status == "completed" and r.images_per_s]
+        if done:
+            ips = statistics.median(r.images_per_s for r in done)
+            best = max(done, key=lambda r: r.finished_at)
+            status, peaks = "completed", best.peak_memory
+        else:
+            latest = max(runs, key=lambda r: r.finished_at)
+            ips, status, peaks = None, latest.status, latest.peak_memory
+        table[line][batch] = Point(line, batch, status, ips, peaks, len(runs), runs[0].device_name)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's claims
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    verdict: str  # PASS | FAIL | NOT RUN
+    evidence: str
+
+
+def _completed(table: dict[str, dict[int, Point]], line: str) -> dict[int, float]:
+    return {b: p.images_per_s for b, p in table.get(line, {}).items()
+            if p.status == "completed" and p.images_per_s}
+
+
+def check_claims(records: list[RunRecord]) -> list[Claim]:
+    """C1-C4 of the paper, each PASS / FAIL / NOT RUN with the numbers behind it."""
+    table = summarise(records)
+    claims = []
+
+    # C1: a single 12 GB GPU runs out of memory at batch >= 512
+    capped = [r for r in records if r.line == "single" and r.gpu and r.memory_limit_gb
+              and abs(r.memory_limit_gb - PAPER_GPU_MEMORY_GB) <= 1]
+    text = f"C1: a single GPU with the paper's {PAPER_GPU_MEMORY_GB} GB runs out of memory at batch >= 512"
+    if not capped:
+        claims.append(Claim("C1", text, "NOT RUN",
+                            "needs single-GPU runs under devices.memory_limit_gb: 12 (no GPU runs with that cap)"))
+    else:
+        by_batch: dict[int, set[str]] = defaultdict(set)
+        for r in capped:
+            by_batch[r.batch_size].add(r.status)
+        big = {b: st for b, st in by_batch.items() if b >= PAPER_OOM_BATCH}
+        small = {b: st for b, st in by_batch.items() if b < PAPER_OOM_BATCH}
+        evidence = ", ".join(f"batch {b}: {'/'.join(sorted(st))}" for b, st in sorted(by_batch.items()))
+        if not big or not small:
+            claims.append(Claim("C1", text, "NOT RUN", f"needs batches on both sides of 512 ({evidence})"))
+        else:
+            ok = all(st == {"oom"} for st in big.values()) and all("completed" in st for st in small.values())
+            claims.append(Claim("C1", text, "PASS" if ok else "FAIL", evidence))
+
+    single, dp, ddp = _completed(table, "single"), _completed(table, "dp"), _completed(table, "ddp")
+
+    # C2: DP slower than single at equal batch; DP at 512 about single at 256
+    text = "C2: DP is slower than single GPU at equal batch, and DP at 512 is about single at 256"
+    common = sorted(set(single) & set(dp))
+    if not dp:
+        claims.append(Claim("C2", text, "NOT RUN", "no completed DP runs (DataParallel needs >= 2 GPUs)"))
+    elif not common:
+        claims.append(Claim("C2", text, "NOT RUN", "no batch size with both single and DP results"))
+    else:
+        slower = {b: dp[b] < single[b] for b in common}
+        ev = [f"batch {b}: DP {dp[b]:,.0f} vs single {single[b]:,.0f} img/s" for b in common]
+        ok = all(slower.values())
+        if 512 in dp and 256 in single:
+            ratio = dp[512] / single[256]
+            ev.append(f"DP@512 / single@256 = {ratio:.2f}")
+            ok = ok and abs(ratio - 1) <= ABOUT
+        else:
+            ev.append("DP@512 vs single@256 not measured")
+        claims.append(Claim("C2", text, "PASS" if ok else "FAIL", "; ".join(ev)))
+
+    # C3: DDP faster than both at every batch
+    text = "C3: DDP is faster than single GPU and DP at every batch size"
+    comps = [(b, name, other[b]) for b in sorted(ddp) for name, other in (("single", single), ("DP", dp))
+             if b in other]
+    if not ddp:
+        claims.append(Claim("C3", text, "NOT RUN", "no completed DDP runs"))
+    elif not comps:
+        claims.append(Claim("C3", text, "NOT RUN", "no batch size with DDP and another mode"))
+    else:
+        ok = all(ddp[b] > v for b, _, v in comps)
+        ev = "; ".join(f"batch {b}: DDP {ddp[b]:,.0f} vs {n} {v:,.0f}" for b, n, v in comps)
+        claims.append(Claim("C3", text, "PASS" if ok else "FAIL", ev))
+
+    # C4: DDP throughput grows with batch
+    text = "C4: DDP throughput grows with the batch size"
+    pts = sorted(ddp.items())
+    if len(pts) < 2:
+        claims.append(Claim("C4", text, "NOT RUN", "needs DDP results at two or more batch sizes"))
+    else:
+        ok = all(b2 >= b1 for (_, b1), (_, b2) in zip(pts, pts[1:]))
+        ev = " -> ".join(f"{b}: {v:,.0f}" for b, v in pts)
+        claims.append(Claim("C4", text, "PASS" if ok else "FAIL", ev))
+    return claims
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and the markdown report
+# ---------------------------------------------------------------------------------------------
+
+_STYLE = {"single": ("tab:blue", "o"), "dp": ("tab:orange", "s"), "dp_balanced": ("tab:brown", "D"),
+          "ddp": ("tab:green", "^")}
+
+
+def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    all_ips = [p.images_per_s for pts in table.values() for p in pts.values() if p.images_per_s]
+    floor = min(all_ips) * 0.8 if all_ips else 1.0
+    oom_labelled = False
+    for line, pts in sorted(table.items()):
+        base = line.split("+")[0]
+        color, marker = _STYLE.get(base, ("tab:gray", "v"))
+        dashed = "+" in line
+        xs = sorted(b for b, p in pts.items() if p.images_per_s)
+        if xs:
+            ax.plot(xs, [pts[b].images_per_s for b in xs], marker=marker, color=color,
+                    linestyle="--" if dashed else "-", label=line)
+        for b, p in pts.items():
+            if p.status == "oom":
+                ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
+                           label=None if oom_labelled else "out of memory")
+                ax.annotate("OOM", (b, floor), textcoords="offset points", xytext=(0, 7),
+                            ha="center", fontsize=8, color=color)
+                oom_labelled = True
+    ax.set_xscale("log", base=2)
+    batches = sorted({b for pts in table.values() for b in pts})
+    if batches:
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches])
+        ax.minorticks_off()
+    ax.set_xlabel("global batch size")
+    ax.set_ylabel("training throughput (images/s)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [out_dir / "fig5_throughput.png", out_dir / "fig5_throughput.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
+    runs = [r for r in records if len(r.epochs.get("test_acc", [])) > 1]
+    if not runs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        ax.plot([e + 1 for e in r.epochs["epoch"]], [100 * (1 - a) for a in r.epochs["test_acc"]],
+                label=f"{r.model} ({r.status})")
+        ref = PAPER_ERROR.get((r.depth, r.alpha))
+        if ref:
+            ax.axhline(ref, linestyle=":", color="gray")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = [out_dir / "accuracy.png", out_dir / "accuracy.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def _fmt_mem(peaks: list[int]) -> str:
+    if not peaks:
+        return "-"
+    gib = [p / 2**30 for p in peaks]
+    if len(gib) == 1:
+        return f"{gib[0]:.2f}"
+    return f"master {gib[0]:.2f} / others max {max(gib[1:]):.2f}"
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 command: str = "") -> dict[str, Any]:
+    """Write report.md and the figures; returns {'report': path, 'claims': [...], 'runs': n}."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"{results_dir}: no such results folder")
+    out = Path(out_dir) if out_dir else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_runs(results_dir)
+    if not records:
+        raise FileNotFoundError(f"{results_dir}: no metrics.h5 files below this folder")
+    table = summarise(records)
+    claims = check_claims(records)
+    synthetic = any(r.data_source == "synthetic" for r in records)
+    devices = sorted({r.device_name for r in records})
+    models = sorted({r.model for r in records})
+    title = "Throughput vs batch size: " + ", ".join(models)
+    if synthetic:
+        title += " (synthetic data)"
+    figs = plot_fig5(table, title, out)
+    acc_figs = plot_accuracy(records, out)
+    running = [r for r in records if r.status == "running"]
+
+    lines = [f"# Reproduction report{' (synthetic data)' if synthetic else ''}", ""]
+    if command:
+        lines += [f"Produced by: `{command}`", ""]
+    lines += [f"Runs read: {len(records)} from `{results_dir}`"
+              + (f" ({len(running)} still running, marked below)" if running else ""), ""]
+    lines += ["## Figure 5: throughput vs batch size", "", f"![Figure 5]({figs[0].name})", ""]
+    lines += ["## The paper's claims", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
+    lines += [f"| {c.text} | **{c.verdict}** | {c.evidence} |" for c in claims]
+    lines += ["", "## Runs: images/s by mode and batch", "",
+              "| line | batch | status | images/s | peak memory (GiB) | repeats |",
+              "| --- | ---: | --- | ---: | --- | ---: |"]
+    for line, pts in sorted(table.items()):
+        for b, p in sorted(pts.items()):
+            ips = f"{p.images_per_s:,.0f}" if p.images_per_s else "-"
+            lines.append(f"| {line} | {b} | {p.status} | {ips} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
+    if acc_figs:
+        lines += ["", "## Accuracy", "", f"![accuracy]({acc_figs[0].name})", "",
+                  "| model | epochs | final test error | Han et al. 2017 |", "| --- | ---: | ---: | ---: |"]
+        for r in records:
+            if len(r.epochs.get("test_acc", [])) > 1:
+                ref = PAPER_ERROR.get((r.depth, r.alpha))
+                err = 100 * (1 - r.epochs["test_acc"][-1])
+                lines.append(f"| {r.model} | {len(r.epochs['test_acc'])} | {err:.2f}% | "
+                             f"{f'{ref:.2f}%' if ref else '-'} |")
+    v = records[0].versions
+    images = sorted({r.container_image for r in records if r.container_image})
+    caps = sorted({r.memory_limit_gb for r in records if r.memory_limit_gb})
+    lines += ["", "## Provenance", "",
+              f"- hardware: {'; '.join(devices)}",
+              f"- GPU memory cap: {', '.join(f'{c:g} GB' for c in caps) if caps else 'none'}",
+              f"- data: {', '.join(sorted({r.data_source for r in records}))}",
+              f"- git commit: {', '.join(sorted({r.git_commit for r in records}))}",
+              f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",
+              f"- container image: {', '.join(images) or 'none (host Python)'}",
+              ""]
+    if running:
+        lines += ["Runs still going when this report was made:", ""]
+        lines += [f"- `{r.path}` ({r.line}, batch {r.batch_size})" for r in running] + [""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return {"report": str(report), "figures": [str(p) for p in figs + acc_figs],
+            "claims": [c.__dict__ for c in claims], "runs": len(records)}

@@ -1,0 +1,143 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SMOKE, only_run_dir, run_cli
+from pyramidrepro.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, make_loader
+from pyramidrepro.metrics import read_metrics
+
+LOADERS = ["torch", "torchvision", "dali"]
+CPU = torch.device("cpu")
+STEP = 7  # pixel value = 1 + STEP * coordinate: 0 only ever comes from the zero padding
+
+
+def coordinate_images(n: int) -> ImageSet:
+    """Images whose red channel encodes the row and green the column; label = sample index."""
+    img = np.zeros((n, 3, 32, 32), dtype=np.uint8)
+    img[:, 0] = (1 + STEP * np.arange(32))[None, :, None]
+    img[:, 1] = (1 + STEP * np.arange(32))[None, None, :]
+    img[:, 2] = (np.arange(n) % 251)[:, None, None]
+    return ImageSet(img, np.arange(n, dtype=np.int64))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return torch.round((x * std + mean) * 255).clamp(0, 255).to(torch.uint8).numpy()
+
+
+def decode(img: np.ndarray) -> tuple[int, int, bool]:
+    """(dy, dx, flipped) of one augmented coordinate image."""
+    r, g = img[0].astype(int), img[1].astype(int)
+    i, j = np.argwhere((r > 0) & (g > 0))[0]
+    dy = (r[i, j] - 1) // STEP - i
+    row = g[i]
+    valid = row[row > 0]
+    flipped = len(valid) > 1 and valid[1] < valid[0]
+    col_src = (g[i, j] - 1) // STEP
+    dx = col_src - ((31 - j) if flipped else j)
+    return int(dy), int(dx), bool(flipped)
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_shapes_dtypes_ranges(kind):
+    data = coordinate_images(256)
+    loader = make_loader(kind, data, 64, CPU, num_workers=0)
+    loader.set_epoch(0)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4
+    lo = min((0 - m) / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD))
+    hi = max((1 - m) / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD))
+    for x, y in batches:
+        assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and x.device == CPU
+        assert y.shape == (64,) and y.dtype == torch.int64
+        assert lo - 1e-4 <= float(x.min()) and float(x.max()) <= hi + 1e-4
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_crop_offsets_uniform_and_flips_half(kind):
+    data = coordinate_images(2048)
+    loader = make_loader(kind, data, 256, CPU, num_workers=0, seed=3)
+    loader.set_epoch(0)
+    dys, dxs, flips = [], [], []
+    for x, _ in loader:
+        for img in to_uint8(x):
+            dy, dx, f = decode(img)
+            dys.append(dy)
+            dxs.append(dx)
+            flips.append(f)
+    for offs in (dys, dxs):
+        counts = np.bincount(np.asarray(offs) + 4, minlength=9)
+        assert len(counts) == 9 and set(offs) == set(range(-4, 5))
+        expected = len(offs) / 9
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 26.1, (kind, counts)  # chi-square, 8 degrees of freedom, p = 0.001
+    assert 0.45 < np.mean(flips) < 0.55
+
+
+def test_without_augmentation_all_loaders_agree():
+    rng = np.random.default_rng(0)
+    data = ImageSet(rng.integers(0, 256, (300, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 300))
+    outs = {}
+    for kind in LOADERS:
+        loader = make_loader(kind, data, 100, CPU, augment=False, num_workers=0, seed=5)
+        loader.set_epoch(2)
+        outs[kind] = list(loader)
+    for kind in ("torchvision", "dali"):
+        for (xa, ya), (xb, yb) in zip(outs["torch"], outs[kind]):
+            torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+            assert torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_two_shards_disjoint_cover_and_reshuffle(kind):
+    data = coordinate_images(512)
+    seen = {}
+    for epoch in (0, 1):
+        ids = []
+        for rank in (0, 1):
+            loader = make_loader(kind, data, 64, CPU, rank=rank, world_size=2, seed=11, num_workers=0)
+            loader.set_epoch(epoch)
+            ids.append(np.concatenate([y.numpy() for _, y in loader]))
+            assert len(loader) == 512 // 64
+        assert not set(ids[0]) & set(ids[1])
+        assert sorted(np.concatenate(ids)) == list(range(512))
+        seen[epoch] = ids[0]
+    assert not np.array_equal(seen[0], seen[1])
+    again = make_loader(kind, data, 64, CPU, rank=0, world_size=2, seed=11, num_workers=0)
+    again.set_epoch(1)
+    assert np.array_equal(np.concatenate([y.numpy() for _, y in again]), seen[1])
+
+
+def test_dali_missing_is_a_clear_error():
+    code = (
+        "import sys; sys.modules['nvidia.dali'] = None\n"
+        "import torch\n"
+        "from pyramidrepro.data import make_loader, synthetic_splits\n"
+        "make_loader('dali', synthetic_splits(64, 8).train, 32, torch.device('cpu'))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0
+    assert "pip install 'pyramidrepro[dali]'" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["dali", "torch"])
+def test_training_end_to_end_through_the_cli(tmp_path, kind):
+    r = run_cli("run", str(SMOKE), "--set", f"data.loader={kind}", "--set", "train.max_steps=null",
+                "--set", "train.evaluate=true", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    m = read_metrics(only_run_dir(tmp_path) / "metrics.h5")
+    assert m["attrs"]["status"] == "completed" and m["attrs"]["loader"] == kind
+    assert len(m["steps"]["step"]) == 8 and len(m["epochs"]["test_acc"]) == 1
+
+
+def test_bench_loader_prints_json():
+    import json
+
+    r = run_cli("bench-loader", "--loader", "torch", "--images", "1024", "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["images_per_s"] > 0 and len(d["images_per_s_all"]) == 2 and "machine" in d

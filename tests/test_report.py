@@ -1,0 +1,116 @@
+import json
+from pathlib import Path
+
+import yaml
+
+from conftest import SMOKE, run_cli
+from pyramidrepro.metrics import MetricsWriter
+from pyramidrepro.report import build_report, check_claims, load_runs
+
+
+def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,
+             gpu: bool = True, cap: float | None = 12.0, peaks=(10 * 2**30,), precision="fp32",
+             accumulation: int = 1) -> None:
+    """A hand-built metrics file, for the claim logic."""
+    d = root / name
+    d.mkdir(parents=True)
+    w = MetricsWriter(d / "metrics.h5", flush_interval_s=0)
+    cfg = {"name": "fake", "model": {"depth": 110, "alpha": 270.0},
+           "train": {"mode": mode, "batch_size": batch, "precision": precision,
+                     "accumulation_steps": accumulation}}
+    w.set_attrs(config_yaml=yaml.safe_dump(cfg), mode=mode, batch_size=batch,
+                device_name="NVIDIA H100 80GB HBM3" if gpu else "cpu (x86_64, 2 cores)",
+                memory_limit_gb=cap if cap else "", data_source="synthetic", precision=precision,
+                accumulation_steps=accumulation, world_size=2 if mode != "single" else 1,
+                versions=json.dumps({"torch": "2.x"}), git_commit="abc", model="PyramidNet-110 alpha=270 basic")
+    if ips is not None:
+        w.set_summary(images_per_s=ips)
+    w.set_ranks(peak_memory_bytes=list(peaks))
+    w.close(status)
+
+
+PAPER_LIKE = [  # shaped like the paper's figure
+    ("single", 128, "completed", 300), ("single", 256, "completed", 320), ("single", 512, "oom", None),
+    ("single", 1024, "oom", None),
+    ("dp", 128, "completed", 200), ("dp", 256, "completed", 260), ("dp", 512, "completed", 310),
+    ("ddp", 128, "completed", 500), ("ddp", 256, "completed", 560), ("ddp", 512, "completed", 600),
+]
+
+
+def build(tmp_path, rows, **kw):
+    for i, (mode, batch, status, ips) in enumerate(rows):
+        fake_run(tmp_path / "runs", f"r{i}", mode, batch, status, ips, **kw)
+    return {c.key: c for c in check_claims(load_runs(tmp_path / "runs"))}
+
+
+def test_all_claims_pass_on_paper_shaped_results(tmp_path):
+    claims = build(tmp_path, PAPER_LIKE)
+    assert {k: c.verdict for k, c in claims.items()} == {"C1": "PASS", "C2": "PASS", "C3": "PASS", "C4": "PASS"}
+    assert "DP@512 / single@256 = 0.97" in claims["C2"].evidence
+
+
+def test_each_claim_can_fail(tmp_path):
+    rows = [r for r in PAPER_LIKE if not (r[0] == "single" and r[1] == 512)]
+    rows += [("single", 512, "completed", 330)]  # fits: C1 fails
+    rows = [("dp", b, s, 400.0) if m == "dp" else (m, b, s, v) for m, b, s, v in rows]  # DP faster
+    rows = [("ddp", 512, "completed", 100.0) if (m, b) == ("ddp", 512) else (m, b, s, v)
+            for m, b, s, v in rows]  # DDP shrinks and loses at 512
+    claims = build(tmp_path, rows)
+    assert {k: c.verdict for k, c in claims.items()} == {"C1": "FAIL", "C2": "FAIL", "C3": "FAIL", "C4": "FAIL"}
+
+
+def test_claims_not_run_without_the_needed_runs(tmp_path):
+    claims = build(tmp_path, [("single", 64, "completed", 100), ("ddp", 64, "completed", 150)],
+                   gpu=False, cap=None)
+    assert claims["C1"].verdict == "NOT RUN" and "memory_limit_gb" in claims["C1"].evidence
+    assert claims["C2"].verdict == "NOT RUN" and "DP" in claims["C2"].evidence
+    assert claims["C3"].verdict == "PASS"
+    assert claims["C4"].verdict == "NOT RUN"
+
+
+def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
+    out = tmp_path / "runs"
+    for mode, batch in (("single", 32), ("single", 64)):
+        r = run_cli("run", str(SMOKE), "--set", f"train.mode={mode}", "--set", f"train.batch_size={batch}",
+                    "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    r = run_cli("run", str(SMOKE), "--set", "train.mode=ddp", "--nproc", "2", "--set", "train.batch_size=64",
+                "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    fake_run(out / "smoke", "oomrun", "single", 128, "oom", None, gpu=False, cap=None)
+    fake_run(out / "smoke", "going", "single", 256, "running", None, gpu=False, cap=None)
+    r = run_cli("report", str(out), "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "(synthetic data)" in text.splitlines()[0]
+    assert "| single | 128 | oom |" in text and "| ddp | 64 | completed |" in text
+    assert "still running" in text and "going" in text
+    assert "master" in text  # per-rank memory for the 2-rank run
+    for name in ("fig5_throughput.png", "fig5_throughput.svg"):
+        assert (tmp_path / "rep" / name).stat().st_size > 1000
+    assert "C4:" in r.stdout and "NOT RUN" in r.stdout
+
+
+def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
+    r = run_cli("report", str(tmp_path))
+    assert r.returncode == 2 and "no metrics.h5" in r.stderr
+    r = run_cli("report", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such results folder" in r.stderr
+
+
+def test_accuracy_runs_are_compared_with_the_paper(tmp_path):
+    d = tmp_path / "acc"
+    d.mkdir()
+    w = MetricsWriter(d / "metrics.h5", flush_interval_s=0)
+    w.set_attrs(config_yaml=yaml.safe_dump({"model": {"depth": 110, "alpha": 48.0}, "train": {"mode": "single"}}),
+                mode="single", batch_size=128, device_name="cpu", data_source="cifar10 (x)",
+                model="PyramidNet-110 alpha=48 basic")
+    for e, acc in enumerate([0.5, 0.8, 0.9]):
+        w.log_epoch(epoch=e, test_acc=acc, train_loss=1.0)
+    w.close("completed")
+    res = build_report(tmp_path, tmp_path / "rep")
+    text = Path(res["report"]).read_text()
+    assert "| PyramidNet-110 alpha=48 basic | 3 | 10.00% | 4.62% |" in text
+    assert (tmp_path / "rep" / "accuracy.png").is_file()
+
+
