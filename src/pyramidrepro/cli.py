@@ -139,6 +139,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import dispatch
+
+    overrides = list(args.set)
+    if args.cluster:
+        overrides.append(f"cluster.executor={args.cluster}")
+    cfg = load_config(args.experiment, overrides)
+    jobs = dispatch.submit(cfg, args.experiment, args.out, dry_run=args.dry_run)
+    if args.dry_run or not args.wait:
+        return 0
+    bad = dispatch.wait(jobs, poll_s=args.poll)
+    print(f"submit: {len(jobs) - bad}/{len(jobs)} job(s) completed")
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyramidrepro",
@@ -186,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="epochs timed (after one warm-up)")
     p.add_argument("--num-workers", type=int, default=2, help="workers (torchvision loader)")
     p.set_defaults(func=cmd_bench_loader)
+    p = sub.add_parser("submit", help="submit an experiment (and its sweep) through submitit",
+                       description="Expand the sweep and submit every point through submitit: one Slurm "
+                                   "job array per task layout (cluster.executor: slurm), local processes "
+                                   "(local) or in this process (debug). Results: OUT/<experiment>/<run id>/.")
+    add_config_args(p)
+    p.add_argument("--out", default="results/runs", help="results folder (default: results/runs)")
+    p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="override cluster.executor")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and points; submit nothing")
+    p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between state checks with --wait")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("report", help="figure 5, claims and tables from a folder of runs",
                        description="Read every metrics.h5 below RESULTS and write report.md plus "
                                    "fig5_throughput.png/.svg (and accuracy plots if any).")

@@ -179,11 +179,15 @@ class Trainer:
         """
         import submitit
 
-        if self._state is not None and self._between_steps:
-            self._save_checkpoint(**self._state)
+        self.save_if_between_steps()
         return submitit.helpers.DelayedSubmission(
             Trainer(self.cfg, self.run_dir, self.extra_attrs, self.progress)
         )
+
+    def save_if_between_steps(self) -> None:
+        """Checkpoint now if the loop is at a step boundary (a consistent state)."""
+        if self._state is not None and self._between_steps and self.run_dir is not None:
+            self._save_checkpoint(**self._state)
 
     # -- setup --------------------------------------------------------------------------------
     def run(self) -> str:

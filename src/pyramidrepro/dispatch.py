@@ -1,0 +1,275 @@
+"""Dispatch experiments through submitit: Slurm job arrays, local processes, or in-process debug.
+
+``submit(cfg, ...)`` expands the sweep, gives every point a stable run id and its own folder, and
+submits one job array per task layout (submitit applies one set of sbatch parameters to an array:
+DDP points need one task per GPU, single and DP points one task).  The submitted callable,
+:class:`JobRunner`, lives in this importable module and is checkpointable for requeue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
+
+TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED", "INTERRUPTED"}
+
+
+def image_digest(image: str | None) -> str:
+    """sha256 of the container image file (first 64 MiB + size, so huge images hash quickly)."""
+    if not image:
+        return ""
+    p = Path(image)
+    if not p.is_file():
+        return "missing"
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        h.update(fh.read(64 << 20))
+    h.update(str(p.stat().st_size).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def container_python(cfg: ExperimentConfig, bind_paths: list[str]) -> str | None:
+    """The ``python`` command for submitit: ``apptainer exec --nv --bind ... IMAGE python``."""
+    c = cfg.container
+    if not c.image:
+        return None
+    binds = list(dict.fromkeys([*c.binds, *bind_paths]))
+    parts = [c.apptainer, "exec", "--nv"]
+    for b in binds:
+        parts += ["--bind", b if ":" in b else f"{b}:{b}"]
+    for k, v in sorted(c.env.items()):
+        parts += ["--env", f"{k}={v}"]
+    parts += [c.image, "python"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def tasks_per_node(cfg: ExperimentConfig) -> int:
+    """DDP: one task per GPU (or ``cluster.tasks_per_node`` on CPU nodes); DP and single: one."""
+    c = cfg.cluster
+    if cfg.train.mode != "ddp":
+        return 1
+    if c.tasks_per_node:
+        return c.tasks_per_node
+    return max(1, c.gpus_per_node) if c.gpus_per_node else 2
+
+
+def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
+    """submitit's update_parameters() arguments for one point."""
+    c = cfg.cluster
+    params: dict[str, Any] = {
+        "name": cfg.name,
+        "timeout_min": c.time_min,
+        "nodes": c.nodes,
+        "tasks_per_node": tasks_per_node(cfg),
+        "cpus_per_task": c.cpus_per_task,
+    }
+    if c.gpus_per_node:
+        params["gpus_per_node"] = c.gpus_per_node
+    if c.mem_gb:
+        params["mem_gb"] = c.mem_gb
+    if c.executor == "slurm":
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(c, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        params["slurm_array_parallelism"] = c.array_parallelism
+        params["slurm_signal_delay_s"] = c.signal_delay_s
+        if c.additional_parameters:
+            params["slurm_additional_parameters"] = dict(c.additional_parameters)
+        if c.setup:
+            params["slurm_setup"] = list(c.setup)
+    return params
+
+
+def _layout(cfg: ExperimentConfig) -> tuple:
+    return (tasks_per_node(cfg), cfg.cluster.nodes, cfg.cluster.gpus_per_node)
+
+
+class JobRunner:
+    """The callable a job runs: one sweep point, one run folder; requeueable."""
+
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str, image: str = "", digest: str = "") -> None:
+        self.cfg_dict, self.run_dir, self.image, self.digest = cfg_dict, run_dir, image, digest
+        self.trainer = None
+
+    def __call__(self) -> dict[str, Any]:
+        import submitit
+
+        from .train import Trainer
+
+        cfg = config_from_dict(self.cfg_dict, f"{self.run_dir}/config.yaml")
+        job_env = submitit.JobEnvironment()
+        if job_env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
+            return {"status": "skipped", "rank": job_env.global_rank}
+        attrs = {
+            "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or job_env.job_id,
+            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+            "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", job_env.hostname),
+            "submitit_job_id": job_env.job_id,
+            "container_image": self.image,
+            "container_digest": self.digest,
+        }
+        self.trainer = Trainer(cfg, self.run_dir, extra_attrs=attrs, progress=False)
+        status = self.trainer.run()
+        if job_env.num_tasks > 1:
+            # submitit writes the result before the interpreter exits; end the rank then without
+            # running C++ teardown (see parallel.exit_rank).
+            from .parallel import exit_rank
+
+            atexit.register(exit_rank, 0)
+        return {"status": status, "run_dir": self.run_dir, "rank": job_env.global_rank}
+
+    def checkpoint(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - submitit API
+        """Rank 0 on preemption/timeout: save (when between steps) and requeue this point.
+
+        The other ranks get no call; the requeue ends them with the job, they write nothing
+        (only rank 0 writes), and on restart every rank resumes from rank 0's checkpoint.
+        """
+        import submitit
+
+        if self.trainer is not None:
+            self.trainer.save_if_between_steps()
+        return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir, self.image, self.digest))
+
+
+def make_executor(cfg: ExperimentConfig, folder: Path, bind_paths: list[str]):  # noqa: ANN201
+    import submitit
+
+    kwargs: dict[str, Any] = {}
+    cluster = cfg.cluster.executor
+    if cluster == "slurm":
+        kwargs["slurm_max_num_timeout"] = cfg.cluster.max_requeues
+        python = container_python(cfg, bind_paths)
+        if python:
+            kwargs["slurm_python"] = python
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster, **kwargs)
+    executor.update_parameters(**slurm_parameters(cfg))
+    return executor
+
+
+def sbatch_preview(cfg: ExperimentConfig, folder: Path, bind_paths: list[str], array_size: int) -> str:
+    """The sbatch script submitit would write for this layout (nothing is submitted)."""
+    from submitit.slurm import slurm
+
+    as_slurm = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, executor="slurm"))
+    executor = make_executor(as_slurm, folder, bind_paths)
+    inner = executor._executor
+    params = dict(inner.parameters)
+    if array_size > 1:
+        params["map_count"] = array_size
+    command = " ".join([inner.python, "-u -m submitit.core._submit", shlex.quote(str(inner.folder))])
+    return slurm._make_sbatch_string(command=command, folder=inner.folder, **params)
+
+
+def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
+           stream=sys.stdout) -> list[Any]:  # noqa: ANN001
+    """Submit every sweep point; returns the submitit jobs (empty for a dry run)."""
+    out = Path(out).resolve()
+    points = expand_sweep(cfg, source)
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
+    data_root = str(Path(cfg.data.root).resolve())
+    bind_paths = [str(out), data_root] if cfg.container.image else []
+    digest = image_digest(cfg.container.image)
+    groups: dict[tuple, list[tuple[str, ExperimentConfig]]] = {}
+    for run_id, point_cfg in points:
+        groups.setdefault(_layout(point_cfg), []).append((run_id, point_cfg))
+    print(f"{len(points)} point(s) of {cfg.name} -> {len(groups)} job array(s), results under "
+          f"{out / cfg.name}", file=stream)
+    for run_id, point_cfg in points:
+        validate_dispatch(point_cfg, f"{source} ({run_id})")
+    jobs: list[Any] = []
+    for layout, members in groups.items():
+        first = members[0][1]
+        if dry_run:
+            print(f"# --- array of {len(members)} point(s): {layout[0]} task(s)/node x {layout[1]} node(s)",
+                  file=stream)
+            for run_id, _ in members:
+                print(f"#   {out / cfg.name / run_id}", file=stream)
+            print(sbatch_preview(first, folder, bind_paths, len(members)), file=stream)
+            continue
+        runners = []
+        for run_id, point_cfg in members:
+            run_dir = out / cfg.name / run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(point_cfg.to_yaml())
+            runners.append(JobRunner(point_cfg.to_dict(), str(run_dir), cfg.container.image or "", digest))
+        folder.mkdir(parents=True, exist_ok=True)
+        executor = make_executor(first, folder, bind_paths)
+        with executor.batch():
+            batch_jobs = [executor.submit(r) for r in runners]
+        for job, (run_id, _) in zip(batch_jobs, members):
+            print(f"submitted {job.job_id}: {out / cfg.name / run_id}", file=stream)
+        jobs += batch_jobs
+    return jobs
+
+
+def job_state(job: Any) -> str:
+    try:
+        return str(job.state).split()[0].upper()
+    except Exception:  # noqa: BLE001 - a state query can fail transiently
+        return "UNKNOWN"
+
+
+def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout) -> int:  # noqa: ANN001
+    """Follow the jobs until all end; prints progress; returns the number that did not complete."""
+    pending = {j.job_id: j for j in jobs}
+    outcome: dict[str, str] = {}
+    last = ""
+    while pending:
+        for jid, job in list(pending.items()):
+            state = job_state(job)
+            if state in TERMINAL_BAD or job.done():
+                try:
+                    result = job.results()[0]  # rank 0's answer (the one that wrote metrics)
+                    status = result.get("status", "?") if isinstance(result, dict) else str(result)
+                    outcome[jid] = "COMPLETED" if status in ("completed", "oom", "nan") else f"FAILED ({status})"
+                    if status in ("oom", "nan"):
+                        outcome[jid] = f"COMPLETED ({status})"
+                except Exception as exc:  # noqa: BLE001 - report, do not crash the waiter
+                    first = str(exc).strip().splitlines()
+                    outcome[jid] = f"{state if state in TERMINAL_BAD else 'FAILED'}: {first[-1] if first else ''}"
+                del pending[jid]
+        states: dict[str, int] = {}
+        for job in pending.values():
+            s = job_state(job).replace("UNKNOWN", "SUBMITTED")
+            states[s] = states.get(s, 0) + 1
+        line = (f"[wait] {len(outcome)}/{len(jobs)} done"
+                + "".join(f", {n} {s.lower()}" for s, n in sorted(states.items())))
+        if line != last:
+            print(line, file=stream, flush=True)
+            last = line
+        if pending:
+            time.sleep(poll_s)
+    bad = 0
+    for jid, text in outcome.items():
+        print(f"{jid}: {text}", file=stream)
+        bad += not text.startswith("COMPLETED")
+    return bad
+
+
+def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
+    """Cluster/container checks that the schema alone cannot make."""
+    c = cfg.cluster
+    if cfg.container.image and not str(cfg.container.image).endswith(".sif"):
+        raise ConfigError(source, "container.image", f"expected an Apptainer .sif image, got {cfg.container.image!r}")
+    for i, b in enumerate(cfg.container.binds):
+        if not b or b.count(":") > 2:
+            raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:OPTS]], got {b!r}")
+    if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
+        raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
+    if cfg.train.mode == "dp" and c.executor == "slurm" and c.gpus_per_node < 1:
+        raise ConfigError(source, "cluster.gpus_per_node", "train.mode: dp needs GPUs on the node")

@@ -1,0 +1,138 @@
+"""Dispatch on a real one-node Slurm cluster (slurm/dev/cluster.sh, started by `make test`)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, SMOKE, run_cli
+from pyramidrepro.metrics import read_metrics
+
+
+def _cluster_up() -> str | None:
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set (start it: bash slurm/dev/cluster.sh start; eval $(... env))"
+    if not shutil.which("sbatch"):
+        return "Slurm client tools are not installed"
+    r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if r.returncode != 0 or "idle" not in r.stdout and "mix" not in r.stdout and "alloc" not in r.stdout:
+        return f"the local Slurm cluster does not answer ({r.stderr.strip()})"
+    return None
+
+
+reason = _cluster_up()
+if reason:
+    print(f"test_slurm: skipped: {reason}", file=sys.stderr)
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1",
+        "--set", "cluster.time_min=10"]
+
+
+def _runs(out):
+    return {p.parent.name: read_metrics(p) for p in out.glob("smoke/*/metrics.h5")}
+
+
+def test_single_task_run(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = _runs(tmp_path).values()
+    assert m["attrs"]["status"] == "completed"
+    assert m["attrs"]["slurm_job_id"] and m["attrs"]["slurm_nodelist"]
+    assert "submitted" in r.stdout and "1/1 job(s) completed" in r.stdout
+
+
+def test_two_task_ddp_run(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait",
+                "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = _runs(tmp_path).values()
+    assert m["attrs"]["status"] == "completed" and m["attrs"]["world_size"] == 2
+    assert m["attrs"]["backend"] == "gloo" and m["ranks"]["step_time_s"].shape[0] == 2
+
+
+def test_three_point_sweep_is_one_job_array(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait",
+                "--set", "sweep={train.batch_size: [32, 64, 128]}", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = _runs(tmp_path)
+    assert len(runs) == 3
+    assert {m["attrs"]["batch_size"] for m in runs.values()} == {32, 64, 128}
+    assert len({m["attrs"]["slurm_job_id"] for m in runs.values()}) == 1  # one array job
+    assert {m["attrs"]["slurm_array_task_id"] for m in runs.values()} == {"0", "1", "2"}
+
+
+def test_scancel_is_reported_quickly(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), "--cluster", "slurm", "--out",
+         str(tmp_path), "--wait", "--poll", "1", "--set", "train.max_steps=100000", "--set", "train.epochs=1000",
+         *TINY],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(tmp_path.glob("smoke/*/metrics.h5")):
+            time.sleep(0.5)
+        job_id = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "smoke"], capture_output=True,
+                                text=True).stdout.split()[0]
+        subprocess.run(["scancel", job_id], check=True)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"scancel: --wait returned {proc.returncode} after {elapsed:.1f} s")
+    assert proc.returncode != 0
+    assert "CANCELLED" in out
+    assert elapsed < 30
+
+
+def test_preempted_job_is_requeued_and_metrics_continue(tmp_path):
+    code = f"""
+import sys, time, glob
+sys.argv = ['x']
+from pyramidrepro.config import load_config
+from pyramidrepro import dispatch
+from pyramidrepro.metrics import read_metrics
+cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'train.epochs=8', 'model.depth=8', 'model.alpha=4',
+    'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1'])
+(job,) = dispatch.submit(cfg, 'smoke', {str(tmp_path)!r})
+deadline = time.time() + 120
+while time.time() < deadline:
+    files = glob.glob({str(tmp_path)!r} + '/smoke/*/metrics.h5')
+    if files and len(read_metrics(files[0])['steps']['step']) >= 20:
+        break
+    time.sleep(0.3)
+job._interrupt()
+print('interrupted', flush=True)
+print('RESULT', job.results()[0])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESULT {'status': 'completed'" in r.stdout
+    (m,) = _runs(tmp_path).values()
+    steps = list(m["steps"]["step"])
+    assert m["attrs"]["status"] == "completed"
+    assert int(m["attrs"]["resumed_from_step"]) > 0  # it did resume from a checkpoint
+    assert steps == list(range(1, 8 * 8 + 1))  # no gap, no duplicate step
+    assert list(m["epochs"]["epoch"]) == list(range(8))
+
+
+def test_dry_run_shows_the_generated_scripts(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--dry-run",
+                "--set", "sweep={train.batch_size: [32, 64, 128]}", "--set", "train.mode=ddp",
+                "--set", "cluster.gpus_per_node=4", "--set", "cluster.nodes=2",
+                "--set", "cluster.array_parallelism=2", "--set", "container.image=/img/pyramidrepro.sif",
+                "--set", "container.binds=[/scratch]")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "#SBATCH --array=0-2%2" in out
+    assert "#SBATCH --ntasks-per-node=4" in out and "#SBATCH --nodes=2" in out
+    assert "#SBATCH --gpus-per-node=4" in out
+    assert "apptainer exec --nv --bind /scratch:/scratch" in out and "/img/pyramidrepro.sif python" in out
+    assert f"--bind {tmp_path.resolve()}:{tmp_path.resolve()}" in out
+    assert not list(tmp_path.glob("smoke/*"))  # nothing submitted, no run folders
