@@ -114,3 +114,19 @@ def test_accuracy_runs_are_compared_with_the_paper(tmp_path):
     assert (tmp_path / "rep" / "accuracy.png").is_file()
 
 
+
+
+def test_remedy_lines_and_largest_batch_figure(tmp_path):
+    rows = list(PAPER_LIKE)
+    for i, (b, st, ips) in enumerate([(512, "completed", 500.0), (1024, "oom", None)]):
+        fake_run(tmp_path / "runs", f"bf{i}", "single", b, st, ips, precision="bf16")
+    fake_run(tmp_path / "runs", "acc", "single", 1024, "completed", 290.0, accumulation=4)
+    for i, (mode, batch, status, ips) in enumerate(rows):
+        fake_run(tmp_path / "runs", f"r{i}", mode, batch, status, ips)
+    res = build_report(tmp_path / "runs", tmp_path / "rep")
+    text = Path(res["report"]).read_text()
+    assert "- single: fits 256, out of memory at 512" in text
+    assert "- single+bf16: fits 512, out of memory at 1024" in text
+    assert "- single+accum4: fits 1024" in text
+    assert "## Images/s at the paper's batch sizes" in text
+    assert (tmp_path / "rep" / "largest_batch.png").stat().st_size > 1000

@@ -298,6 +298,44 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
     return paths
 
 
+def largest_fitting_batch(table: dict[str, dict[int, Point]]) -> dict[str, tuple[int | None, int | None]]:
+    """Per line: (largest completed batch, smallest batch that ran out of memory)."""
+    out = {}
+    for line, pts in table.items():
+        done = [b for b, p in pts.items() if p.status == "completed"]
+        oom = [b for b, p in pts.items() if p.status == "oom"]
+        out[line] = (max(done) if done else None, min(oom) if oom else None)
+    return out
+
+
+def plot_fitting(table: dict[str, dict[int, Point]], out_dir: Path) -> list[Path]:
+    """Bar chart: the largest batch each remedy / mode ran under the memory cap."""
+    fits = {k: v for k, v in largest_fitting_batch(table).items() if v[0]}
+    if not any(v[1] for v in largest_fitting_batch(table).values()):
+        return []  # no OOM anywhere: the limit was not reached, nothing to show
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = sorted(fits, key=lambda k: fits[k][0])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(lines) + 1.5))
+    ax.barh(lines, [fits[k][0] for k in lines],
+            color=[_STYLE.get(k.split("+")[0], ("tab:gray", ""))[0] for k in lines])
+    for i, k in enumerate(lines):
+        oom = fits[k][1]
+        ax.text(fits[k][0], i, f" {fits[k][0]}" + (f" (OOM at {oom})" if oom else " (no OOM seen)"),
+                va="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("largest global batch that ran under the memory cap")
+    fig.tight_layout()
+    paths = [out_dir / "largest_batch.png", out_dir / "largest_batch.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
 def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
     runs = [r for r in records if len(r.epochs.get("test_acc", [])) > 1]
     if not runs:
@@ -355,6 +393,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     if synthetic:
         title += " (synthetic data)"
     figs = plot_fig5(table, title, out)
+    fit_figs = plot_fitting(table, out)
     acc_figs = plot_accuracy(records, out)
     running = [r for r in records if r.status == "running"]
 
@@ -373,6 +412,21 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
         for b, p in sorted(pts.items()):
             ips = f"{p.images_per_s:,.0f}" if p.images_per_s else "-"
             lines.append(f"| {line} | {b} | {p.status} | {ips} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
+    paper_batches = [b for b in (64, 128, 256, 512) if any(b in pts for pts in table.values())]
+    if len(table) > 1 and paper_batches:
+        lines += ["", "## Images/s at the paper's batch sizes", "",
+                  "| line | " + " | ".join(str(b) for b in paper_batches) + " |",
+                  "| --- |" + " ---: |" * len(paper_batches)]
+        for line, pts in sorted(table.items()):
+            cells = []
+            for b in paper_batches:
+                p = pts.get(b)
+                cells.append("-" if p is None else (f"{p.images_per_s:,.0f}" if p.images_per_s else p.status))
+            lines.append(f"| {line} | " + " | ".join(cells) + " |")
+    if fit_figs:
+        lines += ["", "## Largest batch under the memory cap", "", f"![largest batch]({fit_figs[0].name})", ""]
+        for line, (fit, oom) in sorted(largest_fitting_batch(table).items()):
+            lines.append(f"- {line}: fits {fit if fit else '-'}" + (f", out of memory at {oom}" if oom else ""))
     if acc_figs:
         lines += ["", "## Accuracy", "", f"![accuracy]({acc_figs[0].name})", "",
                   "| model | epochs | final test error | Han et al. 2017 |", "| --- | ---: | ---: | ---: |"]
@@ -398,5 +452,5 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
         lines += [f"- `{r.path}` ({r.line}, batch {r.batch_size})" for r in running] + [""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    return {"report": str(report), "figures": [str(p) for p in figs + acc_figs],
+    return {"report": str(report), "figures": [str(p) for p in figs + fit_figs + acc_figs],
             "claims": [c.__dict__ for c in claims], "runs": len(records)}
