@@ -154,6 +154,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_training
+
+    r = bench_training(args.device, args.depth, args.alpha, args.block, args.batch_size, args.steps,
+                       args.repeats, peak_tflops=args.peak_tflops)
+    print(json.dumps(r, indent=2))
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (give --peak-tflops)"
+    print(f"{'path':10s} {'images/s':>10s}\nbaseline   {r['baseline_images_per_s']:10,.0f}\n"
+          f"optimized  {r['optimized_images_per_s']:10,.0f}\nratio {r['ratio']:.2f}x   MFU {mfu}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyramidrepro",
@@ -201,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="epochs timed (after one warm-up)")
     p.add_argument("--num-workers", type=int, default=2, help="workers (torchvision loader)")
     p.set_defaults(func=cmd_bench_loader)
+    p = sub.add_parser("bench", help="seed-style baseline vs optimized training path, side by side",
+                       description="Alternate the seed-style baseline (fp32, NCHW, eager, torchvision "
+                                   "DataLoader, loss.item() every step, plain SGD) with the optimized path "
+                                   "(bf16 autocast, channels_last, tensor loader, foreach/fused SGD, no host "
+                                   "sync) on the same model, batch and device; print JSON and a table.")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--depth", type=int, default=32)
+    p.add_argument("--alpha", type=float, default=48)
+    p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are looked up)")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("submit", help="submit an experiment (and its sweep) through submitit",
                        description="Expand the sweep and submit every point through submitit: one Slurm "
                                    "job array per task layout (cluster.executor: slurm), local processes "
