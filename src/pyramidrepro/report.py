@@ -253,13 +253,30 @@ _STYLE = {"single": ("tab:blue", "o"), "dp": ("tab:orange", "s"), "dp_balanced":
           "ddp": ("tab:green", "^")}
 
 
-def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> list[Path]:
+def _new_axes(figsize: tuple[float, float]):  # noqa: ANN202
+    """A figure and axes on the non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(figsize=figsize)
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # noqa: ANN001
+    """Write ``stem``.png and ``stem``.svg and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> list[Path]:
+    fig, ax = _new_axes((7, 4.5))
     all_ips = [p.images_per_s for pts in table.values() for p in pts.values() if p.images_per_s]
     floor = min(all_ips) * 0.8 if all_ips else 1.0
     oom_labelled = False
@@ -290,12 +307,7 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = [out_dir / "fig5_throughput.png", out_dir / "fig5_throughput.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "fig5_throughput")
 
 
 def largest_fitting_batch(table: dict[str, dict[int, Point]]) -> dict[str, tuple[int | None, int | None]]:
@@ -313,13 +325,8 @@ def plot_fitting(table: dict[str, dict[int, Point]], out_dir: Path) -> list[Path
     fits = {k: v for k, v in largest_fitting_batch(table).items() if v[0]}
     if not any(v[1] for v in largest_fitting_batch(table).values()):
         return []  # no OOM anywhere: the limit was not reached, nothing to show
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lines = sorted(fits, key=lambda k: fits[k][0])
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(lines) + 1.5))
+    fig, ax = _new_axes((7, 0.5 * len(lines) + 1.5))
     ax.barh(lines, [fits[k][0] for k in lines],
             color=[_STYLE.get(k.split("+")[0], ("tab:gray", ""))[0] for k in lines])
     for i, k in enumerate(lines):
@@ -328,24 +335,14 @@ def plot_fitting(table: dict[str, dict[int, Point]], out_dir: Path) -> list[Path
                 va="center", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("largest global batch that ran under the memory cap")
-    fig.tight_layout()
-    paths = [out_dir / "largest_batch.png", out_dir / "largest_batch.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "largest_batch")
 
 
 def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
     runs = [r for r in records if len(r.epochs.get("test_acc", [])) > 1]
     if not runs:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _new_axes((7, 4))
     for r in runs:
         ax.plot([e + 1 for e in r.epochs["epoch"]], [100 * (1 - a) for a in r.epochs["test_acc"]],
                 label=f"{r.model} ({r.status})")
@@ -356,12 +353,7 @@ def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
     ax.set_ylabel("test error (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths = [out_dir / "accuracy.png", out_dir / "accuracy.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "accuracy")
 
 
 def _fmt_mem(peaks: list[int]) -> str:
