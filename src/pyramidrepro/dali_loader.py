@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet, eval_shard, shard_batches
+from .data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet, epoch_index
 
 INSTALL_HINT = (
     "data.loader: dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]' "
@@ -54,8 +54,7 @@ class DaliLoader:
         self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.train, self.augment = seed, train, augment
         self.local_batch = batch_size // world_size if train else batch_size
-        self.epoch = 0
-        self._index = self._make_index()
+        self.set_epoch(0)
         on_gpu = device.type == "cuda"
         device_id = None
         if on_gpu:
@@ -94,15 +93,6 @@ class DaliLoader:
         self.pipe = pipeline()
         self.pipe.build()
 
-    def _make_index(self) -> list[np.ndarray]:
-        if self.train:
-            return list(shard_batches(
-                len(self.labels), self.global_batch, self.rank, self.world_size,
-                self.seed, self.epoch,
-            ))
-        idx = eval_shard(len(self.labels), self.rank, self.world_size)
-        return [idx[i : i + self.local_batch] for i in range(0, len(idx), self.local_batch)]
-
     def _source(self, info) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
         if info.iteration >= len(self._index):
             raise StopIteration
@@ -114,7 +104,8 @@ class DaliLoader:
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch = epoch
-        self._index = self._make_index()[start:]
+        self._index = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
+                                  self.seed, epoch, self.train)[start:]
 
     def _images_to_torch(self, tl) -> torch.Tensor:  # noqa: ANN001
         """Copy a float32 DALI batch out of the pipeline's buffers into a torch tensor."""

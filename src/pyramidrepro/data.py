@@ -336,6 +336,20 @@ def eval_shard(n: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, n, world_size)
 
 
+def epoch_index(
+    n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, train: bool,
+) -> list[np.ndarray]:
+    """This rank's batches of sample indices for ``epoch``, as every loader iterates them.
+
+    Training: :func:`shard_batches` of the global batch.  Evaluation: this rank's
+    :func:`eval_shard` in order, in chunks of ``batch_size`` (the last one may be short).
+    """
+    if train:
+        return list(shard_batches(n, batch_size, rank, world_size, seed, epoch))
+    idx = eval_shard(n, rank, world_size)
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Loaders
 # ---------------------------------------------------------------------------------------------
@@ -399,15 +413,6 @@ class TensorLoader:
         self.generator = torch.Generator()
         self.set_epoch(0)
 
-    def _make_index(self) -> np.ndarray | list[np.ndarray]:
-        if self.train:
-            return shard_batches(
-                len(self.labels), self.global_batch, self.rank, self.world_size,
-                self.seed, self.epoch,
-            )
-        idx = eval_shard(len(self.labels), self.rank, self.world_size)
-        return [idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch)]
-
     def __len__(self) -> int:
         return len(self._index)
 
@@ -415,7 +420,8 @@ class TensorLoader:
         """Select the epoch's order; ``start`` skips batches already trained (resume)."""
         self.epoch = epoch
         self.generator.manual_seed(hash((self.seed, epoch, self.rank)) & 0x7FFFFFFF)
-        self._index = self._make_index()[start:]
+        self._index = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
+                                  self.seed, epoch, self.train)[start:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch_idx in self._index:
@@ -461,13 +467,9 @@ class TorchvisionLoader:
         self.epoch, self.start = 0, 0
 
     def _batches(self) -> list[list[int]]:
-        if self.train:
-            return shard_batches(
-                len(self.dataset), self.global_batch, self.rank, self.world_size,
-                self.seed, self.epoch,
-            ).tolist()[self.start :]
-        idx = eval_shard(len(self.dataset), self.rank, self.world_size).tolist()
-        return [idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch)]
+        index = epoch_index(len(self.dataset), self.global_batch, self.rank, self.world_size,
+                            self.seed, self.epoch, self.train)
+        return [b.tolist() for b in index[self.start :]]
 
     def __len__(self) -> int:
         return len(self._batches())
