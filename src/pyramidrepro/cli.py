@@ -103,7 +103,6 @@ def _hardware() -> tuple[str, int]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Pick the campaign for the hardware present, run it, write the report."""
     from .campaign import run_campaign
-    from .config import load_config
     from .data import DataError, check_data_available
     from .report import build_report
 

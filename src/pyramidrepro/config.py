@@ -337,8 +337,7 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         for name, md5 in d.checksums.items():
             if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5.lower()):
                 raise ConfigError(source, f"data.checksums.{name}", f"not an MD5 hex digest: {md5!r}")
-    blocks = cfg.sweep if isinstance(cfg.sweep, list) else [cfg.sweep]
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(sweep_blocks(cfg)):
         where = f"sweep[{i}]" if isinstance(cfg.sweep, list) else "sweep"
         for key, values in block.items():
             if not values:
@@ -414,13 +413,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return config_from_dict(raw, str(path))
 
 
+def sweep_blocks(cfg: ExperimentConfig) -> list[dict[str, list[Any]]]:
+    """``sweep`` as a list of mappings, each expanded as a cartesian product."""
+    return cfg.sweep if isinstance(cfg.sweep, list) else [cfg.sweep]
+
+
 def sweep_points(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Cartesian product of ``sweep`` as a list of {dotted key: value}; [{}] without a sweep."""
     import itertools
 
-    blocks = cfg.sweep if isinstance(cfg.sweep, list) else [cfg.sweep]
     points: list[dict[str, Any]] = []
-    for block in blocks:
+    for block in sweep_blocks(cfg):
         keys = list(block)
         if not keys:
             continue
