@@ -127,3 +127,16 @@ def test_progress_is_quiet_without_a_tty(tmp_path):
     assert "\r" not in r.stderr  # no progress bar redraws
     assert "epoch 1/1" in r.stdout
 
+
+
+def test_rerun_into_a_finished_run_resumes_at_its_end(tmp_path):
+    args = ["run", str(SMOKE), "--out", str(tmp_path), "--run-id", "same", "--set", "train.max_steps=null",
+            "--set", "train.epochs=2", "--set", "model.depth=8", "--set", "model.alpha=4"]
+    assert run_cli(*args).returncode == 0
+    first = read_metrics(tmp_path / "smoke" / "same" / "metrics.h5")
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    again = read_metrics(tmp_path / "smoke" / "same" / "metrics.h5")
+    assert again["attrs"]["status"] == "completed" and int(again["attrs"]["resumed_from_step"]) == 16
+    assert list(again["steps"]["step"]) == list(first["steps"]["step"]) == list(range(1, 17))
+    assert list(again["epochs"]["epoch"]) == [0, 1]

@@ -165,7 +165,8 @@ class Trainer:
         self.extra_attrs = dict(extra_attrs or {})
         self.progress = progress
         self._between_steps = True
-        self._state: dict[str, Any] | None = None
+        self._state: dict[str, Any] | None = None  # where a resume would start
+        self._saved: tuple[int, int, int] | None = None  # the position last checkpointed
 
     # -- submitit integration ----------------------------------------------------------------
     def __call__(self) -> str:
@@ -311,8 +312,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self, epoch: int, step: int, batch_in_epoch: int) -> None:
-        if not self.env.is_main:
+        if not self.env.is_main or self._saved == (epoch, step, batch_in_epoch):
             return
+        self._saved = (epoch, step, batch_in_epoch)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -383,6 +385,7 @@ class Trainer:
                 seen = 0
                 timer.mark()
                 t_data = time.perf_counter()
+                batch_in_epoch = skip - 1
                 for batch_in_epoch, (x, y) in enumerate(self.train_loader, start=skip):
                     data_time = time.perf_counter() - t_data
                     self._between_steps = False
@@ -411,9 +414,11 @@ class Trainer:
                 epoch_time = time.perf_counter() - epoch_start
                 if epoch_complete:
                     self._end_epoch(epoch, loss_sum, correct, seen, epoch_time)
-                    self._save_checkpoint(epoch + 1, step, 0)
+                    # a finished epoch resumes at the next one, not at the end of this one
+                    self._state = {"epoch": epoch + 1, "step": step, "batch_in_epoch": 0}
+                    self._save_checkpoint(**self._state)
                     last_ckpt = time.monotonic()
-            if self._state is not None:  # the final state: the trained model, and a no-op resume
+            if self._state is not None:  # the final state (saved unless the epoch end just did)
                 self._save_checkpoint(**self._state)
         except RunStopped as stop:
             return stop.status, stop.info
