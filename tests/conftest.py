@@ -34,6 +34,19 @@ def cifar_root(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path / "cifar", sums
 
 
+def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:
+    """Wait until a run below ``out`` has written its metrics file; returns the files found."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list(out.glob(pattern))
+        if files:
+            return files
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern} below {out} after {timeout} s")
+
+
 def only_run_dir(out: Path) -> Path:
     dirs = [p for p in out.glob("*/*") if p.is_dir()]
     assert len(dirs) == 1, dirs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import ROOT, SMOKE, only_run_dir, run_cli
+from conftest import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.parallel import ModelWithLoss, detect_dist_env, expand_nodelist, port_from_job_id
 
@@ -82,9 +82,7 @@ def test_killed_rank_ends_the_job_nonzero_quickly(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(tmp_path.glob("*/*/metrics.h5")):
-            time.sleep(0.2)
+        wait_for_metrics(tmp_path)
         time.sleep(2)
         victim = _children_with_rank(proc.pid, 1)
         assert victim is not None

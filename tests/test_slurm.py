@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli
+from conftest import ROOT, SMOKE, run_cli, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
 
 
@@ -73,9 +73,7 @@ def test_scancel_is_reported_quickly(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(tmp_path.glob("smoke/*/metrics.h5")):
-            time.sleep(0.5)
+        wait_for_metrics(tmp_path, "smoke/*/metrics.h5")
         job_id = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "smoke"], capture_output=True,
                                 text=True).stdout.split()[0]
         subprocess.run(["scancel", job_id], check=True)
