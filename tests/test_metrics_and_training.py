@@ -31,6 +31,9 @@ def test_run_writes_the_documented_layout(tmp_path):
         assert all(f["epochs"][k].shape == (1,) for k in EPOCH_FIELDS)
         assert f["summary"].attrs["images_per_s"] > 0
         assert f["summary"].attrs["peak_memory_bytes"] > 0
+        # time inside the HDF5 writer during the loop, and its share of the loop's step time
+        assert f["summary"].attrs["metrics_write_s"] > 0
+        assert 0 < f["summary"].attrs["metrics_overhead"] < 1
         assert 0 <= f["summary"].attrs["final_test_acc"] <= 1
         assert f["steps"]["step"].maxshape == (None,) and f["steps"]["step"].chunks
         assert f["ranks/step_time_s"].shape == (1, 8)

@@ -43,6 +43,12 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
     assert init == 4
     m = read_metrics(tmp_path / "smoke" / "ddp" / "metrics.h5")
     assert m["attrs"]["world_size"] == 2 and m["attrs"]["backend"] == "gloo"
+    # the link the scaling model needs, measured on this process group
+    assert m["attrs"]["link_name"] == "measured (gloo, 2 ranks)"
+    assert 0.01 < m["attrs"]["link_bandwidth_GBps"] < 1000 and m["attrs"]["link_latency_us"] >= 0
+    from pyramidrepro.model import PyramidNet
+
+    assert m["attrs"]["grad_bytes"] == 4 * sum(p.numel() for p in PyramidNet(20, 12).parameters())
     assert m["ranks"]["step_time_s"].shape == (2, 4)
     assert m["ranks"]["peak_memory_bytes"].shape == (2,)
     single = read_metrics(tmp_path / "smoke" / "single" / "metrics.h5")

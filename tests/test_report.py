@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import SMOKE, run_cli
@@ -10,7 +11,7 @@ from pyramidrepro.report import build_report, check_claims, load_runs
 
 def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,
              gpu: bool = True, cap: float | None = 12.0, peaks=(10 * 2**30,), precision="fp32",
-             accumulation: int = 1) -> None:
+             accumulation: int = 1, **attrs) -> None:
     """A hand-built metrics file, for the claim logic."""
     d = root / name
     d.mkdir(parents=True)
@@ -23,6 +24,7 @@ def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: flo
                 memory_limit_gb=cap if cap else "", data_source="synthetic", precision=precision,
                 accumulation_steps=accumulation, world_size=2 if mode != "single" else 1,
                 versions=json.dumps({"torch": "2.x"}), git_commit="abc", model="PyramidNet-110 alpha=270 basic")
+    w.set_attrs(**attrs)
     if ips is not None:
         w.set_summary(images_per_s=ips)
     w.set_ranks(peak_memory_bytes=list(peaks))
@@ -77,6 +79,10 @@ def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
     r = run_cli("run", str(SMOKE), "--set", "train.mode=ddp", "--nproc", "2", "--set", "train.batch_size=64",
                 "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
     assert r.returncode == 0, r.stderr
+    # the one-device base of the scaling model: one thread, like each of the two ranks
+    r = run_cli("run", str(SMOKE), "--set", "train.threads=1", "--set", "train.batch_size=32",
+                "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
     fake_run(out / "smoke", "oomrun", "single", 128, "oom", None, gpu=False, cap=None)
     fake_run(out / "smoke", "going", "single", 256, "running", None, gpu=False, cap=None)
     r = run_cli("report", str(out), "--out", str(tmp_path / "rep"))
@@ -89,6 +95,36 @@ def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
     for name in ("fig5_throughput.png", "fig5_throughput.svg"):
         assert (tmp_path / "rep" / name).stat().st_size > 1000
     assert "C4:" in r.stdout and "NOT RUN" in r.stdout
+    # the scaling model predicted the 2-rank run from the one-thread run and the link it measured
+    assert "| ddp | 2 | 32 |" in text and "Largest prediction error" in text
+    assert (tmp_path / "rep" / "scaling.png").stat().st_size > 1000
+    assert "HDF5 logging: median" in text
+
+
+def test_scaling_prediction_in_the_report_by_hand(tmp_path):
+    runs = tmp_path / "runs"
+    cpu = dict(gpu=False, cap=None)
+    fake_run(runs, "one", "single", 32, "completed", 100.0, threads_per_process=1, **cpu)
+    fake_run(runs, "two-threads", "single", 32, "completed", 180.0, threads_per_process=2, **cpu)
+    fake_run(runs, "ddp", "ddp", 64, "completed", 190.0, local_batch_size=32, threads_per_process=1,
+             grad_bytes=4_000_000, bucket_cap_mb=25.0, link_name="measured (gloo, 2 ranks)",
+             link_bandwidth_GBps=1.0, link_latency_us=100.0, **cpu)
+    res = build_report(runs, tmp_path / "rep")
+    # t1 = 32/100 s from the one-thread run only; comm = 4 MB / 1 GB/s + 2 buckets x 2 hops x 100 us
+    predicted = 64 / (0.32 + 0.004 + 0.0004)
+    (row,) = res["scaling"]
+    assert row["predicted"] == pytest.approx(predicted) and row["measured"] == 190.0
+    assert row["error"] == pytest.approx((predicted - 190) / 190)
+    text = Path(res["report"]).read_text()
+    assert f"| ddp | 2 | 32 | 100 | 1.00 GB/s, 100 us | {predicted:,.0f} | 190 | {100 * row['error']:+.1f}% |" in text
+    assert (tmp_path / "rep" / "scaling.svg").is_file()
+
+
+def test_scaling_section_says_what_it_needs(tmp_path):
+    build(tmp_path, PAPER_LIKE)  # GPU-shaped runs without link measurements
+    res = build_report(tmp_path / "runs", tmp_path / "rep")
+    assert res["scaling"] == []
+    assert "Not drawn: needs a completed multi-rank DDP run" in Path(res["report"]).read_text()
 
 
 def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):

@@ -87,6 +87,7 @@ class TrainConfig:
     gradient_as_bucket_view: bool = True
     static_graph: bool = False
     bucket_cap_mb: float = 25.0
+    measure_link: bool = True
     threads: Optional[int] = None
     dist_timeout_s: float = 120.0
     checkpoint_every_s: Optional[float] = 300.0

@@ -58,7 +58,8 @@ class MetricsWriter:
         self._ranks: dict[str, np.ndarray] = {}
         self._last_flush = time.monotonic()
         self.flush_count = 0
-        self.flush_seconds = 0.0
+        self.flush_seconds = 0.0  # inside HDF5 appends
+        self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
         if not self.path.exists():
             tmp = self.path.with_suffix(".h5.tmp")
             with h5py.File(tmp, "w", locking=False) as f:
@@ -76,14 +77,18 @@ class MetricsWriter:
 
     # -- buffering ---------------------------------------------------------------------------
     def log_step(self, **row: Any) -> None:
+        t0 = time.perf_counter()
         for k in STEP_FIELDS:
             self._steps[k].append(row.get(k, np.nan))
-        self.flush()
+        self._flush(force=False)
+        self.write_seconds += time.perf_counter() - t0
 
     def log_epoch(self, **row: Any) -> None:
+        t0 = time.perf_counter()
         for k in EPOCH_FIELDS:
             self._epochs[k].append(row.get(k, np.nan))
-        self.flush(force=True)
+        self._flush(force=True)
+        self.write_seconds += time.perf_counter() - t0
 
     def set_attrs(self, **attrs: Any) -> None:
         self._attrs.update(attrs)
@@ -97,6 +102,11 @@ class MetricsWriter:
     # -- writing -----------------------------------------------------------------------------
     def flush(self, force: bool = False) -> None:
         """Append buffered rows if ``flush_interval_s`` has passed (or ``force``)."""
+        t0 = time.perf_counter()
+        self._flush(force)
+        self.write_seconds += time.perf_counter() - t0
+
+    def _flush(self, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
@@ -134,7 +144,7 @@ class MetricsWriter:
 
         A resumed run then continues its metrics with no gap and no duplicate step.
         """
-        self.flush(force=True)
+        self._flush(force=True)
         with h5py.File(self.path, "a", locking=False) as f:
             keep = int(np.count_nonzero(f["steps/step"][:] <= last_step))
             for name in STEP_FIELDS:

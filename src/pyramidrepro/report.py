@@ -52,11 +52,21 @@ class RunRecord:
     depth: int = 0
     alpha: float = 0.0
     gpu: bool = False
+    local_batch_size: int = 0
+    threads: int | None = None  # per process (CPU runs)
+    grad_bytes: int | None = None
+    bucket_cap_mb: float = 25.0
+    link: tuple[str, float, float] | None = None  # DDP runs: measured (name, GB/s, latency us)
+    metrics_overhead: float | None = None
+    step_time_std_s: float | None = None  # after warm-up: the jitter the scaling model needs
 
 
-def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool) -> str:
-    """Legend entry of a run: the mode plus the memory remedies in use."""
+def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
+               threads: int | None = None) -> str:
+    """Legend entry of a run: the mode, the memory remedies in use, and a thread count set by hand."""
     parts = [mode]
+    if threads:
+        parts.append(f"{threads}thread")
     if precision != "fp32":
         parts.append(precision)
     if checkpointing:
@@ -72,6 +82,19 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def measured_step_std(metrics: dict[str, Any]) -> float | None:
+    """Standard deviation of a run's step times after its warm-up steps (None if under 3 steps)."""
+    import numpy as np
+
+    steps = metrics.get("steps", {})
+    if "step_time_s" not in steps:
+        return None
+    warmup = int(_num(metrics["attrs"].get("warmup_steps")) or 0)
+    times = np.asarray(steps["step_time_s"], dtype=float)[np.asarray(steps["step"]) > warmup]
+    times = times[np.isfinite(times)]
+    return float(times.std(ddof=1)) if times.size >= 3 else None
 
 
 def load_runs(results_dir: str | Path) -> list[RunRecord]:
@@ -93,11 +116,13 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
         peaks = m.get("ranks", {}).get("peak_memory_bytes")
         versions = a.get("versions", "{}")
         device = str(a.get("device_name", ""))
+        link_bw = _num(a.get("link_bandwidth_GBps"))
+        grad_bytes = _num(a.get("grad_bytes"))
         records.append(RunRecord(
             path=str(path),
             experiment=str(a.get("experiment", cfg.get("name", ""))),
             mode=mode,
-            line=line_label(mode, precision, accum, ckpt),
+            line=line_label(mode, precision, accum, ckpt, train.get("threads")),
             batch_size=int(a.get("batch_size", train.get("batch_size", 0))),
             status=str(a.get("status", "unknown")),
             images_per_s=_num(s.get("images_per_s")),
@@ -118,6 +143,13 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
             depth=int(cfg.get("model", {}).get("depth", 0)),
             alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
             gpu=not device.startswith("cpu"),
+            local_batch_size=int(a.get("local_batch_size", 0) or 0),
+            threads=int(a["threads_per_process"]) if _num(a.get("threads_per_process")) else None,
+            grad_bytes=int(grad_bytes) if grad_bytes else None,
+            bucket_cap_mb=_num(a.get("bucket_cap_mb")) or 25.0,
+            link=(str(a.get("link_name")), link_bw, _num(a.get("link_latency_us")) or 0.0) if link_bw else None,
+            metrics_overhead=_num(s.get("metrics_overhead")),
+            step_time_std_s=measured_step_std(m),
         ))
     return records
 
@@ -253,14 +285,14 @@ _STYLE = {"single": ("tab:blue", "o"), "dp": ("tab:orange", "s"), "dp_balanced":
           "ddp": ("tab:green", "^")}
 
 
-def _new_axes(figsize: tuple[float, float]):  # noqa: ANN202
+def _new_axes(figsize: tuple[float, float], ncols: int = 1):  # noqa: ANN202
     """A figure and axes on the non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    return plt.subplots(ncols=ncols, figsize=figsize)
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # noqa: ANN001
@@ -356,6 +388,138 @@ def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "accuracy")
 
 
+# ---------------------------------------------------------------------------------------------
+# Scaling: the ring all-reduce model (scaling.py) against measured DDP runs
+# ---------------------------------------------------------------------------------------------
+
+SCALING_DEVICES = (1, 2, 4, 8, 16, 32, 64)
+#: hypothetical clusters drawn beside the measured link: (intra-node link, inter-node link), 8 per node
+SCALING_CLUSTERS = (("nvlink4", "400g"), ("nvlink4", "200g"), ("nvlink4", "100g"), ("pcie4", "100g"))
+GPUS_PER_NODE = 8
+
+
+@dataclass
+class ScalingRow:
+    """A measured multi-rank DDP run, its one-device base and what the model predicted for it."""
+
+    ddp: RunRecord
+    base_images_per_s: float
+    base_runs: int
+    base_step_std_s: float
+    predicted: Any  # scaling.Prediction
+
+    @property
+    def error(self) -> float:
+        return (self.predicted.images_per_s - self.ddp.images_per_s) / self.ddp.images_per_s
+
+
+def one_device_base(run: RunRecord, records: list[RunRecord]) -> list[RunRecord]:
+    """Completed one-device runs that match ``run`` per device: same model, precision, remedies,
+    device kind and (on CPU) threads per process, at the DDP run's per-rank batch."""
+    return [r for r in records
+            if r.status == "completed" and r.images_per_s and r.world_size == 1 and r.mode in ("single", "ddp")
+            and r.batch_size == run.local_batch_size and r.model == run.model and r.precision == run.precision
+            and r.accumulation_steps == run.accumulation_steps
+            and r.activation_checkpointing == run.activation_checkpointing
+            and r.gpu == run.gpu and (run.gpu or r.threads == run.threads)]
+
+
+def scaling_rows(records: list[RunRecord]) -> list[ScalingRow]:
+    """Predict every completed multi-rank DDP run (with a measured link) from its one-device base."""
+    from .scaling import Link, default_overlap, predict
+
+    rows = []
+    for r in records:
+        if not (r.mode == "ddp" and r.world_size > 1 and r.status == "completed" and r.images_per_s
+                and r.link and r.grad_bytes and r.local_batch_size):
+            continue
+        bases = one_device_base(r, records)
+        if not bases:
+            continue
+        base_ips = statistics.median(b.images_per_s for b in bases)
+        jitter = statistics.median([b.step_time_std_s for b in bases if b.step_time_std_s is not None] or [0.0])
+        pred = predict(r.local_batch_size / base_ips, r.local_batch_size, r.grad_bytes, r.world_size,
+                       intra=Link(*r.link), bucket_cap_mb=r.bucket_cap_mb,
+                       overlap=default_overlap("cuda" if r.gpu else "cpu"), step_jitter_s=jitter)
+        rows.append(ScalingRow(r, base_ips, len(bases), jitter, pred))
+    return rows
+
+
+def plot_scaling(rows: list[ScalingRow], out_dir: Path) -> list[Path]:
+    """Predicted throughput and efficiency vs number of devices (the measured link and hypothetical
+    clusters) with the measured DDP points, for the largest per-device batch with a measured pair."""
+    from .scaling import LINKS, Link, default_overlap, predict
+
+    if not rows:
+        return []
+    ref = max(rows, key=lambda w: (w.ddp.local_batch_size, w.ddp.world_size))
+    b, grad, run = ref.ddp.local_batch_size, ref.ddp.grad_bytes or 0, ref.ddp
+    step_s, one = b / ref.base_images_per_s, ref.base_images_per_s
+    common = dict(bucket_cap_mb=run.bucket_cap_mb, step_jitter_s=ref.base_step_std_s)
+    ns = list(SCALING_DEVICES)
+    measured_link = Link(*run.link)
+    curves = [(f"model, measured link ({measured_link.bandwidth_GBps:.2f} GB/s, {measured_link.latency_us:.0f} us)",
+               dict(intra=measured_link, overlap=default_overlap("cuda" if run.gpu else "cpu")),
+               dict(color="tab:green", linestyle="-"))]
+    for (intra, inter), ls in zip(SCALING_CLUSTERS, ["-.", "--", (0, (3, 1, 1, 1)), (0, (1, 1))]):
+        curves.append((f"model, {intra.upper()} x{GPUS_PER_NODE} per node + {inter.upper()} between nodes",
+                       dict(intra=LINKS[intra], inter=LINKS[inter], devices_per_node=GPUS_PER_NODE,
+                            overlap=default_overlap("cuda")),
+                       dict(color="tab:blue", linestyle=ls, alpha=0.75)))
+    same = [w for w in rows if w.ddp.local_batch_size == b and w.ddp.model == run.model]
+    fig, (ax, ax_eff) = _new_axes((11, 4.5), ncols=2)
+    ax.plot(ns, [n * one for n in ns], ":", color="gray", label="linear (no communication)")
+    ax_eff.axhline(1.0, linestyle=":", color="gray")
+    for label, kw, style in curves:
+        preds = [predict(step_s, b, grad, n, **kw, **common) for n in ns]
+        ax.plot(ns, [p.images_per_s for p in preds], label=label, **style)
+        ax_eff.plot(ns, [p.efficiency for p in preds], **style)
+    ax.scatter([1], [one], color="black", zorder=5, label="measured, one device")
+    ax.scatter([w.ddp.world_size for w in same], [w.ddp.images_per_s for w in same], marker="^", s=60,
+               color="tab:red", zorder=5, label="measured DDP")
+    ax_eff.scatter([w.ddp.world_size for w in same], [w.ddp.images_per_s / (w.ddp.world_size * one) for w in same],
+                   marker="^", s=60, color="tab:red", zorder=5)
+    for a in (ax, ax_eff):
+        a.set_xscale("log", base=2)
+        a.set_xticks(ns)
+        a.set_xticklabels([str(n) for n in ns])
+        a.minorticks_off()
+        a.set_xlabel("devices (DDP ranks)")
+        a.grid(True, which="both", alpha=0.3)
+    ax.set_yscale("log")
+    ax.set_ylabel("training throughput (images/s)")
+    ax_eff.set_ylabel("scaling efficiency (images/s over N x one device)")
+    ax_eff.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Scaling model: {run.model}, {b} images per device", fontsize=10)
+    return _save(fig, out_dir, "scaling")
+
+
+def scaling_section(rows: list[ScalingRow], figs: list[Path]) -> list[str]:
+    """The report's scaling section: model, figure and prediction vs measurement table."""
+    lines = ["", "## Scaling: ring all-reduce model vs measured DDP", "",
+             "Prediction from the one-device step time t1 at the per-device batch and the gradient bytes G "
+             "in DDP's buckets: t_N = t1 + exposed(sum over buckets of 2(N-1)/N x bytes / B + 2(N-1) x "
+             "latency) + sigma x E[max of N standard normals]; images/s = N x batch / t_N. sigma is the "
+             "one-device run's step-time jitter (each step waits for the slowest rank). "
+             "B and the latency are what each DDP run measured on its "
+             "own process group; communication overlaps backward on GPUs (NCCL), not on CPUs (gloo). "
+             "The other curves use nominal link rates, 8 devices per node.", ""]
+    if not rows:
+        return lines + ["Not drawn: needs a completed multi-rank DDP run with a measured link and a completed "
+                        "one-device run at its per-rank batch (same model, precision and, on CPU, threads).", ""]
+    lines += [f"![scaling]({figs[0].name})", "",
+              "| DDP run | devices | batch per device | one device (img/s) | link | predicted (img/s) | "
+              "measured (img/s) | error |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for w in sorted(rows, key=lambda w: (w.ddp.local_batch_size, w.ddp.world_size)):
+        name, bw, lat = w.ddp.link
+        lines.append(f"| {w.ddp.line} | {w.ddp.world_size} | {w.ddp.local_batch_size} | "
+                     f"{w.base_images_per_s:,.0f} | {bw:.2f} GB/s, {lat:.0f} us | {w.predicted.images_per_s:,.0f} | "
+                     f"{w.ddp.images_per_s:,.0f} | {100 * w.error:+.1f}% |")
+    worst = max(abs(w.error) for w in rows)
+    return lines + ["", f"Largest prediction error: {100 * worst:.1f}%.", ""]
+
+
 def _fmt_mem(peaks: list[int]) -> str:
     if not peaks:
         return "-"
@@ -387,6 +551,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     figs = plot_fig5(table, title, out)
     fit_figs = plot_fitting(table, out)
     acc_figs = plot_accuracy(records, out)
+    rows = scaling_rows(records)
+    scale_figs = plot_scaling(rows, out)
     running = [r for r in records if r.status == "running"]
 
     lines = [f"# Reproduction report{' (synthetic data)' if synthetic else ''}", ""]
@@ -428,7 +594,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                 err = 100 * (1 - r.epochs["test_acc"][-1])
                 lines.append(f"| {r.model} | {len(r.epochs['test_acc'])} | {err:.2f}% | "
                              f"{f'{ref:.2f}%' if ref else '-'} |")
+    lines += scaling_section(rows, scale_figs)
     v = records[0].versions
+    overheads = [r.metrics_overhead for r in records if r.metrics_overhead is not None]
     images = sorted({r.container_image for r in records if r.container_image})
     caps = sorted({r.memory_limit_gb for r in records if r.memory_limit_gb})
     lines += ["", "## Provenance", "",
@@ -438,11 +606,16 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
               f"- git commit: {', '.join(sorted({r.git_commit for r in records}))}",
               f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",
               f"- container image: {', '.join(images) or 'none (host Python)'}",
+              "- HDF5 logging: " + (f"median {100 * statistics.median(overheads):.2f}%, at most "
+                                    f"{100 * max(overheads):.2f}% of step time over {len(overheads)} runs"
+                                    if overheads else "overhead not recorded"),
               ""]
     if running:
         lines += ["Runs still going when this report was made:", ""]
         lines += [f"- `{r.path}` ({r.line}, batch {r.batch_size})" for r in running] + [""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    return {"report": str(report), "figures": [str(p) for p in figs + fit_figs + acc_figs],
-            "claims": [c.__dict__ for c in claims], "runs": len(records)}
+    return {"report": str(report), "figures": [str(p) for p in figs + fit_figs + acc_figs + scale_figs],
+            "claims": [c.__dict__ for c in claims], "runs": len(records),
+            "scaling": [{"run": w.ddp.path, "predicted": w.predicted.images_per_s,
+                         "measured": w.ddp.images_per_s, "error": w.error} for w in rows]}

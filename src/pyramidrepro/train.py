@@ -38,6 +38,7 @@ from .parallel import (
     shutdown_process_group,
     wrap_model,
 )
+from .scaling import grad_bytes_of
 
 STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -199,6 +200,7 @@ class Trainer:
         device = pick_device(cfg.devices.device, env)
         self.device = device
         threads = t.threads or max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
+        self.threads = threads if device.type == "cpu" else None
         if device.type == "cpu":
             torch.set_num_threads(threads)
         self.backend = None
@@ -219,6 +221,11 @@ class Trainer:
         writer = None
         try:
             self._setup(device)
+            self.link = None
+            if self.backend is not None and env.world_size > 1 and t.measure_link:
+                from .scaling import measure_link
+
+                self.link = measure_link(device)
             if env.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -363,6 +370,7 @@ class Trainer:
             self.writer.flush(force=True)
 
         progress = self._progress_bar(total_steps, step)
+        self._write_s0 = self.writer.write_seconds if self.writer is not None else 0.0
         timer = StepTimer(device)
         measured: list[float] = []  # step times after warm-up
         my_step_times: list[float] = []
@@ -551,6 +559,12 @@ class Trainer:
             summary["peak_memory_bytes"] = int(rank_peaks.max())
             if self.cfg.train.compile and my_step_times:
                 summary["compile_time_s"] = float(my_step_times[0])
+            # HDF5 cost: seconds inside the writer during the loop over the loop's step time
+            loop_s = float(np.nansum(my_step_times))
+            write_s = self.writer.write_seconds - self._write_s0
+            summary["metrics_write_s"] = write_s
+            if loop_s > 0:
+                summary["metrics_overhead"] = write_s / loop_s
             self.writer.set_summary(**summary)
         return {}
 
@@ -583,6 +597,12 @@ class Trainer:
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
             "warmup_steps": t.warmup_steps,
+            "threads_per_process": self.threads or "",
+            "grad_bytes": grad_bytes_of(self.model),
+            "bucket_cap_mb": t.bucket_cap_mb,
+            "link_name": self.link.name if self.link else "",
+            "link_bandwidth_GBps": self.link.bandwidth_GBps if self.link else "",
+            "link_latency_us": self.link.latency_us if self.link else "",
             "memory_limit_gb": cfg.devices.memory_limit_gb if cfg.devices.memory_limit_gb else "",
             "gpu_total_memory_bytes": (self.memory_cap or {}).get("total_bytes", ""),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

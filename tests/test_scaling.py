@@ -1,0 +1,97 @@
+"""The ring all-reduce scaling model: its arithmetic, its fit, and the report's use of it."""
+
+import math
+
+import pytest
+
+from pyramidrepro.scaling import (
+    FIRST_BUCKET_BYTES,
+    LINKS,
+    Link,
+    allreduce_seconds,
+    ddp_buckets,
+    expected_max_normal,
+    fit_ring,
+    parse_link,
+    predict,
+)
+
+LINK = Link("test", 1.0, 100.0)  # 1 GB/s, 100 us per hop
+
+
+def test_buckets_follow_ddp_first_1mib_then_the_cap():
+    mib = 1024 * 1024
+    assert ddp_buckets(0) == []
+    assert ddp_buckets(1000) == [1000]
+    sizes = ddp_buckets(60 * mib, bucket_cap_mb=25)
+    assert sizes == [FIRST_BUCKET_BYTES, 25 * mib, 25 * mib, 9 * mib]
+    assert sum(ddp_buckets(123_456_789, 10)) == 123_456_789
+
+
+def test_ring_allreduce_cost_by_hand():
+    assert allreduce_seconds(1e9, 1, LINK) == 0.0
+    # 2 ranks: each sends half twice = s bytes; 2 hops of latency
+    assert allreduce_seconds(1e9, 2, LINK) == pytest.approx(1.0 + 2 * 100e-6)
+    # 8 ranks: 2*7/8 of the bytes, 14 hops
+    assert allreduce_seconds(1e9, 8, LINK) == pytest.approx(1.75 + 14 * 100e-6)
+
+
+def test_prediction_without_overlap_adds_every_bucket():
+    grad = 4_000_000
+    p = predict(0.32, 32, grad, 2, intra=LINK)
+    comm = grad / 1e9 + len(ddp_buckets(grad)) * 2 * 100e-6
+    assert p.comm_s == pytest.approx(comm) and p.exposed_s == pytest.approx(comm)
+    assert p.images_per_s == pytest.approx(64 / (0.32 + comm))
+    assert p.efficiency == pytest.approx(0.32 / (0.32 + comm))
+    assert predict(0.32, 32, grad, 1, intra=LINK).images_per_s == pytest.approx(100.0)
+
+
+def test_overlap_hides_communication_behind_backward_but_not_the_last_bucket():
+    grad = 200 * 1024 * 1024
+    slow = Link("slow", 0.5, 10.0)
+    plain = predict(1.0, 64, grad, 4, intra=slow)
+    hidden = predict(1.0, 64, grad, 4, intra=slow, overlap=1.0)
+    last = allreduce_seconds(ddp_buckets(grad)[-1], 4, slow)
+    assert hidden.exposed_s == pytest.approx(max(plain.comm_s - 2 / 3, last))
+    assert hidden.images_per_s > plain.images_per_s
+    tiny = predict(10.0, 64, grad, 4, intra=slow, overlap=1.0)  # backward far longer than comm
+    assert tiny.exposed_s == pytest.approx(last)
+
+
+def test_across_nodes_the_slowest_link_bounds_the_ring():
+    kw = dict(intra=LINKS["nvlink4"], inter=LINKS["100g"], devices_per_node=8)
+    in_node = predict(0.1, 128, 100_000_000, 8, **kw)
+    across = predict(0.1, 128, 100_000_000, 16, **kw)
+    assert in_node.nodes == 1 and across.nodes == 2
+    assert across.efficiency < in_node.efficiency
+    assert across.comm_s == pytest.approx(sum(allreduce_seconds(s, 16, Link("x", 12.5, 8.0))
+                                              for s in ddp_buckets(100_000_000)))
+    faster = predict(0.1, 128, 100_000_000, 16, intra=LINKS["nvlink4"], inter=LINKS["400g"], devices_per_node=8)
+    assert faster.images_per_s > across.images_per_s
+    with pytest.raises(ValueError, match="inter-node link"):
+        predict(0.1, 128, 1000, 16, intra=LINK, devices_per_node=8)
+
+
+def test_stragglers_cost_grows_with_the_number_of_ranks():
+    assert expected_max_normal(1) == 0.0
+    assert expected_max_normal(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-4)
+    assert expected_max_normal(8) == pytest.approx(1.4236, abs=1e-3)
+    a = predict(0.1, 32, 0, 2, intra=LINK, step_jitter_s=0.01)
+    assert a.step_s == pytest.approx(0.1 + 0.01 / math.sqrt(math.pi), rel=1e-4)
+    effs = [predict(0.1, 32, 0, n, intra=LINK, step_jitter_s=0.01).efficiency for n in (2, 4, 8, 16)]
+    assert effs == sorted(effs, reverse=True)
+
+
+def test_fit_recovers_bandwidth_and_latency():
+    link = Link("x", 2.5, 40.0)
+    sizes = [128 * 1024, 1024 * 1024, 8 * 1024 * 1024]
+    for n in (2, 4):
+        bw, lat = fit_ring(sizes, [allreduce_seconds(s, n, link) for s in sizes], n)
+        assert bw == pytest.approx(2.5e9, rel=1e-9) and lat == pytest.approx(40e-6, rel=1e-6)
+
+
+def test_links_parse_by_name_or_spec():
+    assert parse_link("200g").bandwidth_GBps == 25.0
+    assert parse_link("ib=12.5:2") == Link("ib", 12.5, 2.0)
+    with pytest.raises(ValueError, match="NAME=GBps"):
+        parse_link("warp-drive")
