@@ -1,10 +1,16 @@
-"""Measurements that print figures: loader throughput (``bench-loader``)."""
+"""Measurements that print figures: loader throughput (``bench-loader``) and training throughput,
+seed-style baseline against the optimized path (``bench``)."""
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,95 +90,305 @@ def _peak_tflops(device: torch.device, given: float | None) -> float | None:
     return None
 
 
-def _train_steps(model, loader, opt, steps: int, device, *, bf16: bool, channels_last: bool,
-                 sync_every_step: bool, stages: dict[str, float] | None = None) -> float:  # noqa: ANN001
-    """Train ``steps`` steps; returns images/s. ``stages`` (if given) gets per-stage seconds."""
-    crit = torch.nn.CrossEntropyLoss()
-    dtype = torch.bfloat16 if bf16 else None
-    it = iter(loader)
-    n = 0
+@dataclass(frozen=True)
+class PathSpec:
+    """One way to train: the seed-style baseline, the optimized path, or baseline plus one piece."""
 
-    def tick() -> float:
-        if stages is not None and device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    channels_last: bool = False
+    loader: str = "torchvision"  # torchvision (DataLoader with workers) | torch (device-resident tensors)
+    optimizer: str = "plain"  # plain | foreach | fused SGD
+    host_sync: bool = True  # loss.item() every step
+    compile_mode: str | None = None  # None: eager
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        a = tick()
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compile"] = self.compile_mode or "off"
+        del d["compile_mode"]
+        return d
+
+
+BASELINE = PathSpec()
+
+
+def optimized_spec(device: torch.device, compile_mode: str | None, channels_last: bool | None = None) -> PathSpec:
+    """Every piece on: bf16 (fp16 on GPUs without bf16), the device-resident tensor loader, fused
+    (GPU) / foreach (CPU) SGD, no host sync in the step loop, optional compile; channels_last by
+    default on GPUs only (tensor cores want NHWC; on the 2-core CPU here it measured 0.98x in fp32
+    and cost a quarter of bf16 eager throughput, see ``bench --ablate``)."""
+    bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    return PathSpec("bf16" if bf16 else "fp16", channels_last, "torch",
+                    "fused" if device.type == "cuda" else "foreach", False, compile_mode)
+
+
+def pieces(device: torch.device, compile_mode: str | None) -> dict[str, PathSpec]:
+    """The baseline with exactly one optimization switched on, per optimization."""
+    best = optimized_spec(device, compile_mode, channels_last=True)
+    out = {
+        "channels_last": replace(BASELINE, channels_last=True),
+        best.precision: replace(BASELINE, precision=best.precision),
+        "tensor_loader": replace(BASELINE, loader="torch"),
+        f"{best.optimizer}_sgd": replace(BASELINE, optimizer=best.optimizer),
+        "no_host_sync": replace(BASELINE, host_sync=False),
+    }
+    if compile_mode:
+        out[f"compile ({compile_mode})"] = replace(BASELINE, compile_mode=compile_mode)
+    return out
+
+
+STAGES = ("data", "forward", "backward", "optimizer", "logging")
+
+
+class TrainPath:
+    """A model, loader and optimizer set up as ``spec`` says, on ``device``, from ``init`` weights."""
+
+    def __init__(self, spec: PathSpec, arch: tuple[int, float, str], init: dict[str, torch.Tensor],
+                 splits: Any, batch_size: int, device: torch.device, num_workers: int = 2,
+                 log_every: int = 20) -> None:
+        from .model import PyramidNet
+
+        self.spec, self.device, self.batch_size, self.log_every = spec, device, batch_size, log_every
+        model = PyramidNet(*arch).to(device)
+        model.load_state_dict(init)
+        if spec.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = torch.compile(model, mode=spec.compile_mode) if spec.compile_mode else model
+        self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
+        impl = {"plain": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, **impl[spec.optimizer])
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+        self.crit = torch.nn.CrossEntropyLoss()
+        self._it = iter(self.loader)
+        self.epoch = 0
+        self.step_count = 0
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            x, y = next(it)
+            return next(self._it)
         except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        b = tick()
-        with torch.autocast(device.type, dtype=dtype, enabled=bf16):
-            loss = crit(model(x).float(), y)
-        c = tick()
-        loss.backward()
-        d = tick()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        e = tick()
-        if sync_every_step:
-            loss.item()
-        f = tick()
-        n += y.shape[0]
-        if stages is not None:
-            names = ("data", "forward", "backward", "optimizer", "logging")
-            for k, v in zip(names, (b - a, c - b, d - c, e - d, f - e)):
-                stages[k] = stages.get(k, 0.0) + v / steps
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+            self.epoch += 1
+            self.loader.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train(self, steps: int, stages: dict[str, float] | None = None, writer: Any = None) -> float:
+        """Train ``steps`` steps; returns images/s.
+
+        ``stages`` (if given) collects per-stage seconds per step (with a device sync between
+        stages, so only for locating costs).  Losses stay on the device and are drained every
+        ``log_every`` steps, as the Trainer does; ``writer`` (a MetricsWriter) then gets the rows.
+        """
+        pending: list[torch.Tensor] = []
+        use_scaler = self.spec.precision == "fp16"
+
+        def tick() -> float:
+            if stages is not None:
+                self._sync()
+            return time.perf_counter()
+
+        def drain() -> None:
+            if not pending:
+                return
+            losses = torch.stack(pending).float().cpu().tolist()
+            if writer is not None:
+                first = self.step_count - len(losses) + 1
+                for i, loss in enumerate(losses):
+                    writer.log_step(step=first + i, epoch=self.epoch, loss=loss, lr=0.01)
+            pending.clear()
+
+        self._sync()
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(steps):
+            a = tick()
+            x, y = self._next()
+            if self.spec.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            b = tick()
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss = self.crit(self.forward(x).float(), y)
+            c = tick()
+            if use_scaler:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            d = tick()
+            if use_scaler:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            e = tick()
+            self.step_count += 1
+            if self.spec.host_sync:
+                loss.item()
+            pending.append(loss.detach())
+            if self.step_count % self.log_every == 0:
+                drain()
+            f = tick()
+            n += y.shape[0]
+            if stages is not None:
+                for k, v in zip(STAGES, (b - a, c - b, d - c, e - d, f - e)):
+                    stages[k] = stages.get(k, 0.0) + v / steps
+        drain()
+        self._sync()
+        return n / (time.perf_counter() - t0)
+
+
+def compile_candidates(device: torch.device) -> list[str]:
+    """torch.compile modes worth measuring on this device (CUDA graphs only exist on GPUs)."""
+    modes = ["default", "max-autotune-no-cudagraphs"]
+    return modes + ["reduce-overhead"] if device.type == "cuda" else modes
+
+
+def alternate(a: TrainPath, b: TrainPath, steps: int, repeats: int) -> tuple[list[float], list[float]]:
+    """images/s of ``a`` and ``b``, measured in turn ``repeats`` times so drift hits both alike."""
+    ra, rb = [], []
+    for _ in range(repeats):
+        ra.append(a.train(steps))
+        rb.append(b.train(steps))
+    return ra, rb
 
 
 def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, block: str = "basic",
                    batch_size: int = 64, steps: int = 12, repeats: int = 3, warmup: int = 3,
-                   peak_tflops: float | None = None, num_workers: int = 2) -> dict[str, Any]:
-    """Seed-style baseline vs optimized path on one model, batch and device, alternated."""
+                   peak_tflops: float | None = None, num_workers: int = 2, compile: str = "off",
+                   compile_modes: list[str] | None = None, ablate: bool = False,
+                   channels_last: bool | None = None, progress: Any = None) -> dict[str, Any]:
+    """Seed-style baseline vs optimized path on one model, batch and device, alternated.
+
+    ``compile``: off, a torch.compile mode, or auto (each of ``compile_modes`` is compiled and
+    measured; the fastest wins).  Compile time is reported apart and never enters images/s.
+    Also measured: the HDF5 writer's cost (with vs without, and its own time) and, with
+    ``ablate``, each optimization alone against the baseline.
+    """
+    from .metrics import MetricsWriter
     from .model import PyramidNet, count_macs
 
+    say = progress or (lambda msg: None)
     dev = torch.device(device)
-    splits = synthetic_splits(max(4096, batch_size * (steps + warmup) * 2), 16)
-    base_model = PyramidNet(depth, alpha, block).to(dev)
-    macs = count_macs(PyramidNet(depth, alpha, block))
-    opt_model = PyramidNet(depth, alpha, block).to(dev).to(memory_format=torch.channels_last)
-    opt_model.load_state_dict(base_model.state_dict())
-    base_loader = make_loader("torchvision", splits.train, batch_size, dev, num_workers=num_workers)
-    fast_loader = make_loader("torch", splits.train, batch_size, dev)
-    base_opt = torch.optim.SGD(base_model.parameters(), lr=0.05, momentum=0.9, foreach=False)
-    fused = dict(fused=True) if dev.type == "cuda" else dict(foreach=True)
-    fast_opt = torch.optim.SGD(opt_model.parameters(), lr=0.05, momentum=0.9, nesterov=True, **fused)
-    bf16 = dev.type == "cpu" or torch.cuda.is_bf16_supported()
-    kw_base = dict(bf16=False, channels_last=False, sync_every_step=True)
-    kw_fast = dict(bf16=bf16, channels_last=True, sync_every_step=False)
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is available")
         torch.backends.cudnn.benchmark = True
-    _train_steps(base_model, base_loader, base_opt, warmup, dev, **kw_base)
-    _train_steps(opt_model, fast_loader, fast_opt, warmup, dev, **kw_fast)
-    base, fast = [], []
-    for _ in range(repeats):  # alternate, so drift hits both alike
-        base.append(_train_steps(base_model, base_loader, base_opt, steps, dev, **kw_base))
-        fast.append(_train_steps(opt_model, fast_loader, fast_opt, steps, dev, **kw_fast))
+    arch = (depth, alpha, block)
+    torch.manual_seed(0)
+    init = PyramidNet(*arch).state_dict()
+    macs = count_macs(PyramidNet(*arch))
+    splits = synthetic_splits(max(4096, batch_size * (steps + warmup) * 2), 16)
+
+    def build(spec: PathSpec) -> TrainPath:
+        path = TrainPath(spec, arch, init, splits, batch_size, dev, num_workers)
+        t0 = time.perf_counter()
+        path.train(1)  # the first step compiles (and builds workers, autotunes convolutions)
+        path.first_step_s = time.perf_counter() - t0
+        path.train(warmup)
+        return path
+
+    # -- torch.compile: which mode, at what compile cost ------------------------------------
+    compile_report: dict[str, Any] = {"requested": compile}
+    fresh_cache = None
+    if compile != "off":  # cold compile times: inductor's on-disk cache starts empty (unless set by you)
+        if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+            compile_report["cache_dir"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            fresh_cache = tempfile.mkdtemp(prefix="pyramidrepro-inductor-")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh_cache
+            compile_report["cache_dir"] = "fresh (emptied after the run)"
+    chosen = None if compile == "off" else compile
+    if compile == "auto":
+        trials = {}
+        for mode in compile_modes or compile_candidates(dev):
+            say(f"compile: trying mode {mode} ...")
+            torch._dynamo.reset()
+            p = build(optimized_spec(dev, mode, channels_last))
+            rate = statistics.median(p.train(steps) for _ in range(2))
+            trials[mode] = {"compile_s": p.first_step_s, "images_per_s": rate}
+            say(f"compile: {mode}: {p.first_step_s:.1f} s to compile, {rate:,.0f} images/s")
+            del p
+        chosen = max(trials, key=lambda m: trials[m]["images_per_s"])
+        compile_report["trials"] = trials
+    if chosen:
+        torch._dynamo.reset()
+    compile_report["mode"] = chosen
+
+    # -- the headline: baseline vs optimized, alternated -------------------------------------
+    say("baseline vs optimized ...")
+    base = build(BASELINE)
+    fast = build(optimized_spec(dev, chosen, channels_last))
+    if chosen:  # auto: the trial's compile was the cold one; this one may hit the compile caches
+        compile_report["compile_s"] = compile_report.get("trials", {}).get(chosen, {}).get(
+            "compile_s", fast.first_step_s)
+        compile_report["final_compile_s"] = fast.first_step_s
+    base_all, fast_all = alternate(base, fast, steps, repeats)
     stages_base: dict[str, float] = {}
     stages_fast: dict[str, float] = {}
-    _train_steps(base_model, base_loader, base_opt, steps, dev, stages=stages_base, **kw_base)
-    _train_steps(opt_model, fast_loader, fast_opt, steps, dev, stages=stages_fast, **kw_fast)
-    b, f = statistics.median(base), statistics.median(fast)
+    base.train(steps, stages=stages_base)
+    fast.train(steps, stages=stages_fast)
+    b, f = statistics.median(base_all), statistics.median(fast_all)
+    del base
+
+    # -- HDF5 logging cost on the optimized path: with vs without the writer ------------------
+    say("HDF5 logging overhead ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = MetricsWriter(Path(tmp) / "metrics.h5", flush_interval_s=2.0)
+        with_w, without_w, loop_s = [], [], 0.0
+        w0 = writer.write_seconds
+        for _ in range(2 * repeats):
+            t0 = time.perf_counter()
+            with_w.append(fast.train(steps, writer=writer))
+            loop_s += time.perf_counter() - t0
+            without_w.append(fast.train(steps))
+        write_s = writer.write_seconds - w0
+        flushes = writer.flush_count
+    metrics = {
+        "with_writer_images_per_s": statistics.median(with_w),
+        "without_writer_images_per_s": statistics.median(without_w),
+        "ab_overhead": statistics.median(x / y - 1 for x, y in zip(without_w, with_w)),
+        "writer_seconds": write_s, "flushes": flushes, "flush_interval_s": 2.0,
+        "overhead": write_s / loop_s,
+    }
+
+    # -- each piece on its own ---------------------------------------------------------------
+    ablation: dict[str, Any] = {}
+    if ablate:
+        del fast
+        base = build(BASELINE)
+        for name, spec in pieces(dev, chosen).items():
+            say(f"ablation: {name} ...")
+            if spec.compile_mode:
+                torch._dynamo.reset()
+            one = build(spec)
+            rb, ro = alternate(base, one, steps, repeats)
+            ablation[name] = {"images_per_s": statistics.median(ro), "baseline_images_per_s": statistics.median(rb),
+                              "ratio": statistics.median(ro) / statistics.median(rb)}
+            del one
+
+    if fresh_cache:
+        shutil.rmtree(fresh_cache, ignore_errors=True)
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    fast_spec = optimized_spec(dev, chosen, channels_last)
     peak = _peak_tflops(dev, peak_tflops)
     achieved = 3 * 2 * macs * f / 1e12
     return {
         "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
         "baseline_images_per_s": b, "optimized_images_per_s": f, "ratio": f / b,
-        "baseline_all": base, "optimized_all": fast,
-        "optimized": {"precision": "bf16" if bf16 else "fp32", "channels_last": True, "loader": "torch",
-                      "optimizer": "fused SGD" if dev.type == "cuda" else "foreach SGD", "host_sync": "none"},
+        "baseline_all": base_all, "optimized_all": fast_all,
+        "baseline": BASELINE.describe(), "optimized": fast_spec.describe(),
+        "compile": compile_report,
         "training_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
         "stage_seconds_per_step": {"baseline": stages_base, "optimized": stages_fast},
+        "metrics_overhead": metrics,
+        "ablation": ablation,
+        "steps_per_repeat": steps, "repeats": repeats,
         "machine": machine(),
     }

@@ -156,13 +156,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchmarks import bench_training
 
+    if args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
+        raise ConfigError("bench", "--steps/--repeats/--batch-size", "must be >= 1")
     r = bench_training(args.device, args.depth, args.alpha, args.block, args.batch_size, args.steps,
-                       args.repeats, peak_tflops=args.peak_tflops)
+                       args.repeats, peak_tflops=args.peak_tflops, compile=args.compile,
+                       compile_modes=args.compile_modes, ablate=args.ablate,
+                       channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+                       progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(r, indent=2) + "\n")
     print(json.dumps(r, indent=2))
-    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (give --peak-tflops)"
-    print(f"{'path':10s} {'images/s':>10s}\nbaseline   {r['baseline_images_per_s']:10,.0f}\n"
-          f"optimized  {r['optimized_images_per_s']:10,.0f}\nratio {r['ratio']:.2f}x   MFU {mfu}")
+    print(format_bench(r))
     return 0
+
+
+def format_bench(r: dict) -> str:
+    """The human-readable table under ``bench``'s JSON."""
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (give --peak-tflops)"
+    rows = [f"{r['model']}, batch {r['batch_size']}, {r['device']} ({r['machine'].get('gpu', r['machine']['cpu'])})",
+            f"{'path':34s} {'images/s':>10s} {'vs baseline':>12s}",
+            f"{'baseline (seed-style)':34s} {r['baseline_images_per_s']:10,.1f} {1.0:11.2f}x",
+            f"{'optimized':34s} {r['optimized_images_per_s']:10,.1f} {r['ratio']:11.2f}x"]
+    for name, a in r["ablation"].items():
+        rows.append(f"{'  baseline + ' + name:34s} {a['images_per_s']:10,.1f} {a['ratio']:11.2f}x")
+    c = r["compile"]
+    for mode, t in c.get("trials", {}).items():
+        rows.append(f"compile mode {mode}: {t['images_per_s']:,.1f} images/s, {t['compile_s']:.1f} s to compile")
+    if c.get("mode"):
+        rows.append(f"compile: {c['mode']} chosen ({c['compile_s']:.1f} s to compile, not in images/s)")
+    st = r["stage_seconds_per_step"]
+    rows.append("ms per step      " + " ".join(f"{k:>9s}" for k in st["baseline"]))
+    for path in ("baseline", "optimized"):
+        rows.append(f"{path:16s} " + " ".join(f"{1e3 * v:9.2f}" for v in st[path].values()))
+    m = r["metrics_overhead"]
+    rows.append(f"HDF5 logging: {100 * m['overhead']:.2f}% of step time in the writer "
+                f"({m['flushes']} flushes); with vs without: {100 * m['ab_overhead']:+.2f}%")
+    rows.append(f"ratio {r['ratio']:.2f}x   MFU {mfu}")
+    return "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,18 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="workers (torchvision loader)")
     p.set_defaults(func=cmd_bench_loader)
     p = sub.add_parser("bench", help="seed-style baseline vs optimized training path, side by side",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Alternate the seed-style baseline (fp32, NCHW, eager, torchvision "
                                    "DataLoader, loss.item() every step, plain SGD) with the optimized path "
                                    "(bf16 autocast, channels_last, tensor loader, foreach/fused SGD, no host "
-                                   "sync) on the same model, batch and device; print JSON and a table.")
+                                   "sync, torch.compile) on the same model, batch and device; print JSON and a "
+                                   "table: images/s (median of repeats), the ratio, MFU, per-stage times, the "
+                                   "HDF5 logging cost and, with --ablate, each optimization alone.",
+                       epilog="MFU = 3 x forward MACs x 2 FLOP x images/s / peak (dense bf16 peak of known "
+                              "GPUs; --peak-tflops otherwise).\nExample: pyramidrepro bench --device cuda "
+                              "--depth 110 --alpha 270 --batch-size 256")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--depth", type=int, default=32)
     p.add_argument("--alpha", type=float, default=48)
     p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per repeat (default 12)")
+    p.add_argument("--repeats", type=int, default=3, help="alternated repeats; medians are reported (default 3)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are looked up)")
+    p.add_argument("--compile", default="auto",
+                   choices=["off", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile for the optimized path: off, a mode, or auto = measure each of "
+                        "--compile-modes and keep the fastest (default: auto)")
+    p.add_argument("--compile-modes", nargs="+", metavar="MODE",
+                   help="candidates for --compile auto (default: default max-autotune-no-cudagraphs, "
+                        "plus reduce-overhead on CUDA)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="memory format of the optimized path (auto: channels_last on GPUs, NCHW on CPUs)")
+    p.add_argument("--ablate", action="store_true", help="also measure each optimization alone vs the baseline")
+    p.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("submit", help="submit an experiment (and its sweep) through submitit",
