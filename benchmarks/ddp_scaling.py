@@ -1,6 +1,7 @@
 """2-rank vs 1-rank DDP (gloo) throughput here, and the scaling model's prediction of it.
 
     python benchmarks/ddp_scaling.py [--case DEPTH,ALPHA,BATCH_PER_RANK ...] [--steps 30]
+    python benchmarks/ddp_scaling.py --knobs [--case 20,240,2]
 
 Weak scaling, one thread per rank: each rank keeps the same local batch, so the 2-rank job trains
 twice the global batch per step.  Both runs go through the CLI (same model, data, warm-up) back to
@@ -9,6 +10,9 @@ best repeat).  The prediction (``pyramidrepro.scaling.predict``) takes the 1-ran
 model's gradient bytes and the link the 2-rank run measured on its own process group, and is
 compared with the measured 2-rank throughput.  Targets on 2 cores: ratio >= 1.85 for the default
 small case; prediction within 15 % of the measurement for every case.
+
+``--knobs`` instead measures the DDP settings one at a time on 2 ranks (bucket size,
+gradient_as_bucket_view, static_graph), alternated with the defaults, on the first case.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, extra: list[str]) -> dict:
     from pyramidrepro.metrics import read_metrics
+    from pyramidrepro.report import measured_step_std
 
     rid = f"n{nproc}"
     cmd = [sys.executable, "-m", "pyramidrepro", "run", str(ROOT / "experiments/smoke.yaml"),
@@ -35,7 +40,8 @@ def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, 
            "--set", "train.threads=1", "--set", "data.synthetic_train_size=8192", *extra]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     m = read_metrics(Path(out) / "smoke" / rid / "metrics.h5")
-    return {"images_per_s": float(m["summary"]["images_per_s"]), "attrs": m["attrs"]}
+    return {"images_per_s": float(m["summary"]["images_per_s"]), "attrs": m["attrs"],
+            "step_std_s": measured_step_std(m) or 0.0}
 
 
 def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extra: list[str]) -> dict:
@@ -51,7 +57,8 @@ def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extr
     a = best2["attrs"]
     link = Link(str(a["link_name"]), float(a["link_bandwidth_GBps"]), float(a["link_latency_us"]))
     pred = predict(per_rank / best1["images_per_s"], per_rank, int(a["grad_bytes"]), 2, intra=link,
-                   bucket_cap_mb=float(a["bucket_cap_mb"]), overlap=default_overlap("cpu"))
+                   bucket_cap_mb=float(a["bucket_cap_mb"]), overlap=default_overlap("cpu"),
+                   step_jitter_s=best1["step_std_s"])
     measured = best2["images_per_s"]
     return {
         "model": f"PyramidNet-{depth} alpha={alpha:g}", "batch_per_rank": per_rank,
@@ -60,9 +67,31 @@ def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extr
         "one_rank_images_per_s": best1["images_per_s"], "two_rank_images_per_s": measured,
         "ratio": measured / best1["images_per_s"],
         "predicted_two_rank_images_per_s": pred.images_per_s, "predicted_comm_ms": 1e3 * pred.comm_s,
+        "one_rank_step_std_ms": 1e3 * best1["step_std_s"],
         "prediction_error": (pred.images_per_s - measured) / measured,
         "all_one": [r["images_per_s"] for r in one], "all_two": [r["images_per_s"] for r in two],
     }
+
+
+KNOBS = {
+    "defaults (25 MB buckets, bucket view, dynamic graph)": [],
+    "bucket_cap_mb=1": ["train.bucket_cap_mb=1"],
+    "bucket_cap_mb=100": ["train.bucket_cap_mb=100"],
+    "gradient_as_bucket_view=false": ["train.gradient_as_bucket_view=false"],
+    "static_graph=true": ["train.static_graph=true"],
+}
+
+
+def knobs(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extra: list[str]) -> dict:
+    """2-rank images/s for each DDP setting, all settings measured in turn ``repeats`` times."""
+    rates: dict[str, list[float]] = {k: [] for k in KNOBS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for j, (name, sets) in enumerate(KNOBS.items()):
+                more = [x for s in sets for x in ("--set", s)]
+                r = run(2, depth, alpha, 2 * per_rank, steps, f"{tmp}/{i}-{j}", extra + more)
+                rates[name].append(r["images_per_s"])
+    return {name: max(v) for name, v in rates.items()}
 
 
 def main() -> int:
@@ -72,8 +101,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--knobs", action="store_true", help="measure DDP settings one at a time instead")
     args = ap.parse_args()
     extra = [x for s in args.set for x in ("--set", s)]
+    if args.knobs:
+        d, a, b = (args.case or ["20,240,2"])[0].split(",")
+        res = knobs(int(d), float(a), int(b), args.steps, args.repeats, extra)
+        print(json.dumps(res, indent=2))
+        base = res[next(iter(KNOBS))]
+        for name, v in res.items():
+            print(f"{name:55s} {v:8.1f} images/s  {v / base:5.2f}x")
+        return 0
     cases = []
     for spec in args.case or ["20,12,32", "20,240,2"]:
         d, a, b = spec.split(",")

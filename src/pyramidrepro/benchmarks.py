@@ -114,8 +114,9 @@ BASELINE = PathSpec()
 def optimized_spec(device: torch.device, compile_mode: str | None, channels_last: bool | None = None) -> PathSpec:
     """Every piece on: bf16 (fp16 on GPUs without bf16), the device-resident tensor loader, fused
     (GPU) / foreach (CPU) SGD, no host sync in the step loop, optional compile; channels_last by
-    default on GPUs only (tensor cores want NHWC; on the 2-core CPU here it measured 0.98x in fp32
-    and cost a quarter of bf16 eager throughput, see ``bench --ablate``)."""
+    default on GPUs only (tensor cores want NHWC).  On the 2-core CPU here channels_last helped fp32
+    eager in some runs (0.98x and 1.25x in two ``bench --ablate`` runs), slowed bf16 eager (281 vs
+    394 images/s) and made no difference once compiled."""
     bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
     if channels_last is None:
         channels_last = device.type == "cuda"

@@ -93,6 +93,80 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaling_base(args: argparse.Namespace) -> tuple[str, float, int, int, float, bool]:
+    """(model, one-device step s, batch per device, gradient bytes, step jitter s, gpu) for ``scaling``."""
+    import yaml
+
+    from .model import PyramidNet
+
+    if args.run:
+        from .metrics import read_metrics
+        from .report import measured_step_std
+
+        path = Path(args.run)
+        path = path / "metrics.h5" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such metrics file")
+        m = read_metrics(path)
+        a, s = m["attrs"], m["summary"]
+        if a.get("status") != "completed" or not s.get("images_per_s"):
+            raise ConfigError(str(path), "status", f"needs a completed run with images_per_s (got {a.get('status')})")
+        if int(a.get("world_size", 1)) != 1:
+            raise ConfigError(str(path), "world_size", f"needs a one-device run, got {a.get('world_size')} devices")
+        model_cfg = (yaml.safe_load(a.get("config_yaml", "")) or {}).get("model", {})
+        depth, alpha = int(model_cfg.get("depth", args.depth)), float(model_cfg.get("alpha", args.alpha))
+        block = str(model_cfg.get("block", args.block))
+        batch = int(a["batch_size"])
+        step_s = batch / float(s["images_per_s"])
+        jitter = measured_step_std(m) or 0.0
+        gpu = not str(a.get("device_name", "")).startswith("cpu")
+        grad = int(a["grad_bytes"]) if "grad_bytes" in a else 0
+    else:
+        if not args.step_time_ms or not args.batch_per_device:
+            raise ConfigError("scaling", "--step-time-ms/--batch-per-device",
+                              "give both (a measured one-device step), or --run METRICS_FILE")
+        depth, alpha, block = args.depth, args.alpha, args.block
+        batch, step_s, jitter, gpu, grad = args.batch_per_device, args.step_time_ms / 1e3, 0.0, True, 0
+    if not grad:
+        grad = 4 * sum(p.numel() for p in PyramidNet(depth, alpha, block).parameters())
+    if args.jitter_ms is not None:
+        jitter = args.jitter_ms / 1e3
+    return f"PyramidNet-{depth} alpha={alpha:g} {block}", step_s, batch, grad, jitter, gpu
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from .scaling import ddp_buckets, default_overlap, parse_link, predict
+
+    try:
+        intra = parse_link(args.intra)
+        inters = [parse_link(x) for x in args.inter]
+    except ValueError as exc:
+        raise ConfigError("scaling", "--intra/--inter", str(exc)) from None
+    if any(n < 1 for n in args.devices) or args.per_node < 1:
+        raise ConfigError("scaling", "--devices/--per-node", "must be >= 1")
+    model, step_s, batch, grad, jitter, gpu = _scaling_base(args)
+    overlap = args.overlap if args.overlap is not None else default_overlap("cuda" if gpu else "cpu")
+    table = {}
+    for inter in inters:
+        table[inter.name] = [predict(step_s, batch, grad, n, intra=intra, inter=inter, devices_per_node=args.per_node,
+                                     bucket_cap_mb=args.bucket_cap_mb, overlap=overlap, step_jitter_s=jitter).__dict__
+                             for n in args.devices]
+    if args.json:
+        print(json.dumps({"model": model, "step_s": step_s, "batch_per_device": batch, "grad_bytes": grad,
+                          "step_jitter_s": jitter, "overlap": overlap, "intra": intra.__dict__,
+                          "devices_per_node": args.per_node, "predictions": table}, indent=2))
+        return 0
+    print(f"{model}: {batch} images per device, one device {1e3 * step_s:.1f} ms/step ({batch / step_s:,.0f} img/s),"
+          f" gradients {grad / 1e6:.1f} MB in {len(ddp_buckets(grad, args.bucket_cap_mb))} buckets,"
+          f" overlap {overlap:g}, jitter {1e3 * jitter:.1f} ms")
+    print(f"within a node: {intra.name}, {args.per_node} devices per node")
+    print(f"{'devices':>7s} {'nodes':>5s} " + " ".join(f"{name[:24]:>24s}" for name in table))
+    for i, n in enumerate(args.devices):
+        cells = [f"{t[i]['images_per_s']:>14,.0f} img/s {100 * t[i]['efficiency']:3.0f}%" for t in table.values()]
+        print(f"{n:7d} {next(iter(table.values()))[i]['nodes']:5d} " + " ".join(f"{c:>24s}" for c in cells))
+    return 0
+
+
 def _hardware() -> tuple[str, int]:
     import torch
 
@@ -196,6 +270,8 @@ def format_bench(r: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .scaling import LINKS
+
     parser = argparse.ArgumentParser(
         prog="pyramidrepro",
         description=(
@@ -273,6 +349,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", action="store_true", help="also measure each optimization alone vs the baseline")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("scaling", help="predict DDP throughput on N devices / nodes from one device's step",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Ring all-reduce model: t_N = t_1 + exposed(sum over DDP buckets of 2(N-1)/N x "
+                                   "bytes / bandwidth + 2(N-1) x latency) + jitter x E[max of N normals]; "
+                                   "images/s = N x batch / t_N. The one-device step comes from a run "
+                                   "(--run) or is given (--step-time-ms, --batch-per-device).",
+                       epilog="Links: " + ", ".join(f"{k} ({v.name})" for k, v in LINKS.items())
+                              + "; or NAME=GBps[:latency_us].\nExample: pyramidrepro scaling --run "
+                                "results/runs/fig5/p000-.../metrics.h5 --inter 100g 400g")
+    p.add_argument("--run", metavar="METRICS", help="a completed one-device run (metrics.h5 or its folder)")
+    p.add_argument("--step-time-ms", type=float, help="one device's step time (instead of --run)")
+    p.add_argument("--batch-per-device", type=int, help="the batch that step time is for")
+    p.add_argument("--depth", type=int, default=110, help="model for the gradient bytes (without --run)")
+    p.add_argument("--alpha", type=float, default=270)
+    p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--per-node", type=int, default=8, help="devices per node (default 8)")
+    p.add_argument("--intra", default="nvlink4", help="link within a node (default nvlink4)")
+    p.add_argument("--inter", nargs="+", default=["100g", "200g", "400g"], help="links between nodes")
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    p.add_argument("--overlap", type=float, help="share of backward that hides communication "
+                                                  "(default: 1 for GPU runs, 0 for CPU runs)")
+    p.add_argument("--jitter-ms", type=float, help="step-time standard deviation (default: from --run, else 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("submit", help="submit an experiment (and its sweep) through submitit",
                        description="Expand the sweep and submit every point through submitit: one Slurm "

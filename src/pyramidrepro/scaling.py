@@ -27,8 +27,10 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is needed: the CLI's --help stays fast
+    import torch
 
 #: DDP's first bucket holds 1 MiB (torch.distributed's default first-bucket size); the rest bucket_cap_mb
 FIRST_BUCKET_BYTES = 1024 * 1024
@@ -182,6 +184,7 @@ def measure_link(device: torch.device, sizes: tuple[int, ...] = (128 * 1024, 102
     warm-up, taken from the slowest rank, is fitted to the ring model ``t = 2(N-1)/N s/B + 2(N-1) a``
     by least squares.
     """
+    import torch
     import torch.distributed as dist
 
     n = dist.get_world_size()
