@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 ## bench: the benchmark scripts (figures printed, not asserted)
 bench: $(STAMP)
+	$(VENV)/bin/pyramidrepro bench --ablate
 	$(PY) benchmarks/ddp_scaling.py
 	$(VENV)/bin/pyramidrepro bench-loader --loader torchvision
 	$(VENV)/bin/pyramidrepro bench-loader --loader torch

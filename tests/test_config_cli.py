@@ -23,6 +23,8 @@ BAD = [
     ("train:\n  mode: horovod\n", "train.mode", "one of"),
     ("train: [1, 2\n", "", "malformed YAML"),
     ("data:\n  checksums: {test_batch: nothex}\n", "data.checksums.test_batch", "MD5"),
+    ("train:\n  compile_mode: turbo\n", "train.compile_mode", "max-autotune"),
+    ("train:\n  bucket_cap_mb: 0\n", "train.bucket_cap_mb", "must be > 0"),
 ]
 
 

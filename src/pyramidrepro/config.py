@@ -28,6 +28,10 @@ class ConfigError(ValueError):
         super().__init__(where + message)
 
 
+#: torch.compile modes (``train.compile_mode``)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class ModelConfig:
     """PyramidNet variant."""
@@ -325,6 +329,12 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(source, "data.num_workers", "must be >= 0")
     if t.threads is not None and t.threads <= 0:
         raise ConfigError(source, "train.threads", "must be > 0")
+    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
+        raise ConfigError(source, "train.compile_mode",
+                          f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "
+                          "(`pyramidrepro bench --compile auto` measures which is fastest)")
+    if t.bucket_cap_mb <= 0:
+        raise ConfigError(source, "train.bucket_cap_mb", "must be > 0")
     for i, ms in enumerate(t.lr_milestones):
         if not 0 < ms <= 1:
             raise ConfigError(source, f"train.lr_milestones[{i}]", "fractions in (0, 1]")
