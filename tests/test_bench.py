@@ -37,6 +37,14 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     assert "compile: trying mode default" in r.stderr  # progress goes to stderr
 
 
-def test_bench_rejects_a_zero_step_count():
+def test_bench_rejects_bad_input_with_exit_2():
     r = run_cli("bench", "--steps", "0")
     assert r.returncode == 2 and "--steps" in r.stderr
+    r = run_cli("bench", "--compile", "turbo")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        for cmd in ("bench", "bench-loader"):
+            r = run_cli(cmd, "--device", "cuda")
+            assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr

@@ -30,6 +30,16 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def bench_device(device: str) -> torch.device:
+    """The device a benchmark asked for; a clear input error when it is a GPU that is not there."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("bench", "--device", "cuda requested but no CUDA device is available")
+    return dev
+
+
 def bench_loader(
     kind: str, device: str = "cpu", batch_size: int = 256, images: int = 10240, epochs: int = 5,
     num_workers: int = 2,
@@ -39,9 +49,7 @@ def bench_loader(
     Every batch is materialised on the device (the CUDA stream is synchronised per epoch), so
     the figure is what a training loop would receive.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+    dev = bench_device(device)
     splits = synthetic_splits(images, 16)
     loader = make_loader(kind, splits.train, batch_size, dev, num_workers=num_workers)
     rates = []
@@ -276,10 +284,8 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     from .model import PyramidNet, count_macs
 
     say = progress or (lambda msg: None)
-    dev = torch.device(device)
+    dev = bench_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available")
         torch.backends.cudnn.benchmark = True
     arch = (depth, alpha, block)
     torch.manual_seed(0)
