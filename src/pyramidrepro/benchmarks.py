@@ -9,6 +9,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,15 @@ class TrainPath:
         self._it = iter(self.loader)
         self.epoch = 0
         self.step_count = 0
+        self.first_step_s: float | None = None
+
+    def warm_up(self, steps: int) -> TrainPath:
+        """Time the first step (it compiles, starts workers, autotunes convolutions), then ``steps`` more."""
+        t0 = time.perf_counter()
+        self.train(1)
+        self.first_step_s = time.perf_counter() - t0
+        self.train(steps)
+        return self
 
     def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -280,7 +291,6 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     Also measured: the HDF5 writer's cost (with vs without, and its own time) and, with
     ``ablate``, each optimization alone against the baseline.
     """
-    from .metrics import MetricsWriter
     from .model import PyramidNet, count_macs
 
     say = progress or (lambda msg: None)
@@ -294,23 +304,49 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     splits = synthetic_splits(max(4096, batch_size * (steps + warmup) * 2), 16)
 
     def build(spec: PathSpec) -> TrainPath:
-        path = TrainPath(spec, arch, init, splits, batch_size, dev, num_workers)
-        t0 = time.perf_counter()
-        path.train(1)  # the first step compiles (and builds workers, autotunes convolutions)
-        path.first_step_s = time.perf_counter() - t0
-        path.train(warmup)
-        return path
+        return TrainPath(spec, arch, init, splits, batch_size, dev, num_workers).warm_up(warmup)
+
+    with _inductor_cache(fresh=compile != "off") as cache:
+        result = _bench_paths(build, dev, steps, repeats, compile, compile_modes, channels_last, ablate, say)
+    result["compile"]["cache_dir"] = cache
+    peak = _peak_tflops(dev, peak_tflops)
+    f = result["optimized_images_per_s"]
+    achieved = 3 * 2 * macs * f / 1e12
+    return {
+        "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
+        **result,
+        "training_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
+        "steps_per_repeat": steps, "repeats": repeats,
+        "machine": machine(),
+    }
+
+
+@contextmanager
+def _inductor_cache(fresh: bool) -> Iterator[str | None]:
+    """Cold compile times: inductor's on-disk cache starts empty (unless TORCHINDUCTOR_CACHE_DIR is set)."""
+    if not fresh:
+        yield None
+        return
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        return
+    path = tempfile.mkdtemp(prefix="pyramidrepro-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    try:
+        yield "fresh (emptied after the run)"
+    finally:
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _bench_paths(build: Callable[[PathSpec], TrainPath], dev: torch.device, steps: int, repeats: int,
+                 compile: str, compile_modes: list[str] | None, channels_last: bool | None, ablate: bool,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """The measurements of ``bench_training``: compile modes, headline, stages, HDF5 cost, ablation."""
+    from .metrics import MetricsWriter
 
     # -- torch.compile: which mode, at what compile cost ------------------------------------
     compile_report: dict[str, Any] = {"requested": compile}
-    fresh_cache = None
-    if compile != "off":  # cold compile times: inductor's on-disk cache starts empty (unless set by you)
-        if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
-            compile_report["cache_dir"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
-        else:
-            fresh_cache = tempfile.mkdtemp(prefix="pyramidrepro-inductor-")
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh_cache
-            compile_report["cache_dir"] = "fresh (emptied after the run)"
     chosen = None if compile == "off" else compile
     if compile == "auto":
         trials = {}
@@ -330,11 +366,12 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
 
     # -- the headline: baseline vs optimized, alternated -------------------------------------
     say("baseline vs optimized ...")
+    fast_spec = optimized_spec(dev, chosen, channels_last)
     base = build(BASELINE)
-    fast = build(optimized_spec(dev, chosen, channels_last))
+    fast = build(fast_spec)
     if chosen:  # auto: the trial's compile was the cold one; this one may hit the compile caches
-        compile_report["compile_s"] = compile_report.get("trials", {}).get(chosen, {}).get(
-            "compile_s", fast.first_step_s)
+        trial = compile_report.get("trials", {}).get(chosen)
+        compile_report["compile_s"] = trial["compile_s"] if trial else fast.first_step_s
         compile_report["final_compile_s"] = fast.first_step_s
     base_all, fast_all = alternate(base, fast, steps, repeats)
     stages_base: dict[str, float] = {}
@@ -342,7 +379,6 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     base.train(steps, stages=stages_base)
     fast.train(steps, stages=stages_fast)
     b, f = statistics.median(base_all), statistics.median(fast_all)
-    del base
 
     # -- HDF5 logging cost on the optimized path: with vs without the writer ------------------
     say("HDF5 logging overhead ...")
@@ -369,7 +405,6 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     ablation: dict[str, Any] = {}
     if ablate:
         del fast
-        base = build(BASELINE)
         for name, spec in pieces(dev, chosen).items():
             say(f"ablation: {name} ...")
             if spec.compile_mode:
@@ -380,22 +415,12 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
                               "ratio": statistics.median(ro) / statistics.median(rb)}
             del one
 
-    if fresh_cache:
-        shutil.rmtree(fresh_cache, ignore_errors=True)
-        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
-    fast_spec = optimized_spec(dev, chosen, channels_last)
-    peak = _peak_tflops(dev, peak_tflops)
-    achieved = 3 * 2 * macs * f / 1e12
     return {
-        "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
         "baseline_images_per_s": b, "optimized_images_per_s": f, "ratio": f / b,
         "baseline_all": base_all, "optimized_all": fast_all,
         "baseline": BASELINE.describe(), "optimized": fast_spec.describe(),
         "compile": compile_report,
-        "training_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
         "stage_seconds_per_step": {"baseline": stages_base, "optimized": stages_fast},
         "metrics_overhead": metrics,
         "ablation": ablation,
-        "steps_per_repeat": steps, "repeats": repeats,
-        "machine": machine(),
     }

@@ -38,7 +38,7 @@ from .parallel import (
     shutdown_process_group,
     wrap_model,
 )
-from .scaling import grad_bytes_of
+from .scaling import grad_bytes_of, measure_link
 
 STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -223,8 +223,6 @@ class Trainer:
             self._setup(device)
             self.link = None
             if self.backend is not None and env.world_size > 1 and t.measure_link:
-                from .scaling import measure_link
-
                 self.link = measure_link(device)
             if env.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
