@@ -125,7 +125,7 @@ def optimized_spec(device: torch.device, compile_mode: str | None, channels_last
     """Every piece on: bf16 (fp16 on GPUs without bf16), the device-resident tensor loader, fused
     (GPU) / foreach (CPU) SGD, no host sync in the step loop, optional compile; channels_last by
     default on GPUs only (tensor cores want NHWC).  On the 2-core CPU here channels_last helped fp32
-    eager in some runs (0.98x and 1.25x in two ``bench --ablate`` runs), slowed bf16 eager (281 vs
+    eager in some runs (0.98x to 1.25x over three ``bench --ablate`` runs), slowed bf16 eager (281 vs
     394 images/s) and made no difference once compiled."""
     bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
     if channels_last is None:
