@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import COMPILE_MODES, ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
 
@@ -281,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add_model_args(p: argparse.ArgumentParser, depth: int, alpha: float, what: str = "the PyramidNet") -> None:
+        p.add_argument("--depth", type=int, default=depth, help=f"depth of {what} (default {depth})")
+        p.add_argument("--alpha", type=float, default=alpha, help=f"widening factor alpha (default {alpha:g})")
+        p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+
     def add_config_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("experiment", help="experiment YAML file (see experiments/)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -304,9 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("model-info", help="parameters and forward MACs of a PyramidNet variant")
-    p.add_argument("--depth", type=int, default=110)
-    p.add_argument("--alpha", type=float, default=48)
-    p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+    add_model_args(p, depth=110, alpha=48)
     p.add_argument("--widening", choices=["additive", "multiplicative"], default="additive")
     p.set_defaults(func=cmd_model_info)
 
@@ -330,15 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "GPUs; --peak-tflops otherwise).\nExample: pyramidrepro bench --device cuda "
                               "--depth 110 --alpha 270 --batch-size 256")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--depth", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=48)
-    p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+    add_model_args(p, depth=32, alpha=48)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=12, help="timed steps per repeat (default 12)")
     p.add_argument("--repeats", type=int, default=3, help="alternated repeats; medians are reported (default 3)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are looked up)")
     p.add_argument("--compile", default="auto",
-                   choices=["off", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   choices=["off", "auto", *COMPILE_MODES],
                    help="torch.compile for the optimized path: off, a mode, or auto = measure each of "
                         "--compile-modes and keep the fastest (default: auto)")
     p.add_argument("--compile-modes", nargs="+", metavar="MODE",
@@ -362,9 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="METRICS", help="a completed one-device run (metrics.h5 or its folder)")
     p.add_argument("--step-time-ms", type=float, help="one device's step time (instead of --run)")
     p.add_argument("--batch-per-device", type=int, help="the batch that step time is for")
-    p.add_argument("--depth", type=int, default=110, help="model for the gradient bytes (without --run)")
-    p.add_argument("--alpha", type=float, default=270)
-    p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
+    add_model_args(p, depth=110, alpha=270, what="the model whose gradient bytes count (without --run)")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--per-node", type=int, default=8, help="devices per node (default 8)")
     p.add_argument("--intra", default="nvlink4", help="link within a node (default nvlink4)")
