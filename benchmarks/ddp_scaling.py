@@ -24,12 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyramidrepro.report import RunRecord, load_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, extra: list[str]) -> dict:
-    from pyramidrepro.metrics import read_metrics
-    from pyramidrepro.report import measured_step_std
+def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, extra: list[str]) -> RunRecord:
 
     rid = f"n{nproc}"
     cmd = [sys.executable, "-m", "pyramidrepro", "run", str(ROOT / "experiments/smoke.yaml"),
@@ -39,9 +39,7 @@ def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, 
            "--set", f"train.max_steps={steps}", "--set", "train.warmup_steps=5",
            "--set", "train.threads=1", "--set", "data.synthetic_train_size=8192", *extra]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    m = read_metrics(Path(out) / "smoke" / rid / "metrics.h5")
-    return {"images_per_s": float(m["summary"]["images_per_s"]), "attrs": m["attrs"],
-            "step_std_s": measured_step_std(m) or 0.0}
+    return load_run(Path(out) / "smoke" / rid / "metrics.h5")
 
 
 def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extra: list[str]) -> dict:
@@ -52,24 +50,23 @@ def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extr
         for i in range(repeats):  # alternate, so drift hits both alike
             one.append(run(1, depth, alpha, per_rank, steps, f"{tmp}/{i}a", extra))
             two.append(run(2, depth, alpha, 2 * per_rank, steps, f"{tmp}/{i}b", extra))
-    best1 = max(one, key=lambda r: r["images_per_s"])
-    best2 = max(two, key=lambda r: r["images_per_s"])
-    a = best2["attrs"]
-    link = Link(str(a["link_name"]), float(a["link_bandwidth_GBps"]), float(a["link_latency_us"]))
-    pred = predict(per_rank / best1["images_per_s"], per_rank, int(a["grad_bytes"]), 2, intra=link,
-                   bucket_cap_mb=float(a["bucket_cap_mb"]), overlap=default_overlap("cpu"),
-                   step_jitter_s=best1["step_std_s"])
-    measured = best2["images_per_s"]
+    best1 = max(one, key=lambda r: r.images_per_s)
+    best2 = max(two, key=lambda r: r.images_per_s)
+    link = Link(*best2.link)
+    jitter = best1.step_time_std_s or 0.0
+    pred = predict(per_rank / best1.images_per_s, per_rank, best2.grad_bytes, 2, intra=link,
+                   bucket_cap_mb=best2.bucket_cap_mb, overlap=default_overlap(gpu=False), step_jitter_s=jitter)
+    measured = best2.images_per_s
     return {
         "model": f"PyramidNet-{depth} alpha={alpha:g}", "batch_per_rank": per_rank,
-        "grad_MB": int(a["grad_bytes"]) / 1e6,
+        "grad_MB": best2.grad_bytes / 1e6,
         "link_GBps": link.bandwidth_GBps, "link_latency_us": link.latency_us,
-        "one_rank_images_per_s": best1["images_per_s"], "two_rank_images_per_s": measured,
-        "ratio": measured / best1["images_per_s"],
+        "one_rank_images_per_s": best1.images_per_s, "two_rank_images_per_s": measured,
+        "ratio": measured / best1.images_per_s,
         "predicted_two_rank_images_per_s": pred.images_per_s, "predicted_comm_ms": 1e3 * pred.comm_s,
-        "one_rank_step_std_ms": 1e3 * best1["step_std_s"],
+        "one_rank_step_std_ms": 1e3 * jitter,
         "prediction_error": (pred.images_per_s - measured) / measured,
-        "all_one": [r["images_per_s"] for r in one], "all_two": [r["images_per_s"] for r in two],
+        "all_one": [r.images_per_s for r in one], "all_two": [r.images_per_s for r in two],
     }
 
 
@@ -90,7 +87,7 @@ def knobs(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, ext
             for j, (name, sets) in enumerate(KNOBS.items()):
                 more = [x for s in sets for x in ("--set", s)]
                 r = run(2, depth, alpha, 2 * per_rank, steps, f"{tmp}/{i}-{j}", extra + more)
-                rates[name].append(r["images_per_s"])
+                rates[name].append(r.images_per_s)
     return {name: max(v) for name, v in rates.items()}
 
 

@@ -124,7 +124,9 @@ def test_scaling_command_reads_a_run_and_rejects_bad_input(tmp_path):
     r = run_cli("scaling", "--run", str(run), "--devices", "1", "2", "--inter", "ib=10:5")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("PyramidNet-20 alpha=12 basic: 64 images per device") and "overlap 0," in r.stdout
+    (tmp_path / "junk.h5").write_text("not HDF5")
     bad = [(["--run", str(tmp_path / "nope.h5")], "no such metrics file"),
+           (["--run", str(tmp_path / "junk.h5")], "not a readable metrics file"),
            (["--step-time-ms", "100", "--batch-per-device", "8", "--intra", "warp"], "NAME=GBps"),
            (["--devices", "0"], "--devices"),
            ([], "--step-time-ms")]

@@ -95,32 +95,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _scaling_base(args: argparse.Namespace) -> tuple[str, float, int, int, float, bool]:
     """(model, one-device step s, batch per device, gradient bytes, step jitter s, gpu) for ``scaling``."""
-    import yaml
-
     from .model import PyramidNet
+    from .scaling import grad_bytes_of
 
     if args.run:
-        from .metrics import read_metrics
-        from .report import measured_step_std
+        from .report import load_run
 
         path = Path(args.run)
         path = path / "metrics.h5" if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such metrics file")
-        m = read_metrics(path)
-        a, s = m["attrs"], m["summary"]
-        if a.get("status") != "completed" or not s.get("images_per_s"):
-            raise ConfigError(str(path), "status", f"needs a completed run with images_per_s (got {a.get('status')})")
-        if int(a.get("world_size", 1)) != 1:
-            raise ConfigError(str(path), "world_size", f"needs a one-device run, got {a.get('world_size')} devices")
-        model_cfg = (yaml.safe_load(a.get("config_yaml", "")) or {}).get("model", {})
-        depth, alpha = int(model_cfg.get("depth", args.depth)), float(model_cfg.get("alpha", args.alpha))
-        block = str(model_cfg.get("block", args.block))
-        batch = int(a["batch_size"])
-        step_s = batch / float(s["images_per_s"])
-        jitter = measured_step_std(m) or 0.0
-        gpu = not str(a.get("device_name", "")).startswith("cpu")
-        grad = int(a["grad_bytes"]) if "grad_bytes" in a else 0
+        try:
+            r = load_run(path)
+        except OSError:
+            raise ConfigError(str(path), "", "not a readable metrics file") from None
+        if r.status != "completed" or not r.images_per_s:
+            raise ConfigError(str(path), "status", f"needs a completed run with images_per_s (got {r.status})")
+        if r.world_size != 1:
+            raise ConfigError(str(path), "world_size", f"needs a one-device run, got {r.world_size} devices")
+        depth, alpha, block = r.depth, r.alpha, r.block
+        batch, step_s, jitter, gpu = r.batch_size, r.batch_size / r.images_per_s, r.step_time_std_s or 0.0, r.gpu
+        grad = r.grad_bytes or 0
     else:
         if not args.step_time_ms or not args.batch_per_device:
             raise ConfigError("scaling", "--step-time-ms/--batch-per-device",
@@ -128,7 +123,7 @@ def _scaling_base(args: argparse.Namespace) -> tuple[str, float, int, int, float
         depth, alpha, block = args.depth, args.alpha, args.block
         batch, step_s, jitter, gpu, grad = args.batch_per_device, args.step_time_ms / 1e3, 0.0, True, 0
     if not grad:
-        grad = 4 * sum(p.numel() for p in PyramidNet(depth, alpha, block).parameters())
+        grad = grad_bytes_of(PyramidNet(depth, alpha, block))
     if args.jitter_ms is not None:
         jitter = args.jitter_ms / 1e3
     return f"PyramidNet-{depth} alpha={alpha:g} {block}", step_s, batch, grad, jitter, gpu
@@ -145,7 +140,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     if any(n < 1 for n in args.devices) or args.per_node < 1:
         raise ConfigError("scaling", "--devices/--per-node", "must be >= 1")
     model, step_s, batch, grad, jitter, gpu = _scaling_base(args)
-    overlap = args.overlap if args.overlap is not None else default_overlap("cuda" if gpu else "cpu")
+    overlap = args.overlap if args.overlap is not None else default_overlap(gpu)
     table = {}
     for inter in inters:
         table[inter.name] = [predict(step_s, batch, grad, n, intra=intra, inter=inter, devices_per_node=args.per_node,

@@ -51,6 +51,7 @@ class RunRecord:
     epochs: dict[str, list[float]] = field(default_factory=dict)
     depth: int = 0
     alpha: float = 0.0
+    block: str = "basic"
     gpu: bool = False
     local_batch_size: int = 0
     threads: int | None = None  # per process (CPU runs)
@@ -97,60 +98,65 @@ def measured_step_std(metrics: dict[str, Any]) -> float | None:
     return float(times.std(ddof=1)) if times.size >= 3 else None
 
 
+def load_run(path: str | Path) -> RunRecord:
+    """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
+    m = read_metrics(path)
+    a, s = m["attrs"], m.get("summary", {})
+    cfg = yaml.safe_load(a.get("config_yaml", "") or "{}") or {}
+    train = cfg.get("train", {})
+    mode = str(a.get("mode", train.get("mode", "?")))
+    precision = str(a.get("precision", train.get("precision", "fp32")))
+    accum = int(a.get("accumulation_steps", train.get("accumulation_steps", 1)) or 1)
+    ckpt = bool(a.get("activation_checkpointing", train.get("activation_checkpointing", False)))
+    peaks = m.get("ranks", {}).get("peak_memory_bytes")
+    versions = a.get("versions", "{}")
+    device = str(a.get("device_name", ""))
+    link_bw = _num(a.get("link_bandwidth_GBps"))
+    grad_bytes = _num(a.get("grad_bytes"))
+    return RunRecord(
+        path=str(path),
+        experiment=str(a.get("experiment", cfg.get("name", ""))),
+        mode=mode,
+        line=line_label(mode, precision, accum, ckpt, train.get("threads")),
+        batch_size=int(a.get("batch_size", train.get("batch_size", 0))),
+        status=str(a.get("status", "unknown")),
+        images_per_s=_num(s.get("images_per_s")),
+        peak_memory=[int(p) for p in peaks] if peaks is not None else [],
+        device_name=device,
+        world_size=int(a.get("world_size", 1)),
+        data_source=str(a.get("data_source", "")),
+        memory_limit_gb=_num(a.get("memory_limit_gb")),
+        precision=precision,
+        git_commit=str(a.get("git_commit", "")),
+        versions=json.loads(versions) if isinstance(versions, str) and versions else {},
+        container_image=str(a.get("container_image", "")),
+        finished_at=str(a.get("finished_at", "")),
+        model=str(a.get("model", "")),
+        accumulation_steps=accum,
+        activation_checkpointing=ckpt,
+        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
+        depth=int(cfg.get("model", {}).get("depth", 0)),
+        alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
+        block=str(cfg.get("model", {}).get("block", "basic")),
+        gpu=not device.startswith("cpu"),
+        local_batch_size=int(a.get("local_batch_size", 0) or 0),
+        threads=int(a["threads_per_process"]) if _num(a.get("threads_per_process")) else None,
+        grad_bytes=int(grad_bytes) if grad_bytes else None,
+        bucket_cap_mb=_num(a.get("bucket_cap_mb")) or 25.0,
+        link=(str(a.get("link_name")), link_bw, _num(a.get("link_latency_us")) or 0.0) if link_bw else None,
+        metrics_overhead=_num(s.get("metrics_overhead")),
+        step_time_std_s=measured_step_std(m),
+    )
+
+
 def load_runs(results_dir: str | Path) -> list[RunRecord]:
     """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked)."""
     records = []
     for path in sorted(Path(results_dir).rglob("metrics.h5")):
         try:
-            m = read_metrics(path)
+            records.append(load_run(path))
         except OSError as exc:
             print(f"report: skipping unreadable {path}: {exc}")
-            continue
-        a, s = m["attrs"], m.get("summary", {})
-        cfg = yaml.safe_load(a.get("config_yaml", "") or "{}") or {}
-        train = cfg.get("train", {})
-        mode = str(a.get("mode", train.get("mode", "?")))
-        precision = str(a.get("precision", train.get("precision", "fp32")))
-        accum = int(a.get("accumulation_steps", train.get("accumulation_steps", 1)) or 1)
-        ckpt = bool(a.get("activation_checkpointing", train.get("activation_checkpointing", False)))
-        peaks = m.get("ranks", {}).get("peak_memory_bytes")
-        versions = a.get("versions", "{}")
-        device = str(a.get("device_name", ""))
-        link_bw = _num(a.get("link_bandwidth_GBps"))
-        grad_bytes = _num(a.get("grad_bytes"))
-        records.append(RunRecord(
-            path=str(path),
-            experiment=str(a.get("experiment", cfg.get("name", ""))),
-            mode=mode,
-            line=line_label(mode, precision, accum, ckpt, train.get("threads")),
-            batch_size=int(a.get("batch_size", train.get("batch_size", 0))),
-            status=str(a.get("status", "unknown")),
-            images_per_s=_num(s.get("images_per_s")),
-            peak_memory=[int(p) for p in peaks] if peaks is not None else [],
-            device_name=device,
-            world_size=int(a.get("world_size", 1)),
-            data_source=str(a.get("data_source", "")),
-            memory_limit_gb=_num(a.get("memory_limit_gb")),
-            precision=precision,
-            git_commit=str(a.get("git_commit", "")),
-            versions=json.loads(versions) if isinstance(versions, str) and versions else {},
-            container_image=str(a.get("container_image", "")),
-            finished_at=str(a.get("finished_at", "")),
-            model=str(a.get("model", "")),
-            accumulation_steps=accum,
-            activation_checkpointing=ckpt,
-            epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
-            depth=int(cfg.get("model", {}).get("depth", 0)),
-            alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
-            gpu=not device.startswith("cpu"),
-            local_batch_size=int(a.get("local_batch_size", 0) or 0),
-            threads=int(a["threads_per_process"]) if _num(a.get("threads_per_process")) else None,
-            grad_bytes=int(grad_bytes) if grad_bytes else None,
-            bucket_cap_mb=_num(a.get("bucket_cap_mb")) or 25.0,
-            link=(str(a.get("link_name")), link_bw, _num(a.get("link_latency_us")) or 0.0) if link_bw else None,
-            metrics_overhead=_num(s.get("metrics_overhead")),
-            step_time_std_s=measured_step_std(m),
-        ))
     return records
 
 
@@ -404,7 +410,6 @@ class ScalingRow:
 
     ddp: RunRecord
     base_images_per_s: float
-    base_runs: int
     base_step_std_s: float
     predicted: Any  # scaling.Prediction
 
@@ -440,8 +445,8 @@ def scaling_rows(records: list[RunRecord]) -> list[ScalingRow]:
         jitter = statistics.median([b.step_time_std_s for b in bases if b.step_time_std_s is not None] or [0.0])
         pred = predict(r.local_batch_size / base_ips, r.local_batch_size, r.grad_bytes, r.world_size,
                        intra=Link(*r.link), bucket_cap_mb=r.bucket_cap_mb,
-                       overlap=default_overlap("cuda" if r.gpu else "cpu"), step_jitter_s=jitter)
-        rows.append(ScalingRow(r, base_ips, len(bases), jitter, pred))
+                       overlap=default_overlap(r.gpu), step_jitter_s=jitter)
+        rows.append(ScalingRow(r, base_ips, jitter, pred))
     return rows
 
 
@@ -459,12 +464,12 @@ def plot_scaling(rows: list[ScalingRow], out_dir: Path) -> list[Path]:
     ns = list(SCALING_DEVICES)
     measured_link = Link(*run.link)
     curves = [(f"model, measured link ({measured_link.bandwidth_GBps:.2f} GB/s, {measured_link.latency_us:.0f} us)",
-               dict(intra=measured_link, overlap=default_overlap("cuda" if run.gpu else "cpu")),
+               dict(intra=measured_link, overlap=default_overlap(run.gpu)),
                dict(color="tab:green", linestyle="-"))]
     for (intra, inter), ls in zip(SCALING_CLUSTERS, ["-.", "--", (0, (3, 1, 1, 1)), (0, (1, 1))]):
         curves.append((f"model, {intra.upper()} x{GPUS_PER_NODE} per node + {inter.upper()} between nodes",
                        dict(intra=LINKS[intra], inter=LINKS[inter], devices_per_node=GPUS_PER_NODE,
-                            overlap=default_overlap("cuda")),
+                            overlap=default_overlap(gpu=True)),
                        dict(color="tab:blue", linestyle=ls, alpha=0.75)))
     same = [w for w in rows if w.ddp.local_batch_size == b and w.ddp.model == run.model]
     fig, (ax, ax_eff) = _new_axes((11, 4.5), ncols=2)

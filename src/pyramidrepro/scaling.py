@@ -165,9 +165,9 @@ def expected_max_normal(n: int) -> float:
     return total * h
 
 
-def default_overlap(device_type: str) -> float:
+def default_overlap(gpu: bool) -> float:
     """NCCL reduces on its own CUDA stream while backward runs; gloo on CPU shares the cores."""
-    return 1.0 if device_type == "cuda" else 0.0
+    return 1.0 if gpu else 0.0
 
 
 def grad_bytes_of(model: torch.nn.Module) -> int:
