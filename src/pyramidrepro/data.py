@@ -377,13 +377,15 @@ def random_crop_flip(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random 32x32 crop with 4-pixel zero padding and a random horizontal flip, batched.
 
-    ``images`` is uint8 B x 3 x 32 x 32 on any device.  Returns the augmented batch and the
-    offsets (dy, dx in -4..4) and flip flags used, so tests can check the distribution.
+    ``images`` is uint8 B x 3 x 32 x 32 on any device; the offsets and flips are drawn on that
+    device (``generator`` must live there too), so nothing waits for the host.  Returns the
+    augmented batch and the offsets (dy, dx in -4..4) and flip flags used, so tests can check
+    the distribution.
     """
     b, _, h, w = images.shape
     dev = images.device
-    offs = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device="cpu").to(dev)
-    flips = torch.rand(b, generator=generator, device="cpu").to(dev) < 0.5
+    offs = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device=dev)
+    flips = torch.rand(b, generator=generator, device=dev) < 0.5
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
     # every 32x32 window of the padded images as a view: B x C x 9 x 9 x H x W (no copy) ...
     windows = padded.unfold(2, h, 1).unfold(3, w, 1)
@@ -397,7 +399,9 @@ class TensorLoader:
     """The whole uint8 dataset as one tensor on the training device; batches augmented on it.
 
     No worker processes: indexing, crop, flip and normalization are a few vectorized tensor ops
-    per batch, on the GPU when training runs there.
+    per batch, on the GPU when training runs there.  Nothing in an epoch waits for the host: the
+    random draws come from a generator on the device, and the epoch's sample order reaches the
+    device in one non-blocking copy from pinned memory when the epoch is selected.
     """
 
     def __init__(
@@ -410,22 +414,27 @@ class TensorLoader:
         self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.train, self.augment = seed, train, augment
         self.scale, self.shift = normalize_constants(device)
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device=device)
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._bounds) - 1
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's order; ``start`` skips batches already trained (resume)."""
         self.epoch = epoch
         self.generator.manual_seed(hash((self.seed, epoch, self.rank)) & 0x7FFFFFFF)
-        self._index = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
-                                  self.seed, epoch, self.train)[start:]
+        batches = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
+                              self.seed, epoch, self.train)[start:]
+        self._bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
+        flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        self._order = flat.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch_idx in self._index:
-            idx = torch.from_numpy(np.ascontiguousarray(batch_idx)).to(self.device, non_blocking=True)
+        for lo, hi in zip(self._bounds, self._bounds[1:]):
+            idx = self._order[lo:hi]
             x = self.images.index_select(0, idx)
             if self.train and self.augment:
                 x, _, _ = random_crop_flip(x, self.generator)
