@@ -84,19 +84,34 @@ def bench_loader(
 # Training throughput: the seed-style baseline against the optimized path, side by side
 # ---------------------------------------------------------------------------------------------
 
-#: dense bf16 tensor-core peaks (TFLOP/s) of GPUs the report may meet
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "V100": 125.0,
-                   "TITAN Xp": 12.1}
+#: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, by the exact
+#: name CUDA reports (less a leading "NVIDIA ").  SXM and PCIe/NVL parts of one chip differ in
+#: clocks and power, so a product is never matched by a substring.  TITAN Xp (Pascal) has no
+#: tensor cores and no bf16: its fp32 peak is given, the precision the paper trained in.
+GPU_PEAK_TFLOPS = {
+    "A100-SXM4-40GB": 312.0, "A100-SXM4-80GB": 312.0, "A100-PCIE-40GB": 312.0, "A100 80GB PCIe": 312.0,
+    "H100 80GB HBM3": 989.0, "H100 SXM5 80GB": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+    "H200": 989.0, "H200 NVL": 835.0,
+    "B200": 2250.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "GeForce RTX 4090": 165.2,
+    "TITAN Xp": 12.1,
+}
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of the GPU CUDA calls ``name``, or None when it is not in the table."""
+    key = name.strip()
+    key = key[len("NVIDIA "):] if key.startswith("NVIDIA ") else key
+    return GPU_PEAK_TFLOPS.get(key)
 
 
 def _peak_tflops(device: torch.device, given: float | None) -> float | None:
     if given:
         return given
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, val in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return val
+        return gpu_peak_tflops(torch.cuda.get_device_name(device))
     return None
 
 

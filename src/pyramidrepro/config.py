@@ -95,6 +95,8 @@ class TrainConfig:
     threads: Optional[int] = None
     dist_timeout_s: float = 120.0
     checkpoint_every_s: Optional[float] = 300.0
+    #: CUDA: raise on any host-device sync in the step loop after warm-up (the device check's proof)
+    sync_debug: bool = False
 
 
 @dataclass
@@ -102,8 +104,12 @@ class DevicesConfig:
     """Which device to use and how to constrain it."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: emulate a GPU with this much memory in all (GiB): the allocator is capped at this minus what
+    #: the CUDA context and NCCL take outside it, as measured in the run (the paper's TITAN Xp: 11.91)
     memory_limit_gb: Optional[float] = None
     cudnn_benchmark: bool = True
+    #: TF32 matmuls/convolutions on Ampere and newer; off reproduces a pre-Ampere card's fp32
+    allow_tf32: bool = False
 
 
 @dataclass
@@ -333,6 +339,14 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(source, "train.compile_mode",
                           f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "
                           "(`pyramidrepro bench --compile auto` measures which is fastest)")
+    if t.compile and t.mode in ("dp", "dp_balanced"):
+        raise ConfigError(source, "train.compile",
+                          f"torch.compile does not support nn.DataParallel (train.mode: {t.mode}); "
+                          "use train.mode: ddp or train.compile: false")
+    if t.compile and t.mode == "ddp" and t.compile_mode == "reduce-overhead":
+        raise ConfigError(source, "train.compile_mode",
+                          "reduce-overhead (CUDA graphs) does not capture DDP's all-reduce hooks; "
+                          "use default or max-autotune-no-cudagraphs with train.mode: ddp")
     if t.bucket_cap_mb <= 0:
         raise ConfigError(source, "train.bucket_cap_mb", "must be > 0")
     for i, ms in enumerate(t.lr_milestones):

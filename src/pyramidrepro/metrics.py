@@ -15,12 +15,13 @@ Layout (documented in the README):
 Rows are buffered in memory and appended every ``flush_interval_s`` seconds by opening the file,
 extending the resizable datasets and closing it again.  Between flushes the file on disk is
 closed and consistent, so it can be read mid-run and survives ``kill -9`` with every row flushed
-so far.
+so far.  The writer is thread-safe: a run may be closed from its stop watcher (``faults``).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class MetricsWriter:
         self._summary: dict[str, Any] = {}
         self._ranks: dict[str, np.ndarray] = {}
         self._last_flush = time.monotonic()
+        self._lock = threading.RLock()
         self.flush_count = 0
         self.flush_seconds = 0.0  # inside HDF5 appends
         self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
@@ -78,26 +80,31 @@ class MetricsWriter:
     # -- buffering ---------------------------------------------------------------------------
     def log_step(self, **row: Any) -> None:
         t0 = time.perf_counter()
-        for k in STEP_FIELDS:
-            self._steps[k].append(row.get(k, np.nan))
-        self._flush(force=False)
+        with self._lock:
+            for k in STEP_FIELDS:
+                self._steps[k].append(row.get(k, np.nan))
+            self._flush(force=False)
         self.write_seconds += time.perf_counter() - t0
 
     def log_epoch(self, **row: Any) -> None:
         t0 = time.perf_counter()
-        for k in EPOCH_FIELDS:
-            self._epochs[k].append(row.get(k, np.nan))
-        self._flush(force=True)
+        with self._lock:
+            for k in EPOCH_FIELDS:
+                self._epochs[k].append(row.get(k, np.nan))
+            self._flush(force=True)
         self.write_seconds += time.perf_counter() - t0
 
     def set_attrs(self, **attrs: Any) -> None:
-        self._attrs.update(attrs)
+        with self._lock:
+            self._attrs.update(attrs)
 
     def set_summary(self, **attrs: Any) -> None:
-        self._summary.update(attrs)
+        with self._lock:
+            self._summary.update(attrs)
 
     def set_ranks(self, **arrays: np.ndarray) -> None:
-        self._ranks.update({k: np.asarray(v) for k, v in arrays.items()})
+        with self._lock:
+            self._ranks.update({k: np.asarray(v) for k, v in arrays.items()})
 
     # -- writing -----------------------------------------------------------------------------
     def flush(self, force: bool = False) -> None:
@@ -107,6 +114,10 @@ class MetricsWriter:
         self.write_seconds += time.perf_counter() - t0
 
     def _flush(self, force: bool) -> None:
+        with self._lock:
+            self._append(force)
+
+    def _append(self, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
@@ -144,7 +155,11 @@ class MetricsWriter:
 
         A resumed run then continues its metrics with no gap and no duplicate step.
         """
-        self._flush(force=True)
+        with self._lock:
+            self._append(force=True)
+            self._truncate(last_step, completed_epochs)
+
+    def _truncate(self, last_step: int, completed_epochs: int) -> None:
         with h5py.File(self.path, "a", locking=False) as f:
             keep = int(np.count_nonzero(f["steps/step"][:] <= last_step))
             for name in STEP_FIELDS:
@@ -155,8 +170,9 @@ class MetricsWriter:
 
     def close(self, status: str, **attrs: Any) -> None:
         """Write everything left, the final status and ``finished_at``."""
-        self.set_attrs(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **attrs)
-        self.flush(force=True)
+        with self._lock:
+            self.set_attrs(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **attrs)
+            self.flush(force=True)
 
 
 def read_metrics(path: str | Path, retries: int = 5) -> dict[str, Any]:

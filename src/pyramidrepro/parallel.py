@@ -170,15 +170,39 @@ class ModelWithLoss(nn.Module):
         return torch.stack([loss_sum, correct.detach(), count]).unsqueeze(0)
 
 
+class AutocastForward(nn.Module):
+    """Runs the wrapped module's forward under autocast with a fixed dtype, in whatever thread.
+
+    ``nn.DataParallel`` calls each replica in a worker thread of its own (``parallel_apply``),
+    which re-enters autocast there without a dtype; autocast's dtype is thread-local and the
+    CUDA default is fp16, so a bf16 run would compute its replicas in fp16 (with no GradScaler).
+    Entering autocast inside the replica's forward makes the configured dtype hold everywhere.
+    """
+
+    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.device_type, self.dtype = module, device_type, dtype
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args)
+
+
 def wrap_model(
     model: nn.Module, mode: str, device: torch.device, *, allow_cpu_dp: bool = False,
     gradient_as_bucket_view: bool = True, static_graph: bool = False, bucket_cap_mb: float = 25.0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, list[int]]:
-    """Wrap the model for ``mode``; returns the module to call and the GPU ids it spans."""
+    """Wrap the model for ``mode``; returns the module to call and the GPU ids it spans.
+
+    ``autocast_dtype`` (DP modes): the reduced precision each replica computes in.
+    """
     if mode == "single":
         return model, [device.index or 0] if device.type == "cuda" else []
     if mode in ("dp", "dp_balanced"):
         inner = ModelWithLoss(model) if mode == "dp_balanced" else model
+        if autocast_dtype is not None:
+            inner = AutocastForward(inner, device.type, autocast_dtype)
         if device.type != "cuda":
             if not allow_cpu_dp:
                 raise RuntimeError(

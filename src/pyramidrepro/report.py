@@ -60,6 +60,8 @@ class RunRecord:
     link: tuple[str, float, float] | None = None  # DDP runs: measured (name, GB/s, latency us)
     metrics_overhead: float | None = None
     step_time_std_s: float | None = None  # after warm-up: the jitter the scaling model needs
+    allow_tf32: bool | None = None  # GPU runs: TF32 matmuls/convolutions on or off (None: CPU)
+    allocator_cap_bytes: int | None = None  # GPU runs under an emulated card: the allocator's cap
 
 
 def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
@@ -146,6 +148,8 @@ def load_run(path: str | Path) -> RunRecord:
         link=(str(a.get("link_name")), link_bw, _num(a.get("link_latency_us")) or 0.0) if link_bw else None,
         metrics_overhead=_num(s.get("metrics_overhead")),
         step_time_std_s=measured_step_std(m),
+        allow_tf32=bool(a["allow_tf32"]) if a.get("allow_tf32", "") in (True, False) else None,
+        allocator_cap_bytes=int(a["allocator_cap_bytes"]) if _num(a.get("allocator_cap_bytes")) else None,
     )
 
 
@@ -603,10 +607,14 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     v = records[0].versions
     overheads = [r.metrics_overhead for r in records if r.metrics_overhead is not None]
     images = sorted({r.container_image for r in records if r.container_image})
-    caps = sorted({r.memory_limit_gb for r in records if r.memory_limit_gb})
+    caps = sorted({(r.memory_limit_gb, r.allocator_cap_bytes) for r in records if r.memory_limit_gb})
+    tf32 = sorted({"on" if r.allow_tf32 else "off" for r in records if r.allow_tf32 is not None})
     lines += ["", "## Provenance", "",
               f"- hardware: {'; '.join(devices)}",
-              f"- GPU memory cap: {', '.join(f'{c:g} GB' for c in caps) if caps else 'none'}",
+              "- GPU memory cap: " + (", ".join(
+                  f"a {c:g} GiB card emulated" + (f" (allocator capped at {a / 2**30:.2f} GiB)" if a else "")
+                  for c, a in caps) if caps else "none"),
+              f"- TF32 on GPUs: {' and '.join(tf32) if tf32 else 'n/a (no GPU runs)'}",
               f"- data: {', '.join(sorted({r.data_source for r in records}))}",
               f"- git commit: {', '.join(sorted({r.git_commit for r in records}))}",
               f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",

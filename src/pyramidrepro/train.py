@@ -11,10 +11,10 @@ import math
 import os
 import platform
 import random
-import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,6 +28,8 @@ from torch import nn
 from . import __version__
 from .config import ExperimentConfig
 from .data import load_splits, make_loader
+from .devices import MemoryCap, cap_gpu_memory, device_name, peak_memory, reset_peaks, set_tf32
+from .faults import StopChannel, StopRecord, injected_oom_step, raise_injected_oom
 from .metrics import MetricsWriter
 from .model import PyramidNet
 from .parallel import (
@@ -42,6 +44,8 @@ from .scaling import grad_bytes_of, measure_link
 
 STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
 CHECKPOINT_NAME = "checkpoint.pt"
+#: written into the package by an image build (containers/), where the source has no .git
+BUILD_INFO = Path(__file__).resolve().parent / "BUILD_COMMIT"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,6 +69,8 @@ def git_commit() -> str:
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
+    if BUILD_INFO.is_file():
+        return BUILD_INFO.read_text().strip() or "unknown"
     return os.environ.get("PYRAMIDREPRO_GIT_COMMIT", "unknown")
 
 
@@ -85,21 +91,6 @@ def versions() -> dict[str, Any]:
         "numpy": np.__version__,
         "pyramidrepro": __version__,
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def peak_memory_bytes(device: torch.device, gpu_ids: list[int] | None = None) -> list[int]:
-    """Peak memory per GPU this process used (CUDA max allocated), or the process's peak RSS."""
-    if device.type == "cuda":
-        ids = gpu_ids or [device.index or 0]
-        return [int(torch.cuda.max_memory_allocated(i)) for i in ids]
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return [int(rss_kb * 1024)]
 
 
 def lr_at_epoch(cfg: ExperimentConfig, epoch: int) -> float:
@@ -168,6 +159,11 @@ class Trainer:
         self._between_steps = True
         self._state: dict[str, Any] | None = None  # where a resume would start
         self._saved: tuple[int, int, int] | None = None  # the position last checkpointed
+        self.env = DistEnv()
+        self.writer: MetricsWriter | None = None
+        self.stop_channel: StopChannel | None = None
+        self._recorded = False  # the final status is written (once: the stop watcher may race the loop)
+        self._record_lock = threading.Lock()
 
     # -- submitit integration ----------------------------------------------------------------
     def __call__(self) -> str:
@@ -218,31 +214,35 @@ class Trainer:
             raise ValueError(
                 f"train.batch_size {t.batch_size} does not divide by the world size {env.world_size}"
             )
-        writer = None
+        if dist.is_initialized() and env.world_size > 1:
+            self.stop_channel = StopChannel(env.rank, env.world_size, self._on_peer_stop)
+        self._oom_at = injected_oom_step(env.rank)
         try:
+            if self._oom_at == "setup":
+                raise_injected_oom("setup")
             self._setup(device)
             self.link = None
             if self.backend is not None and env.world_size > 1 and t.measure_link:
                 self.link = measure_link(device)
             if env.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-                writer = MetricsWriter(
-                    self.run_dir / "metrics.h5", flush_interval_s=cfg.metrics.flush_interval_s
-                )
-            self.writer = writer
+                self._open_writer()
             status, info = self._train()
-        except torch.cuda.OutOfMemoryError as exc:
-            status, info = "oom", {"oom_batch_size": t.batch_size, "error": str(exc).splitlines()[0]}
+        except torch.OutOfMemoryError as exc:
+            status, info = self._stop("oom", {"oom_batch_size": t.batch_size, "error": str(exc).splitlines()[0]})
         except BaseException as exc:
-            if writer is not None:
-                writer.close("failed", error=f"{type(exc).__name__}: {exc}")
-            if dist.is_initialized() and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                dist.destroy_process_group()
-            raise
-        if writer is not None:
-            writer.close(status, **info)
+            peer = self.stop_channel.peer_record() if self.stop_channel is not None else None
+            if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                # this rank failed: say so to the peers and in metrics.h5, then let the error out
+                self._stop("failed", {"error": f"{type(exc).__name__}: {exc}"})
+                if dist.is_initialized() and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    dist.destroy_process_group()
+                raise
+            # a peer stopped the run (and its leaving broke this rank's collective): its outcome
+            status, info = peer.status, {**peer.info, "stop_rank": peer.rank}
+        self._record(status, info)
         if status == "completed":
+            if self.stop_channel is not None:
+                self.stop_channel.close()
             shutdown_process_group()
         elif dist.is_initialized():  # peers may be mid-collective: no barrier, just leave
             dist.destroy_process_group()
@@ -250,25 +250,52 @@ class Trainer:
             print(f"{status}: {self.run_dir / 'metrics.h5'}", flush=True)
         return status
 
+    # -- the outcome --------------------------------------------------------------------------
+    def _open_writer(self) -> MetricsWriter:
+        """Rank 0: the run folder, its config.yaml and metrics.h5 with what is known before setup."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+        self.writer = MetricsWriter(self.run_dir / "metrics.h5", flush_interval_s=self.cfg.metrics.flush_interval_s)
+        self.writer.set_attrs(**self._identity_attributes())
+        self.writer.flush(force=True)
+        return self.writer
+
+    def _stop(self, status: str, info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """This rank ends the run with ``status``: tell every peer (multi-rank); the outcome in force."""
+        if self.stop_channel is None:
+            return status, info
+        record = self.stop_channel.post(status, info)
+        return record.status, {**record.info, "stop_rank": record.rank}
+
+    def _record(self, status: str, info: dict[str, Any]) -> None:
+        """Rank 0 writes the final status once (a run stopped during setup still gets a metrics.h5)."""
+        with self._record_lock:
+            if self._recorded or not self.env.is_main or self.run_dir is None:
+                return
+            self._recorded = True
+            writer = self.writer or self._open_writer()
+            writer.close(status, **info)
+
+    def _on_peer_stop(self, record: StopRecord) -> int:
+        """Called from the stop watcher when another rank stopped the run; returns this rank's exit code."""
+        self._record(record.status, {**record.info, "stop_rank": record.rank})
+        if self.env.is_main:
+            print(f"{record.status} (rank {record.rank}): {self.run_dir / 'metrics.h5'}", flush=True)
+        return STATUS_EXIT_CODES.get(record.status, 1)
+
     def _setup(self, device: torch.device) -> None:
         cfg, t, env = self.cfg, self.cfg.train, self.env
         seed = t.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.memory_cap = None
+        self.memory_cap: MemoryCap | None = None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.devices.cudnn_benchmark
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            set_tf32(cfg.devices.allow_tf32)
             if cfg.devices.memory_limit_gb is not None:
-                total = torch.cuda.get_device_properties(device).total_memory
-                fraction = min(1.0, cfg.devices.memory_limit_gb * 2**30 / total)
-                ids = range(torch.cuda.device_count()) if t.mode.startswith("dp") else [device.index]
-                for i in ids:
-                    torch.cuda.set_per_process_memory_fraction(fraction, i)
-                self.memory_cap = {"limit_gb": cfg.devices.memory_limit_gb, "fraction": fraction,
-                                   "total_bytes": int(total)}
+                ids = list(range(torch.cuda.device_count())) if t.mode.startswith("dp") else [device.index]
+                self.memory_cap = cap_gpu_memory(cfg.devices.memory_limit_gb, ids)
         splits = load_splits(cfg.data, cfg.model.num_classes, seed)
         self.data_source = splits.source
         m = cfg.model
@@ -284,10 +311,11 @@ class Trainer:
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
         self.wrapped, self.gpu_ids = wrap_model(
             model, t.mode, device, allow_cpu_dp=t.allow_cpu_dp,
             gradient_as_bucket_view=t.gradient_as_bucket_view, static_graph=t.static_graph,
-            bucket_cap_mb=t.bucket_cap_mb,
+            bucket_cap_mb=t.bucket_cap_mb, autocast_dtype=self.autocast_dtype,
         )
         self.step_module = self.wrapped
         if t.compile:
@@ -308,7 +336,6 @@ class Trainer:
             )
             if t.evaluate else None
         )
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
 
     def _autocast(self):  # noqa: ANN202
         if self.autocast_dtype is None:
@@ -385,6 +412,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.train_loader.set_epoch(epoch, start=skip)
+                self._sync_check(step >= t.warmup_steps)
                 epoch_start = time.perf_counter()
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device)
@@ -394,6 +422,8 @@ class Trainer:
                 batch_in_epoch = skip - 1
                 for batch_in_epoch, (x, y) in enumerate(self.train_loader, start=skip):
                     data_time = time.perf_counter() - t_data
+                    if self._oom_at == step + 1:
+                        raise_injected_oom(f"step {step + 1}")
                     self._between_steps = False
                     loss, n_correct = self._step(x, y)
                     self._between_steps = True
@@ -405,16 +435,21 @@ class Trainer:
                     pending.append((step, epoch, lr, loss.detach(), data_time))
                     self._state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch + 1}
                     window_end = step % t.log_every == 0 or step >= total_steps
+                    if step == t.warmup_steps:
+                        reset_peaks(device, self.gpu_ids)  # peaks of the measured steps, not the warm-up's
                     if window_end or batch_in_epoch + 1 == steps_per_epoch:
+                        self._sync_check(False)
                         times = timer.durations()
                         self._drain(pending, times, measured, my_step_times, progress)
                         pending = []
                         if t.checkpoint_every_s and time.monotonic() - last_ckpt > t.checkpoint_every_s:
                             self._save_checkpoint(**self._state)
                             last_ckpt = time.monotonic()
+                        self._sync_check(step >= t.warmup_steps)
                     if step >= total_steps:
                         break
                     t_data = time.perf_counter()
+                self._sync_check(False)
                 skip = 0
                 epoch_complete = batch_in_epoch + 1 == steps_per_epoch
                 epoch_time = time.perf_counter() - epoch_start
@@ -429,10 +464,19 @@ class Trainer:
         except RunStopped as stop:
             return stop.status, stop.info
         finally:
+            self._sync_check(False)
             if progress is not None:
                 progress.close()
         info.update(self._summarise(measured, my_step_times))
         return "completed", info
+
+    def _sync_check(self, on: bool) -> None:
+        """``train.sync_debug``: any host-device sync inside the step loop raises (CUDA only).
+
+        Switched on for the measured steps and off around the loop's own once-per-window drain.
+        """
+        if self.cfg.train.sync_debug and self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error" if on else "default")
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train
@@ -535,7 +579,7 @@ class Trainer:
 
     def _summarise(self, measured: list[float], my_step_times: list[float]) -> dict[str, Any]:
         t = self.cfg.train
-        peaks = peak_memory_bytes(self.device, self.gpu_ids)
+        peaks = peak_memory(self.device, self.gpu_ids)
         summary: dict[str, Any] = {}
         if not measured:  # too few steps for a warm-up: use what there is
             measured = [d for d in my_step_times if math.isfinite(d)]
@@ -552,9 +596,10 @@ class Trainer:
         if self.writer is not None:
             n = min(len(g[0]) for g in gathered)
             step_times = np.array([g[0][:n] for g in gathered], dtype=np.float64)
-            rank_peaks = np.array([p for g in gathered for p in g[1]], dtype=np.int64)
-            self.writer.set_ranks(step_time_s=step_times, peak_memory_bytes=rank_peaks)
-            summary["peak_memory_bytes"] = int(rank_peaks.max())
+            rank_peaks = {key: np.array([p for g in gathered for p in g[1][key]], dtype=np.int64) for key in peaks}
+            self.writer.set_ranks(step_time_s=step_times, **rank_peaks)
+            for key, values in rank_peaks.items():
+                summary[key] = int(values.max())
             if self.cfg.train.compile and my_step_times:
                 summary["compile_time_s"] = float(my_step_times[0])
             # HDF5 cost: seconds inside the writer during the loop over the loop's step time
@@ -566,10 +611,9 @@ class Trainer:
             self.writer.set_summary(**summary)
         return {}
 
-    def _run_attributes(self, steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+    def _identity_attributes(self) -> dict[str, Any]:
+        """What the run is, known before setup (a run stopped during setup records these)."""
         cfg, t, env = self.cfg, self.cfg.train, self.env
-        gpus = [torch.cuda.get_device_name(i) for i in self.gpu_ids] if self.gpu_ids else []
-        world = env.world_size if t.mode == "ddp" else max(1, len(self.gpu_ids))
         attrs = {
             "status": "running",
             "config_yaml": cfg.to_yaml(),
@@ -578,8 +622,7 @@ class Trainer:
             "versions": versions(),
             "hostname": socket.gethostname(),
             "device_name": device_name(self.device),
-            "devices": gpus or [device_name(self.device)],
-            "world_size": world,
+            "world_size": env.world_size,
             "mode": t.mode,
             "backend": self.backend or "",
             "batch_size": t.batch_size,
@@ -590,23 +633,36 @@ class Trainer:
             "loader": cfg.data.loader,
             "accumulation_steps": t.accumulation_steps,
             "activation_checkpointing": t.activation_checkpointing,
-            "data_source": self.data_source,
             "model": f"PyramidNet-{cfg.model.depth} alpha={cfg.model.alpha:g} {cfg.model.block}",
+            "warmup_steps": t.warmup_steps,
+            "optimizer_impl": resolve_optimizer_impl(t.optimizer_impl, self.device),
+            "memory_limit_gb": cfg.devices.memory_limit_gb if cfg.devices.memory_limit_gb else "",
+            "allow_tf32": cfg.devices.allow_tf32 if self.device.type == "cuda" else "",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+        }
+        attrs.update(self.extra_attrs)
+        return attrs
+
+    def _run_attributes(self, steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+        """Everything else a run records, once it is set up."""
+        t, env = self.cfg.train, self.env
+        gpus = [torch.cuda.get_device_name(i) for i in self.gpu_ids] if self.gpu_ids else []
+        attrs = self._identity_attributes()
+        attrs.update({
+            "devices": gpus or [device_name(self.device)],
+            "world_size": env.world_size if t.mode == "ddp" else max(1, len(self.gpu_ids)),
+            "data_source": self.data_source,
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
-            "warmup_steps": t.warmup_steps,
             "threads_per_process": self.threads or "",
             "grad_bytes": grad_bytes_of(self.model),
             "bucket_cap_mb": t.bucket_cap_mb,
             "link_name": self.link.name if self.link else "",
             "link_bandwidth_GBps": self.link.bandwidth_GBps if self.link else "",
             "link_latency_us": self.link.latency_us if self.link else "",
-            "memory_limit_gb": cfg.devices.memory_limit_gb if cfg.devices.memory_limit_gb else "",
-            "gpu_total_memory_bytes": (self.memory_cap or {}).get("total_bytes", ""),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv),
-        }
-        attrs.update(self.extra_attrs)
+            **(self.memory_cap.attributes() if self.memory_cap else {}),
+        })
         return attrs
 
     def _use_bar(self) -> bool:
@@ -634,13 +690,25 @@ def make_optimizer(model: nn.Module, cfg: ExperimentConfig, device: torch.device
         lr=cfg.effective_lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
         weight_decay=t.weight_decay,
     )
-    if t.optimizer_impl == "fused":
+    impl = resolve_optimizer_impl(t.optimizer_impl, device)
+    if impl == "fused":
         kwargs["fused"] = True
-    elif t.optimizer_impl == "foreach":
+    elif impl == "foreach":
         kwargs["foreach"] = True
-    elif t.optimizer_impl == "plain":
+    elif impl == "plain":
         kwargs["foreach"] = False
     return torch.optim.SGD(model.parameters(), **kwargs)
+
+
+def resolve_optimizer_impl(requested: str, device: torch.device) -> str:
+    """``auto``: fused SGD on GPUs, torch's default on CPU.
+
+    Fused is also what keeps fp16 free of a host sync: ``GradScaler.step`` hands the inf check
+    to an optimizer that supports it, and otherwise reads ``found_inf`` on the host every step.
+    """
+    if requested != "auto":
+        return requested
+    return "fused" if device.type == "cuda" else "default"
 
 
 def _free_port() -> int:

@@ -1,0 +1,106 @@
+"""What the training device is and how a run constrains it: TF32, the emulated card's memory, peaks.
+
+The paper's GPU (a 12 GB TITAN Xp: 12,196 MiB in all) had no TF32 and less memory than today's
+cards.  ``devices.allow_tf32: false`` keeps fp32 exact on Ampere and newer, and
+``devices.memory_limit_gb`` makes a bigger GPU behave like a card of that *total* memory: the
+CUDA context, cuDNN/cuBLAS handles and NCCL's buffers live outside PyTorch's caching allocator,
+so the allocator is capped at the card's total minus what this process measured outside it.
+
+Limits of the emulation: the non-allocator share is measured once, after CUDA (and NCCL) are up
+and before the model is built, so handles created later (a cuDNN workspace, a second NCCL
+communicator) are not subtracted; memory used by another process on the same GPU counts as this
+process's overhead; and fragmentation differs from the old card's allocator.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+GIB = 2**30
+
+
+@dataclass
+class MemoryCap:
+    """The allocator cap that emulates a card of ``card_bytes`` on a device of ``device_bytes``."""
+
+    card_bytes: int
+    device_bytes: int
+    outside_allocator_bytes: int
+    allocator_cap_bytes: int
+
+    @property
+    def fraction(self) -> float:
+        return self.allocator_cap_bytes / self.device_bytes
+
+    def attributes(self) -> dict[str, Any]:
+        return {
+            "memory_limit_gb": self.card_bytes / GIB,
+            "gpu_total_memory_bytes": self.device_bytes,
+            "memory_outside_allocator_bytes": self.outside_allocator_bytes,
+            "allocator_cap_bytes": self.allocator_cap_bytes,
+        }
+
+
+def emulated_card_cap(card_gib: float, device_total: int, device_free: int, reserved: int) -> MemoryCap:
+    """The cap for a card of ``card_gib`` GiB, from ``torch.cuda.mem_get_info`` and the reserved bytes.
+
+    What the device reports in use beyond PyTorch's reserved pool is outside the allocator (the
+    CUDA context, library handles, NCCL); the allocator gets the card's total minus that.
+    """
+    card = int(card_gib * GIB)
+    if card > device_total:
+        raise ValueError(f"devices.memory_limit_gb: {card_gib:g} GiB is more than this GPU's "
+                         f"{device_total / GIB:.1f} GiB")
+    outside = max(0, device_total - device_free - reserved)
+    cap = card - outside
+    if cap <= 0:
+        raise ValueError(f"devices.memory_limit_gb: {card_gib:g} GiB leaves nothing for the allocator: "
+                         f"{outside / GIB:.2f} GiB are already used outside it")
+    return MemoryCap(card, device_total, outside, cap)
+
+
+def cap_gpu_memory(card_gib: float, gpu_ids: list[int]) -> MemoryCap:
+    """Cap PyTorch's allocator on each of ``gpu_ids`` so the process fits a card of ``card_gib``."""
+    caps = []
+    for i in gpu_ids:
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info(i)
+        cap = emulated_card_cap(card_gib, total, free, torch.cuda.memory_reserved(i))
+        torch.cuda.set_per_process_memory_fraction(cap.fraction, i)
+        caps.append(cap)
+    return max(caps, key=lambda c: c.outside_allocator_bytes)  # the tightest GPU is the one reported
+
+
+def set_tf32(allowed: bool) -> None:
+    """TF32 for matmuls and cuDNN convolutions (Ampere and newer); off keeps fp32 exact."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+def reset_peaks(device: torch.device, gpu_ids: list[int]) -> None:
+    """Forget the peaks so far (the warm-up's, cuDNN autotuning included)."""
+    if device.type == "cuda":
+        for i in gpu_ids or [device.index or 0]:
+            torch.cuda.reset_peak_memory_stats(i)
+
+
+def peak_memory(device: torch.device, gpu_ids: list[int]) -> dict[str, list[int]]:
+    """Peak allocated and reserved bytes per GPU since the last reset; on CPU the peak RSS."""
+    if device.type == "cuda":
+        ids = gpu_ids or [device.index or 0]
+        return {"peak_memory_bytes": [int(torch.cuda.max_memory_allocated(i)) for i in ids],
+                "peak_reserved_bytes": [int(torch.cuda.max_memory_reserved(i)) for i in ids]}
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"peak_memory_bytes": [rss], "peak_reserved_bytes": [rss]}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
