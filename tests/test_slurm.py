@@ -125,9 +125,10 @@ def test_dry_run_shows_the_generated_scripts(tmp_path):
                 "--set", "sweep={train.batch_size: [32, 64, 128]}", "--set", "train.mode=ddp",
                 "--set", "cluster.gpus_per_node=4", "--set", "cluster.nodes=2",
                 "--set", "cluster.array_parallelism=2", "--set", "container.image=/img/pyramidrepro.sif",
-                "--set", "container.binds=[/scratch]")
+                "--set", "container.binds=[/scratch]", "--set", "cluster.cpus_per_task=6")
     assert r.returncode == 0, r.stderr
     out = r.stdout
+    assert "export SRUN_CPUS_PER_TASK=6" in out  # srun of Slurm 22.05-23.02 does not inherit it
     assert "#SBATCH --array=0-2%2" in out
     assert "#SBATCH --ntasks-per-node=4" in out and "#SBATCH --nodes=2" in out
     assert "#SBATCH --gpus-per-node=4" in out

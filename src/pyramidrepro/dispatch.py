@@ -87,8 +87,9 @@ def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
         params["slurm_signal_delay_s"] = c.signal_delay_s
         if c.additional_parameters:
             params["slurm_additional_parameters"] = dict(c.additional_parameters)
-        if c.setup:
-            params["slurm_setup"] = list(c.setup)
+        # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
+        # rank's step gets one CPU
+        params["slurm_setup"] = [f"export SRUN_CPUS_PER_TASK={c.cpus_per_task}", *c.setup]
     return params
 
 
