@@ -1,93 +1,158 @@
 #!/usr/bin/env bash
-# One short pass over the GPU code paths, figures written under $OUT (default results/gpu_check):
-#   env.json         torch / CUDA / GPU
-#   runs/            NCCL DDP with world size 1, DataParallel on the GPUs present, bf16 + channels_last,
-#                    PyramidNet-110 alpha=270 under the paper's 12 GB cap at batch 256 (fits) and 512 (OOM)
-#   bench.json/.txt  pyramidrepro bench: seed-style baseline vs optimized, PyramidNet-110 alpha=270, batch 256
-#   loader.json      the GPU-resident tensor loader
-#   report/          pyramidrepro report over runs/
+# One short pass over every GPU code path, made to run whole in one call on a bare GPU machine
+# (torch, h5py and pyyaml; no pip install, no torchvision / matplotlib / DALI / submitit needed):
 #
-#   bash benchmarks/gpu_check.sh                         # on a GPU machine (pip install --no-deps -e . first)
-#   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh    # the same steps, shrunk, on a CPU (checks the script)
+#   PYTHONPATH=src bash benchmarks/gpu_check.sh                    # on a GPU machine, <= 6 minutes
+#   GPU_CHECK_DEVICE=cpu PYTHONPATH=src bash benchmarks/gpu_check.sh   # the same steps shrunk, on a CPU
 #
-# Each step prints its outcome and the script goes on after a failure; the exit code is the
-# number of failed steps.  BENCH_COMPILE (default auto) and BENCH_MODES pick the compile modes.
+# Steps, in order of value: the emulated 12 GB card's boundary (PyramidNet-110 alpha=270 fp32:
+# batch 256 completes, 512 is oom), no host sync in the training loop (sync debug mode "error"),
+# bf16 inside DataParallel's worker threads, NCCL DDP (world size 1, torchrun), two gloo DDP ranks
+# on the one GPU, dp / dp_balanced / fp16 + GradScaler, bf16 + channels_last + compile, bench
+# (baseline vs optimized when torchvision imports, else the optimized path alone), DALI on the GPU
+# when it imports, the report when matplotlib imports.  A step whose package is missing is
+# skipped with the reason; every run step checks the status in its metrics.h5.
+#
+# Runs write under a temporary folder; only small files (logs, metrics.h5, config.yaml, JSON) are
+# copied to $OUT (default results/gpu_check).  Exit code: the number of failed steps.
 set -u
+cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu_check}
 DEV=${GPU_CHECK_DEVICE:-cuda}
-PY=${PYTHON:-python}
-mkdir -p "$OUT/runs"
+PY=${PYTHON:-$(command -v python || command -v python3)}
+export PYTHONPATH=${PYTHONPATH:-src}
+export PYTHONUNBUFFERED=1
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+RUNS=$WORK/runs
+PROBE="$PY benchmarks/gpu_check_probes.py"
+mkdir -p "$OUT" "$RUNS"
+OUT_ABS=$(cd "$OUT" && pwd)
 failed=0
+skipped=0
+t_start=$SECONDS
 
-step() {  # step NAME COMMAND...: run, time and report one check
-    local name=$1
-    shift
-    local t0=$SECONDS
-    if "$@" >"$OUT/$name.log" 2>&1; then
-        echo "ok    $name ($((SECONDS - t0)) s)"
+outcome() {  # outcome NAME SECONDS EXIT_CODE: print one step's line and count a failure
+    if [ "$3" -eq 0 ]; then
+        echo "ok    $1 ($2 s): $(tail -n 1 "$WORK/$1.log" | cut -c1-220)"
     else
-        echo "FAIL  $name ($((SECONDS - t0)) s): $(tail -n 2 "$OUT/$name.log" | tr '\n' ' ')"
+        echo "FAIL  $1 ($2 s): $(tail -n 3 "$WORK/$1.log" | tr '\n' ' ' | cut -c1-400)"
         failed=$((failed + 1))
     fi
 }
 
-run() {  # run RUN_ID ARGS...: a smoke-sized pyramidrepro run on $DEV
-    local id=$1
-    shift
-    $PY -m pyramidrepro run experiments/smoke.yaml --out "$OUT/runs" --run-id "$id" --no-progress \
-        --set devices.device="$DEV" --set train.max_steps=20 --set train.warmup_steps=5 "$@"
+step() {  # step NAME LIMIT_S COMMAND...: run one check under a time limit; its log goes to $WORK
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS rc=0
+    timeout -k 5 "$limit" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+    outcome "$name" $((SECONDS - t0)) "$rc"
 }
 
-expect_status() {  # expect_status RUN_ID STATUS: the run's metrics.h5 says STATUS
-    $PY - "$OUT/runs/$1" "$2" <<'EOF'
-import sys
-from pathlib import Path
-from pyramidrepro.metrics import read_metrics
-path = next(Path(sys.argv[1]).parent.glob(f"*/{Path(sys.argv[1]).name}/metrics.h5"))
-status = read_metrics(path)["attrs"]["status"]
-print(path, status)
-sys.exit(0 if status == sys.argv[2] else 1)
-EOF
+skip() {  # skip NAME REASON
+    echo "skip  $1: $2"
+    skipped=$((skipped + 1))
 }
 
-step env $PY -c "
-import json, torch
-info = {'torch': torch.__version__, 'cuda': torch.version.cuda, 'gpus': [torch.cuda.get_device_name(i)
-        for i in range(torch.cuda.device_count())], 'bf16': torch.cuda.is_available() and torch.cuda.is_bf16_supported()}
-print(json.dumps(info)); open('$OUT/env.json', 'w').write(json.dumps(info, indent=2))
-if '$DEV' == 'cuda' and not info['gpus']: raise SystemExit('no GPU visible')"
+have() { $PROBE importable "$1" >/dev/null 2>&1; }
+
+run_status() {  # run_status NAME LIMIT STATUS ARGS...: a pyramidrepro run, then its metrics.h5 status
+    local name=$1 limit=$2 expect=$3
+    shift 3
+    step "$name" "$limit" "$@" --out "$RUNS" --run-id "$name" --no-progress
+    step "${name}_status" 30 $PROBE status "$RUNS" "$name" "$expect"
+}
 
 if [ "$DEV" = cuda ]; then
-    step ddp_nccl_ws1 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m pyramidrepro run \
-        experiments/smoke.yaml --out "$OUT/runs" --run-id ddp_nccl_ws1 --no-progress --set train.mode=ddp \
-        --set train.backend=nccl --set devices.device=cuda --set train.max_steps=20
-    step dp run dp --set train.mode=dp
-    step bf16 run bf16 --set train.precision=bf16 --set train.channels_last=true --set train.compile=true
-    big=(experiments/pyramidnet110_a270_single.yaml --out "$OUT/runs" --no-progress --set data.source=synthetic
-         --set devices.memory_limit_gb=12 --set train.max_steps=15 --set train.warmup_steps=5)
-    step cap12_b256 $PY -m pyramidrepro run "${big[@]}" --run-id cap12_b256 --set train.batch_size=256
-    step cap12_b256_status expect_status cap12_b256 completed
-    step cap12_b512 $PY -m pyramidrepro run "${big[@]}" --run-id cap12_b512 --set train.batch_size=512
-    step cap12_b512_status expect_status cap12_b512 oom
-    bench=(--device cuda --depth 110 --alpha 270 --batch-size 256 --steps 20 --repeats 3)
-    loader=(--device cuda --loader torch)
-else
-    step ddp_gloo_ws1 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m pyramidrepro run \
-        experiments/smoke.yaml --out "$OUT/runs" --run-id ddp_gloo_ws1 --no-progress --set train.mode=ddp \
-        --set devices.device=cpu --set train.max_steps=20
-    step dp run dp --set train.mode=dp --set train.allow_cpu_dp=true
-    step bf16 run bf16 --set train.precision=bf16
-    step bf16_status expect_status bf16 completed
-    bench=(--device cpu --depth 8 --alpha 4 --batch-size 16 --steps 3 --repeats 1)
-    loader=(--device cpu --loader torch --images 2048 --epochs 2)
+    SMOKE=(experiments/smoke.yaml --set devices.device=cuda --set train.max_steps=30 --set train.warmup_steps=5
+           --set train.log_every=10)
+    BIG=(experiments/pyramidnet110_a270_single.yaml --set data.source=synthetic --set data.synthetic_train_size=8192
+         --set devices.memory_limit_gb=11.91 --set train.max_steps=12 --set train.warmup_steps=4)
+    OOM_512=()
+    BENCH=(110 270 256 10)
+else  # shrunk: a tiny model; the 512 case's OOM is injected (a CPU has no allocator cap to hit)
+    SMOKE=(experiments/smoke.yaml --set devices.device=cpu --set model.depth=8 --set model.alpha=4 --set train.threads=1
+           --set train.max_steps=8 --set train.warmup_steps=2 --set train.log_every=3)
+    BIG=("${SMOKE[@]}")
+    OOM_512=(env PYRAMIDREPRO_INJECT_OOM=0:setup)
+    BENCH=(8 4 16 3)
+fi
+RUN=("$PY" -m pyramidrepro run)
+
+compile_run() {
+    run_status compile_bf16 240 completed "${RUN[@]}" "${SMOKE[@]}" --set train.precision=bf16 \
+        --set train.channels_last=true --set train.compile=true --set train.compile_mode=default
+    return "$failed"
+}
+if [ "$DEV" != cuda ]; then  # a subshell with its own count: its failures are added when it is waited for
+    (failed=0; compile_run) >"$WORK/compile_bf16.out" 2>&1 &
+    compile_pid=$!
 fi
 
-step bench $PY -m pyramidrepro bench "${bench[@]}" --compile "${BENCH_COMPILE:-auto}" \
-    ${BENCH_MODES:+--compile-modes $BENCH_MODES} --json-out "$OUT/bench.json"
-tail -n 20 "$OUT/bench.log" >"$OUT/bench.txt" 2>/dev/null
-step loader sh -c "$PY -m pyramidrepro bench-loader ${loader[*]} > '$OUT/loader.json'"
-step report $PY -m pyramidrepro report "$OUT/runs" --out "$OUT/report"
+step env 60 $PROBE env "$WORK/env.json" "$DEV"
 
-[ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
-echo "gpu_check: $failed failed step(s); figures under $OUT"
+# 1. the paper's card, emulated: 256 fits, 512 does not
+run_status cap_b256 150 completed "${RUN[@]}" "${BIG[@]}" --set train.batch_size=256
+run_status cap_b512 150 oom "${OOM_512[@]}" "${RUN[@]}" "${BIG[@]}" --set train.batch_size=512
+
+# 2. no host sync in the step loop (default loader, fp32 and bf16; fp16 below)
+run_status sync_fp32 90 completed "${RUN[@]}" "${SMOKE[@]}" --set train.sync_debug=true
+run_status sync_bf16 90 completed "${RUN[@]}" "${SMOKE[@]}" --set train.sync_debug=true --set train.precision=bf16
+
+# 3. bf16 inside DataParallel's worker threads
+step dp_thread_bf16 60 $PROBE dp-thread "$DEV"
+
+# 4. DDP: NCCL with world size 1 under torchrun; two gloo ranks on the one device
+if [ "$DEV" = cuda ]; then BACKEND=nccl; else BACKEND=gloo; fi
+run_status ddp_${BACKEND}_ws1 120 completed "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
+    -m pyramidrepro run "${SMOKE[@]}" --set train.mode=ddp --set train.backend=$BACKEND
+run_status ddp_gloo_2ranks 120 completed "${RUN[@]}" "${SMOKE[@]}" --nproc 2 --set train.mode=ddp \
+    --set train.backend=gloo
+
+# 5. DataParallel, the balanced DataParallel, fp16 with its GradScaler (fused SGD: no sync either)
+run_status dp 90 completed "${RUN[@]}" "${SMOKE[@]}" --set train.mode=dp --set train.allow_cpu_dp=true
+run_status dp_balanced_bf16 90 completed "${RUN[@]}" "${SMOKE[@]}" --set train.mode=dp_balanced \
+    --set train.precision=bf16 --set train.allow_cpu_dp=true
+run_status fp16_scaler 90 completed "${RUN[@]}" "${SMOKE[@]}" --set train.precision=fp16 --set train.sync_debug=true
+
+# 6. bf16 + channels_last + torch.compile (default mode) on a small model.  On a CPU its cold
+#    compile (~45 s on 2 cores) overlaps the other steps: it was started first, in the background.
+if [ "$DEV" = cuda ]; then
+    compile_run
+else
+    wait "$compile_pid"
+    compile_rc=$?
+    cat "$WORK/compile_bf16.out"
+    [ "$compile_rc" -eq 0 ] || failed=$((failed + compile_rc))
+fi
+
+# 7. bench: the baseline needs torchvision's DataLoader; without it, the optimized path alone
+read -r B_DEPTH B_ALPHA B_BATCH B_STEPS <<<"${BENCH[*]}"
+if have torchvision; then
+    step bench 240 "$PY" -m pyramidrepro bench --device "$DEV" --depth "$B_DEPTH" --alpha "$B_ALPHA" \
+        --batch-size "$B_BATCH" --steps "$B_STEPS" --repeats 2 --compile off --json-out "$WORK/bench.json"
+else
+    skip bench_baseline "torchvision does not import: the optimized path alone"
+    step bench_optimized 180 $PROBE optimized "$WORK/bench_optimized.json" "$DEV" "$B_DEPTH" "$B_ALPHA" \
+        "$B_BATCH" "$B_STEPS"
+fi
+
+# 8. DALI feeding the device
+if have nvidia.dali; then
+    run_status dali 120 completed "${RUN[@]}" "${SMOKE[@]}" --set data.loader=dali
+else
+    skip dali "nvidia.dali does not import"
+fi
+
+# 9. the report over every run above
+if have matplotlib; then
+    step report 90 "$PY" -m pyramidrepro report "$RUNS" --out "$WORK/report"
+else
+    skip report "matplotlib does not import"
+fi
+
+# only small files come back: never checkpoints
+(cd "$WORK" && find . -type f \( -name '*.log' -o -name '*.json' -o -name '*.h5' -o -name '*.yaml' \
+    -o -name '*.md' -o -name '*.png' \) -size -5M -print0 | xargs -0 -r cp --parents -t "$OUT_ABS")
+rm -rf "$WORK"
+echo "gpu_check: $failed failed, $skipped skipped step(s) in $((SECONDS - t_start)) s on $DEV; files under $OUT"
 exit "$failed"
