@@ -78,9 +78,10 @@ def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, 
     """The optimized training path alone (eager): images/s and MFU, where the baseline cannot run."""
     import torch
 
-    from pyramidrepro.benchmarks import TrainPath, gpu_peak_tflops, machine, optimized_spec
+    from pyramidrepro.benchmarks import gpu_peak_tflops, machine, optimized_spec
     from pyramidrepro.data import synthetic_splits
     from pyramidrepro.model import PyramidNet, count_macs
+    from pyramidrepro.paths import TrainPath
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True

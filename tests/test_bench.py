@@ -7,7 +7,7 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--steps", "3", "--repeats", "1",
                 "--peak-tflops", "1.0", "--compile", "auto", "--compile-modes", "default", "--ablate",
-                "--json-out", str(out))
+                "--budget-s", "900", "--json-out", str(out))
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["baseline_images_per_s"] > 0 and data["optimized_images_per_s"] > 0
@@ -15,13 +15,30 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     assert 0 < data["mfu"] < 1
     for path in ("baseline", "optimized"):
         assert set(data["stage_seconds_per_step"][path]) == {"data", "forward", "backward", "optimizer", "logging"}
-    # the baseline is the seed's way of training; the optimized path switches every piece on
+    # the baseline is the seed's way of training; the optimized path holds exactly the pieces kept
     assert data["baseline"] == {"precision": "fp32", "channels_last": False, "loader": "torchvision",
                                 "optimizer": "plain", "host_sync": True, "compile": "off"}
-    assert data["optimized"]["compile"] == "default" and data["optimized"]["host_sync"] is False
-    # compile: measured per mode, its time reported apart
+    choices = {c["name"]: c for c in data["choices"]}
+    assert list(choices) == ["tensor_loader", "foreach_sgd", "no_host_sync", "bf16", "channels_last",
+                             "compile (default)"]
+    assert data["capability"]["isa"] and isinstance(data["capability"]["fast_bf16"], bool)
+    opt = data["optimized"]
+    assert opt["loader"] == ("torch" if choices["tensor_loader"]["kept"] else "torchvision")
+    assert opt["optimizer"] == ("foreach" if choices["foreach_sgd"]["kept"] else "plain")
+    assert opt["host_sync"] is not choices["no_host_sync"]["kept"]
+    assert opt["channels_last"] is choices["channels_last"]["kept"]
+    for c in choices.values():
+        if c["ratio"] is not None:  # measured: kept exactly when it won by more than the margin
+            assert c["kept"] == (c["ratio"] > 1.02), c
+    if data["capability"]["fast_bf16"]:
+        assert opt["precision"] == ("bf16" if choices["bf16"]["kept"] else "fp32")
+    else:
+        assert choices["bf16"]["reason"].startswith("capability:") and opt["precision"] == "fp32"
+    # compile: tried (the budget holds it), its time reported apart, kept only if it won
     c = data["compile"]
-    assert c["mode"] == "default" and set(c["trials"]) == {"default"} and c["compile_s"] > 0
+    assert set(c["trials"]) == {"default"} and c["trials"]["default"]["compile_s"] > 0
+    assert c["mode"] == ("default" if choices["compile (default)"]["kept"] else None)
+    assert opt["compile"] == (c["mode"] or "off")
     # HDF5 writer cost: its own time and the with/without comparison
     m = data["metrics_overhead"]
     assert 0 <= m["overhead"] < 1 and m["writer_seconds"] > 0
@@ -34,7 +51,21 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     assert json.loads(text[: text.index("\n}\n") + 2]) == data
     assert "baseline + channels_last" in text and "HDF5 logging" in text
     assert text.splitlines()[-1].startswith("ratio ")
-    assert "compile: trying mode default" in r.stderr  # progress goes to stderr
+    assert "compile (default): compiling" in r.stderr and "capability:" in r.stderr  # progress on stderr
+    assert data["elapsed_s"] > 0 and data["budget_s"] == 900
+
+
+def test_bench_skips_a_compile_trial_the_budget_cannot_hold(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--repeats", "1",
+                "--compile", "auto", "--budget-s", "20", "--json-out", str(out))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    compiles = [c for c in data["choices"] if c["name"].startswith("compile")]
+    assert compiles and all(not c["kept"] and c["reason"].startswith("budget:") for c in compiles)
+    assert data["compile"]["trials"] == {} and data["optimized"]["compile"] == "off"
+    assert 3 <= data["steps_per_repeat"] <= 12
+    assert "raise --budget-s" in r.stderr
 
 
 def test_bench_rejects_bad_input_with_exit_2():
@@ -42,6 +73,8 @@ def test_bench_rejects_bad_input_with_exit_2():
     assert r.returncode == 2 and "--steps" in r.stderr
     r = run_cli("bench", "--compile", "turbo")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = run_cli("bench", "--budget-s", "0")
+    assert r.returncode == 2 and "--budget-s" in r.stderr and "Traceback" not in r.stderr
     import torch
 
     if not torch.cuda.is_available():

@@ -11,13 +11,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .autotune import Candidate, choose, precision_candidate
 from .data import make_loader, synthetic_splits
+from .devices import capability
+from .paths import BASELINE, PathSpec, TrainPath
 
 
 def machine() -> dict[str, Any]:
@@ -115,25 +118,6 @@ def _peak_tflops(device: torch.device, given: float | None) -> float | None:
     return None
 
 
-@dataclass(frozen=True)
-class PathSpec:
-    """One way to train: the seed-style baseline, the optimized path, or baseline plus one piece."""
-
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
-    channels_last: bool = False
-    loader: str = "torchvision"  # torchvision (DataLoader with workers) | torch (device-resident tensors)
-    optimizer: str = "plain"  # plain | foreach | fused SGD
-    host_sync: bool = True  # loss.item() every step
-    compile_mode: str | None = None  # None: eager
-
-    def describe(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["compile"] = self.compile_mode or "off"
-        del d["compile_mode"]
-        return d
-
-
-BASELINE = PathSpec()
 
 
 def optimized_spec(device: torch.device, compile_mode: str | None, channels_last: bool | None = None) -> PathSpec:
@@ -164,125 +148,16 @@ def pieces(device: torch.device, compile_mode: str | None) -> dict[str, PathSpec
     return out
 
 
-STAGES = ("data", "forward", "backward", "optimizer", "logging")
-
-
-class TrainPath:
-    """A model, loader and optimizer set up as ``spec`` says, on ``device``, from ``init`` weights."""
-
-    def __init__(self, spec: PathSpec, arch: tuple[int, float, str], init: dict[str, torch.Tensor],
-                 splits: Any, batch_size: int, device: torch.device, num_workers: int = 2,
-                 log_every: int = 20) -> None:
-        from .model import PyramidNet
-
-        self.spec, self.device, self.batch_size, self.log_every = spec, device, batch_size, log_every
-        model = PyramidNet(*arch).to(device)
-        model.load_state_dict(init)
-        if spec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.forward = torch.compile(model, mode=spec.compile_mode) if spec.compile_mode else model
-        self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
-        impl = {"plain": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, **impl[spec.optimizer])
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
-        self.crit = torch.nn.CrossEntropyLoss()
-        self._it = iter(self.loader)
-        self.epoch = 0
-        self.step_count = 0
-        self.first_step_s: float | None = None
-
-    def warm_up(self, steps: int) -> TrainPath:
-        """Time the first step (it compiles, starts workers, autotunes convolutions), then ``steps`` more."""
-        t0 = time.perf_counter()
-        self.train(1)
-        self.first_step_s = time.perf_counter() - t0
-        self.train(steps)
-        return self
-
-    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return next(self._it)
-        except StopIteration:
-            self.epoch += 1
-            self.loader.set_epoch(self.epoch)
-            self._it = iter(self.loader)
-            return next(self._it)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def train(self, steps: int, stages: dict[str, float] | None = None, writer: Any = None) -> float:
-        """Train ``steps`` steps; returns images/s.
-
-        ``stages`` (if given) collects per-stage seconds per step (with a device sync between
-        stages, so only for locating costs).  Losses stay on the device and are drained every
-        ``log_every`` steps, as the Trainer does; ``writer`` (a MetricsWriter) then gets the rows.
-        """
-        pending: list[torch.Tensor] = []
-        use_scaler = self.spec.precision == "fp16"
-
-        def tick() -> float:
-            if stages is not None:
-                self._sync()
-            return time.perf_counter()
-
-        def drain() -> None:
-            if not pending:
-                return
-            losses = torch.stack(pending).float().cpu().tolist()
-            if writer is not None:
-                first = self.step_count - len(losses) + 1
-                for i, loss in enumerate(losses):
-                    writer.log_step(step=first + i, epoch=self.epoch, loss=loss, lr=0.01)
-            pending.clear()
-
-        self._sync()
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(steps):
-            a = tick()
-            x, y = self._next()
-            if self.spec.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            b = tick()
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                loss = self.crit(self.forward(x).float(), y)
-            c = tick()
-            if use_scaler:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            d = tick()
-            if use_scaler:
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            else:
-                self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            e = tick()
-            self.step_count += 1
-            if self.spec.host_sync:
-                loss.item()
-            pending.append(loss.detach())
-            if self.step_count % self.log_every == 0:
-                drain()
-            f = tick()
-            n += y.shape[0]
-            if stages is not None:
-                for k, v in zip(STAGES, (b - a, c - b, d - c, e - d, f - e)):
-                    stages[k] = stages.get(k, 0.0) + v / steps
-        drain()
-        self._sync()
-        return n / (time.perf_counter() - t0)
-
-
 def compile_candidates(device: torch.device) -> list[str]:
-    """torch.compile modes worth measuring on this device (CUDA graphs only exist on GPUs)."""
-    modes = ["default", "max-autotune-no-cudagraphs"]
-    return modes + ["reduce-overhead"] if device.type == "cuda" else modes
+    """torch.compile modes worth measuring on this device, in the order they are tried.
+
+    CUDA graphs only exist on GPUs.  On CPUs, where a 3-minute budget holds one compile trial,
+    max-autotune-no-cudagraphs goes first: on both 2-core CPUs measured so far it compiled faster
+    (27 vs 67 s; 71 vs 75-100 s) and ran faster than default; the trial still decides.
+    """
+    if device.type == "cuda":
+        return ["default", "max-autotune-no-cudagraphs", "reduce-overhead"]
+    return ["max-autotune-no-cudagraphs", "default"]
 
 
 def alternate(a: TrainPath, b: TrainPath, steps: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -294,46 +169,97 @@ def alternate(a: TrainPath, b: TrainPath, steps: int, repeats: int) -> tuple[lis
     return ra, rb
 
 
-def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, block: str = "basic",
-                   batch_size: int = 64, steps: int = 12, repeats: int = 3, warmup: int = 3,
-                   peak_tflops: float | None = None, num_workers: int = 2, compile: str = "off",
-                   compile_modes: list[str] | None = None, ablate: bool = False,
-                   channels_last: bool | None = None, progress: Any = None) -> dict[str, Any]:
-    """Seed-style baseline vs optimized path on one model, batch and device, alternated.
+#: compile trials are skipped when less than this is left of the budget before the first one
+COMPILE_RESERVE_S = {"cpu": 60.0, "cuda": 90.0}
 
-    ``compile``: off, a torch.compile mode, or auto (each of ``compile_modes`` is compiled and
-    measured; the fastest wins).  Compile time is reported apart and never enters images/s.
-    Also measured: the HDF5 writer's cost (with vs without, and its own time) and, with
-    ``ablate``, each optimization alone against the baseline.
+
+def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, block: str = "basic",
+                   batch_size: int = 64, steps: int | None = None, repeats: int = 3, warmup: int = 3,
+                   peak_tflops: float | None = None, num_workers: int = 2, compile: str = "auto",
+                   compile_modes: list[str] | None = None, ablate: bool = False,
+                   channels_last: bool | None = None, budget_s: float = 180.0, progress: Any = None) -> dict[str, Any]:
+    """Seed-style baseline vs the path the chooser builds for this device, model and batch.
+
+    From the baseline, each piece (tensor loader, foreach/fused SGD, no host sync, reduced
+    precision where the device has the units, channels_last, then each ``compile`` mode) is tried
+    on top of the path chosen so far and kept only if its trial wins (:func:`.autotune.choose`);
+    then the baseline and the chosen path alternate ``repeats`` times for the headline, which also
+    times the HDF5 writer.  ``steps`` (None: sized so the whole fits ``budget_s``) is the length of
+    one measurement; compile trials that the budget cannot hold are skipped with the reason.
+    ``channels_last`` True/False forces the memory format instead of trying it.  With
+    ``ablate``, each piece alone against the baseline is measured too, beyond the budget.
     """
     from .model import PyramidNet, count_macs
 
     say = progress or (lambda msg: None)
+    t_start = time.monotonic()
     dev = bench_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cap = capability(dev)
+    say(f"capability: {cap}")
     arch = (depth, alpha, block)
     torch.manual_seed(0)
     init = PyramidNet(*arch).state_dict()
     macs = count_macs(PyramidNet(*arch))
-    splits = synthetic_splits(max(4096, batch_size * (steps + warmup) * 2), 16)
+    splits = synthetic_splits(max(4096, batch_size * 64), 16)
+    built: dict[PathSpec, TrainPath] = {}
 
-    def build(spec: PathSpec) -> TrainPath:
-        return TrainPath(spec, arch, init, splits, batch_size, dev, num_workers).warm_up(warmup)
+    def path(spec: PathSpec) -> TrainPath:
+        if spec not in built:
+            built[spec] = TrainPath(spec, arch, init, splits, batch_size, dev, num_workers).warm_up(warmup)
+        return built[spec]
 
     with _inductor_cache(fresh=compile != "off") as cache:
-        result = _bench_paths(build, dev, steps, repeats, compile, compile_modes, channels_last, ablate, say)
+        base = path(BASELINE)
+        step_s = batch_size / base.train(3)
+        candidates = bench_candidates(dev, cap, compile, compile_modes, channels_last)
+        if steps is None:
+            steps = planned_steps(budget_s, step_s, candidates, repeats, compile != "off")
+        say(f"baseline {1e3 * step_s:.0f} ms/step: {steps} steps per measurement, budget {budget_s:.0f} s")
+        result = _bench_paths(path, dev, steps, repeats, candidates, channels_last, ablate, say,
+                              deadline=t_start + budget_s)
+    result["compile"]["requested"] = compile
     result["compile"]["cache_dir"] = cache
     peak = _peak_tflops(dev, peak_tflops)
-    f = result["optimized_images_per_s"]
-    achieved = 3 * 2 * macs * f / 1e12
+    achieved = 3 * 2 * macs * result["optimized_images_per_s"] / 1e12
     return {
         "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
-        **result,
+        "capability": cap, **result,
         "training_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
-        "steps_per_repeat": steps, "repeats": repeats,
-        "machine": machine(),
+        "steps_per_repeat": steps, "repeats": repeats, "budget_s": budget_s,
+        "elapsed_s": time.monotonic() - t_start, "machine": machine(),
     }
+
+
+def bench_candidates(dev: torch.device, cap: dict[str, Any], compile: str, compile_modes: list[str] | None,
+                     channels_last: bool | None) -> list[Candidate]:
+    """The pieces ``bench`` tries, cheapest first; compile modes last (each costs a compile)."""
+    fast_sgd = "fused" if dev.type == "cuda" else "foreach"
+    out = [Candidate("tensor_loader", "loader", "torch"),
+           Candidate(f"{fast_sgd}_sgd", "optimizer", fast_sgd),
+           Candidate("no_host_sync", "host_sync", False),
+           precision_candidate(cap, dev)]
+    if channels_last is None:
+        out.append(Candidate("channels_last", "channels_last", True))
+    modes = (compile_modes or compile_candidates(dev)) if compile == "auto" else ([] if compile == "off" else [compile])
+    out += [Candidate(f"compile ({m})", "compile_mode", m) for m in modes]
+    return out
+
+
+def planned_steps(budget_s: float, step_s: float, candidates: list[Candidate], repeats: int, compiling: bool) -> int:
+    """Steps per measurement so that trials and headline fit the budget (3 at least, 12 at most).
+
+    Each tried piece costs 2 rounds x 2 measurements, the headline 3 per repeat, the stage
+    breakdown 2; a compile reserve and the builds' warm-ups are set aside first.
+    """
+    tried = [c for c in candidates if not c.ruled_out and c.piece != "compile_mode"]
+    measurements = 4 * len(tried) + 3 * repeats + 2
+    compile_trials = sum(c.piece == "compile_mode" for c in candidates)
+    if compiling and compile_trials:
+        measurements += 4
+    left = 0.55 * budget_s - (COMPILE_RESERVE_S["cpu"] if compiling and compile_trials else 0.0)
+    return int(min(12, max(3, left / max(1, measurements) / step_s)))
 
 
 @contextmanager
@@ -354,87 +280,98 @@ def _inductor_cache(fresh: bool) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _bench_paths(build: Callable[[PathSpec], TrainPath], dev: torch.device, steps: int, repeats: int,
-                 compile: str, compile_modes: list[str] | None, channels_last: bool | None, ablate: bool,
-                 say: Callable[[str], None]) -> dict[str, Any]:
-    """The measurements of ``bench_training``: compile modes, headline, stages, HDF5 cost, ablation."""
+def _bench_paths(path: Callable[[PathSpec], TrainPath], dev: torch.device, steps: int, repeats: int,
+                 candidates: list[Candidate], channels_last: bool | None, ablate: bool,
+                 say: Callable[[str], None], deadline: float) -> dict[str, Any]:
+    """The measurements of ``bench_training``: the choice, the headline with HDF5 cost, stages, ablation."""
     from .metrics import MetricsWriter
 
-    # -- torch.compile: which mode, at what compile cost ------------------------------------
-    compile_report: dict[str, Any] = {"requested": compile}
-    chosen = None if compile == "off" else compile
-    if compile == "auto":
-        trials = {}
-        for mode in compile_modes or compile_candidates(dev):
-            say(f"compile: trying mode {mode} ...")
-            torch._dynamo.reset()
-            p = build(optimized_spec(dev, mode, channels_last))
-            rate = statistics.median(p.train(steps) for _ in range(2))
-            trials[mode] = {"compile_s": p.first_step_s, "images_per_s": rate}
-            say(f"compile: {mode}: {p.first_step_s:.1f} s to compile, {rate:,.0f} images/s")
-            del p
-        chosen = max(trials, key=lambda m: trials[m]["images_per_s"])
-        compile_report["trials"] = trials
-    if chosen:
-        torch._dynamo.reset()
-    compile_report["mode"] = chosen
+    compile_s: list[float] = []
 
-    # -- the headline: baseline vs optimized, alternated -------------------------------------
-    say("baseline vs optimized ...")
-    fast_spec = optimized_spec(dev, chosen, channels_last)
-    base = build(BASELINE)
-    fast = build(fast_spec)
-    if chosen:  # auto: the trial's compile was the cold one; this one may hit the compile caches
-        trial = compile_report.get("trials", {}).get(chosen)
-        compile_report["compile_s"] = trial["compile_s"] if trial else fast.first_step_s
-        compile_report["final_compile_s"] = fast.first_step_s
-    base_all, fast_all = alternate(base, fast, steps, repeats)
+    def measure(spec: PathSpec) -> float:
+        fresh = spec not in built_specs
+        if fresh and spec.compile_mode:
+            torch._dynamo.reset()
+            say(f"compile ({spec.compile_mode}): compiling ...")
+        p = path(spec)
+        built_specs.add(spec)
+        if fresh and spec.compile_mode:
+            compile_s.append(p.first_step_s or 0.0)
+            trials[spec.compile_mode] = {"compile_s": p.first_step_s}
+        rate = p.train(steps)
+        if spec.compile_mode in trials:
+            trials[spec.compile_mode].setdefault("images_per_s_all", []).append(rate)
+        return rate
+
+    def budget_skip(cand: Candidate) -> str | None:
+        left = deadline - time.monotonic()
+        per_measurement = steps * path(BASELINE).batch_size / max(1e-9, statistics.median(base_rates))
+        headline = 3 * repeats * per_measurement + 2 * per_measurement
+        if cand.piece == "compile_mode":
+            need = 1.3 * max(compile_s) if compile_s else COMPILE_RESERVE_S[dev.type]
+            if left - headline < need:
+                return (f"budget: {left:.0f} s left of the time budget, a compile trial needs ~{need:.0f} s "
+                        "(raise --budget-s to include it)")
+        elif left - headline < 4 * per_measurement:
+            return f"budget: {left:.0f} s left of the time budget"
+        return None
+
+    built_specs: set[PathSpec] = {BASELINE}
+    trials: dict[str, dict[str, Any]] = {}
+    base_rates = [path(BASELINE).train(steps)]
+    say("choosing the optimized path, piece by piece ...")
+    choice = choose(BASELINE, candidates, measure, skip=budget_skip, say=say)
+    fast_spec = choice.spec if channels_last is None else replace(choice.spec, channels_last=channels_last)
+    for t in trials.values():
+        t["images_per_s"] = statistics.median(t.pop("images_per_s_all", [0.0]))
+
+    # -- the headline: baseline vs chosen path, alternated, the chosen path also with the writer ----
+    say("baseline vs optimized, and the HDF5 writer's cost ...")
+    base, fast = path(BASELINE), path(fast_spec)
+    base_all, fast_all, with_w = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = MetricsWriter(Path(tmp) / "metrics.h5", flush_interval_s=2.0)
+        w0, loop_s = writer.write_seconds, 0.0
+        for _ in range(repeats):
+            base_all.append(base.train(steps))
+            fast_all.append(fast.train(steps))
+            t0 = time.perf_counter()
+            with_w.append(fast.train(steps, writer=writer))
+            loop_s += time.perf_counter() - t0
+        write_s, flushes = writer.write_seconds - w0, writer.flush_count
     stages_base: dict[str, float] = {}
     stages_fast: dict[str, float] = {}
     base.train(steps, stages=stages_base)
     fast.train(steps, stages=stages_fast)
     b, f = statistics.median(base_all), statistics.median(fast_all)
-
-    # -- HDF5 logging cost on the optimized path: with vs without the writer ------------------
-    say("HDF5 logging overhead ...")
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = MetricsWriter(Path(tmp) / "metrics.h5", flush_interval_s=2.0)
-        with_w, without_w, loop_s = [], [], 0.0
-        w0 = writer.write_seconds
-        for _ in range(2 * repeats):
-            t0 = time.perf_counter()
-            with_w.append(fast.train(steps, writer=writer))
-            loop_s += time.perf_counter() - t0
-            without_w.append(fast.train(steps))
-        write_s = writer.write_seconds - w0
-        flushes = writer.flush_count
     metrics = {
         "with_writer_images_per_s": statistics.median(with_w),
-        "without_writer_images_per_s": statistics.median(without_w),
-        "ab_overhead": statistics.median(x / y - 1 for x, y in zip(without_w, with_w)),
+        "without_writer_images_per_s": f,
+        "ab_overhead": statistics.median(x / y - 1 for x, y in zip(fast_all, with_w)),
         "writer_seconds": write_s, "flushes": flushes, "flush_interval_s": 2.0,
         "overhead": write_s / loop_s,
     }
 
-    # -- each piece on its own ---------------------------------------------------------------
+    # -- each piece alone (beyond the budget) ------------------------------------------------
     ablation: dict[str, Any] = {}
     if ablate:
-        del fast
-        for name, spec in pieces(dev, chosen).items():
+        for name, spec in pieces(dev, fast_spec.compile_mode or next(iter(trials), None)).items():
             say(f"ablation: {name} ...")
             if spec.compile_mode:
                 torch._dynamo.reset()
-            one = build(spec)
+            one = path(spec)
             rb, ro = alternate(base, one, steps, repeats)
             ablation[name] = {"images_per_s": statistics.median(ro), "baseline_images_per_s": statistics.median(rb),
                               "ratio": statistics.median(ro) / statistics.median(rb)}
-            del one
 
+    kept_modes = fast_spec.compile_mode
     return {
         "baseline_images_per_s": b, "optimized_images_per_s": f, "ratio": f / b,
         "baseline_all": base_all, "optimized_all": fast_all,
         "baseline": BASELINE.describe(), "optimized": fast_spec.describe(),
-        "compile": compile_report,
+        "choices": [{**asdict(d), "ratio": d.ratio} for d in choice.decisions],
+        "compile": {"mode": kept_modes, "trials": trials,
+                    "compile_s": trials[kept_modes]["compile_s"] if kept_modes in trials else None},
         "stage_seconds_per_step": {"baseline": stages_base, "optimized": stages_fast},
         "metrics_overhead": metrics,
         "ablation": ablation,

@@ -225,13 +225,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchmarks import bench_training
 
-    if args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
+    if (args.steps is not None and args.steps < 1) or args.repeats < 1 or args.batch_size < 1:
         raise ConfigError("bench", "--steps/--repeats/--batch-size", "must be >= 1")
+    if args.budget_s <= 0:
+        raise ConfigError("bench", "--budget-s", f"must be > 0, got {args.budget_s:g}")
+    t0 = time.monotonic()
     r = bench_training(args.device, args.depth, args.alpha, args.block, args.batch_size, args.steps,
                        args.repeats, peak_tflops=args.peak_tflops, compile=args.compile,
                        compile_modes=args.compile_modes, ablate=args.ablate,
                        channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-                       progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+                       budget_s=args.budget_s,
+                       progress=lambda msg: print(f"bench [{time.monotonic() - t0:5.0f} s] {msg}",
+                                                  file=sys.stderr, flush=True))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(r, indent=2) + "\n")
     print(json.dumps(r, indent=2))
@@ -242,8 +247,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def format_bench(r: dict) -> str:
     """The human-readable table under ``bench``'s JSON."""
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (give --peak-tflops)"
+    cap = r["capability"]
     rows = [f"{r['model']}, batch {r['batch_size']}, {r['device']} ({r['machine'].get('gpu', r['machine']['cpu'])})",
-            f"{'path':34s} {'images/s':>10s} {'vs baseline':>12s}",
+            "capability: " + ", ".join(f"{k} {v}" for k, v in cap.items() if k != "device"),
+            "pieces, each tried on top of the path chosen so far:"]
+    rows += [f"  {c['name']:22s} {'kept' if c['kept'] else 'left out':9s} {c['reason']}" for c in r["choices"]]
+    rows += [f"{'path':34s} {'images/s':>10s} {'vs baseline':>12s}",
             f"{'baseline (seed-style)':34s} {r['baseline_images_per_s']:10,.1f} {1.0:11.2f}x",
             f"{'optimized':34s} {r['optimized_images_per_s']:10,.1f} {r['ratio']:11.2f}x"]
     for name, a in r["ablation"].items():
@@ -253,6 +262,8 @@ def format_bench(r: dict) -> str:
         rows.append(f"compile mode {mode}: {t['images_per_s']:,.1f} images/s, {t['compile_s']:.1f} s to compile")
     if c.get("mode"):
         rows.append(f"compile: {c['mode']} chosen ({c['compile_s']:.1f} s to compile, not in images/s)")
+    rows.append(f"{r['steps_per_repeat']} steps per measurement, {r['repeats']} alternated repeats, "
+                f"{r['elapsed_s']:.0f} s of a {r['budget_s']:.0f} s budget")
     st = r["stage_seconds_per_step"]
     rows.append("ms per step      " + " ".join(f"{k:>9s}" for k in st["baseline"]))
     for path in ("baseline", "optimized"):
@@ -318,19 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_loader)
     p = sub.add_parser("bench", help="seed-style baseline vs optimized training path, side by side",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Alternate the seed-style baseline (fp32, NCHW, eager, torchvision "
-                                   "DataLoader, loss.item() every step, plain SGD) with the optimized path "
-                                   "(bf16 autocast, channels_last, tensor loader, foreach/fused SGD, no host "
-                                   "sync, torch.compile) on the same model, batch and device; print JSON and a "
-                                   "table: images/s (median of repeats), the ratio, MFU, per-stage times, the "
-                                   "HDF5 logging cost and, with --ablate, each optimization alone.",
+                       description="Train the same model, batch and device two ways: the seed-style baseline "
+                                   "(fp32, NCHW, eager, torchvision DataLoader, loss.item() every step, plain SGD) "
+                                   "and the path chosen for this machine: from the baseline, each piece (tensor "
+                                   "loader, foreach/fused SGD, no host sync, bf16 where the device has bf16 units, "
+                                   "channels_last, torch.compile modes) is tried on top of the path so far and kept "
+                                   "only if its trial wins; pieces the capability rules out are not tried. Then the "
+                                   "two alternate for the headline. Prints the capability, every piece's verdict, "
+                                   "JSON and a table: images/s, the ratio, MFU, per-stage times, the HDF5 logging "
+                                   "cost and, with --ablate, each piece alone. Finishes within --budget-s.",
                        epilog="MFU = 3 x forward MACs x 2 FLOP x images/s / peak (dense bf16 peak of known "
                               "GPUs; --peak-tflops otherwise).\nExample: pyramidrepro bench --device cuda "
                               "--depth 110 --alpha 270 --batch-size 256")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     add_model_args(p, depth=32, alpha=48)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per repeat (default 12)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per measurement (default: sized to fit --budget-s, 3 to 12)")
+    p.add_argument("--budget-s", type=float, default=180.0,
+                   help="time budget in seconds (default 180): compile trials it cannot hold are skipped "
+                        "with the reason, and the default steps are sized to it")
     p.add_argument("--repeats", type=int, default=3, help="alternated repeats; medians are reported (default 3)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are looked up)")
     p.add_argument("--compile", default="auto",

@@ -76,9 +76,10 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     optimizer_impl: Literal["auto", "foreach", "fused", "plain"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    #: auto: chosen for this device, model and batch by capability and a short trial (autotune)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    channels_last: Union[bool, Literal["auto"]] = False
+    compile: Union[bool, Literal["auto"]] = False
     compile_mode: Optional[str] = None
     seed: int = 0
     log_every: int = 20
@@ -339,7 +340,7 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(source, "train.compile_mode",
                           f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "
                           "(`pyramidrepro bench --compile auto` measures which is fastest)")
-    if t.compile and t.mode in ("dp", "dp_balanced"):
+    if t.compile is True and t.mode in ("dp", "dp_balanced"):
         raise ConfigError(source, "train.compile",
                           f"torch.compile does not support nn.DataParallel (train.mode: {t.mode}); "
                           "use train.mode: ddp or train.compile: false")

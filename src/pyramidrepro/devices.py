@@ -104,3 +104,34 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capability(device: torch.device) -> dict[str, Any]:
+    """What ``device`` can do fast, as torch sees it (``fast_bf16`` is the one choices hinge on).
+
+    CPU: torch's vector ISA (``ATEN_CPU_CAPABILITY`` lowers it), oneDNN's bf16 support
+    (``ONEDNN_MAX_CPU_ISA`` lowers it) and whether the cores have bf16 units (AVX-512 BF16 or AMX):
+    without them bf16 is emulated and about ten times slower than fp32.  GPU: bf16 and TF32
+    (compute capability 8.0 and newer).
+    """
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        bf16 = bool(torch.cuda.is_bf16_supported())
+        return {"device": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}",
+                "bf16": bf16, "tf32": major >= 8, "fast_bf16": bf16 and major >= 8}
+    cpu = torch.cpu
+    units = {"avx512_bf16": bool(cpu._is_avx512_bf16_supported()), "amx_tile": bool(cpu._is_amx_tile_supported())}
+    mkldnn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return {"device": f"cpu ({cpu_model()}, {os.cpu_count()} cores)", "isa": torch.backends.cpu.get_cpu_capability(),
+            **units, "mkldnn_bf16": mkldnn_bf16, "fast_bf16": mkldnn_bf16 and any(units.values())}

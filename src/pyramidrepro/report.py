@@ -62,6 +62,8 @@ class RunRecord:
     step_time_std_s: float | None = None  # after warm-up: the jitter the scaling model needs
     allow_tf32: bool | None = None  # GPU runs: TF32 matmuls/convolutions on or off (None: CPU)
     allocator_cap_bytes: int | None = None  # GPU runs under an emulated card: the allocator's cap
+    capability: dict[str, Any] = field(default_factory=dict)  # what the device can do fast (devices.capability)
+    auto_choices: list[dict[str, Any]] = field(default_factory=list)  # how auto values were chosen (autotune)
 
 
 def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
@@ -150,7 +152,32 @@ def load_run(path: str | Path) -> RunRecord:
         step_time_std_s=measured_step_std(m),
         allow_tf32=bool(a["allow_tf32"]) if a.get("allow_tf32", "") in (True, False) else None,
         allocator_cap_bytes=int(a["allocator_cap_bytes"]) if _num(a.get("allocator_cap_bytes")) else None,
+        capability=_json(a.get("device_capability"), {}),
+        auto_choices=_json(a.get("auto_choices"), []),
     )
+
+
+def _json(value: Any, empty: Any) -> Any:
+    """A JSON attribute as Python, or ``empty`` when it is missing or malformed."""
+    try:
+        out = json.loads(value) if isinstance(value, str) and value else empty
+    except ValueError:
+        return empty
+    return out if isinstance(out, type(empty)) else empty
+
+
+def capability_lines(records: list[RunRecord]) -> list[str]:
+    """Provenance: what each device could do fast, and the auto choices the runs made on it."""
+    lines = []
+    for cap in {json.dumps(r.capability, sort_keys=True) for r in records if r.capability}:
+        c = json.loads(cap)
+        traits = [f"{k} {v}" for k, v in c.items() if k != "device"]
+        lines.append(f"- device capability: {c.get('device', '?')}: {', '.join(traits)}")
+    choices = sorted({f"{d.get('piece')} {'kept' if d.get('kept') else 'left out'} ({d.get('reason')})"
+                      for r in records for d in r.auto_choices})
+    if choices:
+        lines.append("- auto choices: " + "; ".join(choices))
+    return lines
 
 
 def load_runs(results_dir: str | Path) -> list[RunRecord]:
@@ -615,6 +642,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                   f"a {c:g} GiB card emulated" + (f" (allocator capped at {a / 2**30:.2f} GiB)" if a else "")
                   for c, a in caps) if caps else "none"),
               f"- TF32 on GPUs: {' and '.join(tf32) if tf32 else 'n/a (no GPU runs)'}",
+              *capability_lines(records),
               f"- data: {', '.join(sorted({r.data_source for r in records}))}",
               f"- git commit: {', '.join(sorted({r.git_commit for r in records}))}",
               f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",

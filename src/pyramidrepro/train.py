@@ -26,9 +26,10 @@ import torch.distributed as dist
 from torch import nn
 
 from . import __version__
+from .autotune import resolve_auto
 from .config import ExperimentConfig
 from .data import load_splits, make_loader
-from .devices import MemoryCap, cap_gpu_memory, device_name, peak_memory, reset_peaks, set_tf32
+from .devices import MemoryCap, cap_gpu_memory, capability, device_name, peak_memory, reset_peaks, set_tf32
 from .faults import StopChannel, StopRecord, injected_oom_step, raise_injected_oom
 from .metrics import MetricsWriter
 from .model import PyramidNet
@@ -40,6 +41,7 @@ from .parallel import (
     shutdown_process_group,
     wrap_model,
 )
+from .paths import PathSpec
 from .scaling import grad_bytes_of, measure_link
 
 STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
@@ -308,20 +310,21 @@ class Trainer:
                 raise RuntimeError("train.sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
-        if t.channels_last:
+        self.path = self._choose_path(device)
+        if self.path.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.path.precision]
         self.wrapped, self.gpu_ids = wrap_model(
             model, t.mode, device, allow_cpu_dp=t.allow_cpu_dp,
             gradient_as_bucket_view=t.gradient_as_bucket_view, static_graph=t.static_graph,
             bucket_cap_mb=t.bucket_cap_mb, autocast_dtype=self.autocast_dtype,
         )
         self.step_module = self.wrapped
-        if t.compile:
-            self.step_module = torch.compile(self.wrapped, mode=t.compile_mode)
+        if self.path.compile_mode:
+            self.step_module = torch.compile(self.wrapped, mode=self.path.compile_mode)
         self.optimizer = make_optimizer(model, cfg, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.path.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss()
         common = dict(rank=env.rank, world_size=env.world_size, seed=seed)
         self.train_loader = make_loader(
@@ -336,6 +339,24 @@ class Trainer:
             )
             if t.evaluate else None
         )
+
+    def _choose_path(self, device: torch.device) -> PathSpec:
+        """Precision, memory format and compile as the config says; ``auto`` ones chosen here.
+
+        Every rank takes rank 0's choice, so a DDP job trains one way.
+        """
+        cfg, t = self.cfg, self.cfg.train
+        requested = {"precision": t.precision, "channels_last": t.channels_last, "compile": t.compile}
+        m = cfg.model
+        say = print if self.env.is_main else (lambda msg: None)
+        self.choice = resolve_auto(requested, (m.depth, m.alpha, m.block),
+                                   t.batch_size // self.env.world_size // t.accumulation_steps, device,
+                                   resolve_optimizer_impl(t.optimizer_impl, device), t.compile_mode, t.mode, say=say)
+        if dist.is_initialized():
+            box = [self.choice]
+            dist.broadcast_object_list(box, src=0)
+            self.choice = box[0]
+        return self.choice.spec
 
     def _autocast(self):  # noqa: ANN202
         if self.autocast_dtype is None:
@@ -480,7 +501,7 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train
-        if t.channels_last:
+        if self.path.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         k = t.accumulation_steps
         xs, ys = (x.chunk(k), y.chunk(k)) if k > 1 else ((x,), (y,))
@@ -547,7 +568,7 @@ class Trainer:
         self.test_loader.set_epoch(0)
         with torch.no_grad(), self._autocast():
             for x, y in self.test_loader:
-                if self.cfg.train.channels_last:
+                if self.path.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 logits = model(x).float()
                 loss_sum += criterion(logits, y).double()
@@ -600,7 +621,7 @@ class Trainer:
             self.writer.set_ranks(step_time_s=step_times, **rank_peaks)
             for key, values in rank_peaks.items():
                 summary[key] = int(values.max())
-            if self.cfg.train.compile and my_step_times:
+            if self.path.compile_mode and my_step_times:
                 summary["compile_time_s"] = float(my_step_times[0])
             # HDF5 cost: seconds inside the writer during the loop over the loop's step time
             loop_s = float(np.nansum(my_step_times))
@@ -622,6 +643,7 @@ class Trainer:
             "versions": versions(),
             "hostname": socket.gethostname(),
             "device_name": device_name(self.device),
+            "device_capability": capability(self.device),
             "world_size": env.world_size,
             "mode": t.mode,
             "backend": self.backend or "",
@@ -656,6 +678,14 @@ class Trainer:
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
             "threads_per_process": self.threads or "",
+            # what the run trained with (an auto value resolved) and how each auto value was chosen
+            "precision": self.path.precision,
+            "channels_last": self.path.channels_last,
+            "compile": self.path.compile_mode is not None,
+            "compile_mode": self.path.compile_mode or "",
+            "auto_choices": [{"piece": d.name, "kept": d.kept, "reason": d.reason,
+                              "images_per_s_without": d.images_per_s_without, "images_per_s_with": d.images_per_s_with}
+                             for d in self.choice.decisions],
             "grad_bytes": grad_bytes_of(self.model),
             "bucket_cap_mb": t.bucket_cap_mb,
             "link_name": self.link.name if self.link else "",
