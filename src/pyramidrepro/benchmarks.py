@@ -217,8 +217,9 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
         if steps is None:
             steps = planned_steps(budget_s, step_s, candidates, repeats, compile != "off")
         say(f"baseline {1e3 * step_s:.0f} ms/step: {steps} steps per measurement, budget {budget_s:.0f} s")
+        # the command's start-up (imports) and exit come out of the budget too
         result = _bench_paths(path, dev, steps, repeats, candidates, channels_last, ablate, say,
-                              deadline=t_start + budget_s)
+                              deadline=t_start + 0.95 * budget_s - 5.0)
     result["compile"]["requested"] = compile
     result["compile"]["cache_dir"] = cache
     peak = _peak_tflops(dev, peak_tflops)
@@ -227,7 +228,7 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
         "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
         "capability": cap, **result,
         "training_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
-        "steps_per_repeat": steps, "repeats": repeats, "budget_s": budget_s,
+        "steps_per_repeat": steps, "budget_s": budget_s,
         "elapsed_s": time.monotonic() - t_start, "machine": machine(),
     }
 
@@ -326,8 +327,10 @@ def _bench_paths(path: Callable[[PathSpec], TrainPath], dev: torch.device, steps
         t["images_per_s"] = statistics.median(t.pop("images_per_s_all", [0.0]))
 
     # -- the headline: baseline vs chosen path, alternated, the chosen path also with the writer ----
-    say("baseline vs optimized, and the HDF5 writer's cost ...")
     base, fast = path(BASELINE), path(fast_spec)
+    round_s = steps * base.batch_size * (2 / statistics.median(base_rates) + 1 / fast.train(steps))
+    repeats = max(repeats, min(3 * repeats, int((deadline - time.monotonic()) / round_s) - 2))
+    say(f"baseline vs optimized, and the HDF5 writer's cost: {repeats} alternated repeats ...")
     base_all, fast_all, with_w = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         writer = MetricsWriter(Path(tmp) / "metrics.h5", flush_interval_s=2.0)
@@ -367,7 +370,7 @@ def _bench_paths(path: Callable[[PathSpec], TrainPath], dev: torch.device, steps
     kept_modes = fast_spec.compile_mode
     return {
         "baseline_images_per_s": b, "optimized_images_per_s": f, "ratio": f / b,
-        "baseline_all": base_all, "optimized_all": fast_all,
+        "baseline_all": base_all, "optimized_all": fast_all, "repeats": repeats,
         "baseline": BASELINE.describe(), "optimized": fast_spec.describe(),
         "choices": [{**asdict(d), "ratio": d.ratio} for d in choice.decisions],
         "compile": {"mode": kept_modes, "trials": trials,

@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=180.0,
                    help="time budget in seconds (default 180): compile trials it cannot hold are skipped "
                         "with the reason, and the default steps are sized to it")
-    p.add_argument("--repeats", type=int, default=3, help="alternated repeats; medians are reported (default 3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternated repeats of the headline, at least (more while the budget has room); medians "
+                        "are reported (default 3)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are looked up)")
     p.add_argument("--compile", default="auto",
                    choices=["off", "auto", *COMPILE_MODES],
