@@ -46,13 +46,33 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     # each piece alone against the baseline
     assert set(data["ablation"]) == {"channels_last", "bf16", "tensor_loader", "foreach_sgd", "no_host_sync",
                                      "compile (default)"}
-    assert all(a["images_per_s"] > 0 and a["ratio"] > 0 for a in data["ablation"].values())
+    for name, a in data["ablation"].items():
+        if "skipped" in a:  # only what the capability rules out goes unmeasured
+            assert name == "bf16" and a["skipped"].startswith("capability:") and not data["capability"]["fast_bf16"]
+        else:
+            assert a["images_per_s"] > 0 and a["ratio"] > 0
     text = r.stdout
     assert json.loads(text[: text.index("\n}\n") + 2]) == data
     assert "baseline + channels_last" in text and "HDF5 logging" in text
     assert text.splitlines()[-1].startswith("ratio ")
     assert "compile (default): compiling" in r.stderr and "capability:" in r.stderr  # progress on stderr
     assert data["elapsed_s"] > 0 and data["budget_s"] == 900
+
+
+def test_on_an_avx2_only_cpu_bench_never_measures_bf16(tmp_path):
+    """Without bf16 units, bf16 is ~10x slower: neither the chooser nor the ablation spends minutes on it."""
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--steps", "3", "--repeats", "1",
+                "--compile", "off", "--ablate", "--json-out", str(out),
+                env={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["capability"]["isa"] == "AVX2" and data["capability"]["fast_bf16"] is False
+    bf16 = next(c for c in data["choices"] if c["name"] == "bf16")
+    assert not bf16["kept"] and bf16["reason"].startswith("capability: no bf16 units") and bf16["ratio"] is None
+    assert data["optimized"]["precision"] == "fp32"
+    assert data["ablation"]["bf16"]["skipped"].startswith("capability:")
+    assert "baseline + bf16" in r.stdout and "not measured (capability" in r.stdout
 
 
 def test_bench_skips_a_compile_trial_the_budget_cannot_hold(tmp_path):

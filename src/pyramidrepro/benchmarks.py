@@ -358,7 +358,11 @@ def _bench_paths(path: Callable[[PathSpec], TrainPath], dev: torch.device, steps
     # -- each piece alone (beyond the budget) ------------------------------------------------
     ablation: dict[str, Any] = {}
     if ablate:
+        ruled_out = {c.name: c.ruled_out for c in candidates if c.ruled_out}
         for name, spec in pieces(dev, fast_spec.compile_mode or next(iter(trials), None)).items():
+            if name in ruled_out:  # the capability says it loses; measuring it would take minutes
+                ablation[name] = {"skipped": ruled_out[name]}
+                continue
             say(f"ablation: {name} ...")
             if spec.compile_mode:
                 torch._dynamo.reset()

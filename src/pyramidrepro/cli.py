@@ -256,7 +256,10 @@ def format_bench(r: dict) -> str:
             f"{'baseline (seed-style)':34s} {r['baseline_images_per_s']:10,.1f} {1.0:11.2f}x",
             f"{'optimized':34s} {r['optimized_images_per_s']:10,.1f} {r['ratio']:11.2f}x"]
     for name, a in r["ablation"].items():
-        rows.append(f"{'  baseline + ' + name:34s} {a['images_per_s']:10,.1f} {a['ratio']:11.2f}x")
+        if "skipped" in a:
+            rows.append(f"{'  baseline + ' + name:34s} not measured ({a['skipped']})")
+        else:
+            rows.append(f"{'  baseline + ' + name:34s} {a['images_per_s']:10,.1f} {a['ratio']:11.2f}x")
     c = r["compile"]
     for mode, t in c.get("trials", {}).items():
         rows.append(f"compile mode {mode}: {t['images_per_s']:,.1f} images/s, {t['compile_s']:.1f} s to compile")

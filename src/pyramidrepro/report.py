@@ -169,7 +169,7 @@ def _json(value: Any, empty: Any) -> Any:
 def capability_lines(records: list[RunRecord]) -> list[str]:
     """Provenance: what each device could do fast, and the auto choices the runs made on it."""
     lines = []
-    for cap in {json.dumps(r.capability, sort_keys=True) for r in records if r.capability}:
+    for cap in sorted({json.dumps(r.capability, sort_keys=True) for r in records if r.capability}):
         c = json.loads(cap)
         traits = [f"{k} {v}" for k, v in c.items() if k != "device"]
         lines.append(f"- device capability: {c.get('device', '?')}: {', '.join(traits)}")
