@@ -78,7 +78,7 @@ def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, 
     """The optimized training path alone (eager): images/s and MFU, where the baseline cannot run."""
     import torch
 
-    from pyramidrepro.benchmarks import gpu_peak_tflops, machine, optimized_spec
+    from pyramidrepro.benchmarks import gpu_peak_tflops, machine, optimized_spec, training_tflops
     from pyramidrepro.data import synthetic_splits
     from pyramidrepro.model import PyramidNet, count_macs
     from pyramidrepro.paths import TrainPath
@@ -92,7 +92,7 @@ def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, 
     path = TrainPath(optimized_spec(dev, None), arch, init, splits, batch, dev).warm_up(3)
     rates = [path.train(steps) for _ in range(3)]
     peak = gpu_peak_tflops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
-    tflops = 3 * 2 * count_macs(PyramidNet(*arch)) * statistics.median(rates) / 1e12
+    tflops = training_tflops(count_macs(PyramidNet(*arch)), statistics.median(rates))
     result = {"model": f"PyramidNet-{depth} alpha={alpha:g}", "batch_size": batch, "path": path.spec.describe(),
               "images_per_s": statistics.median(rates), "images_per_s_all": rates, "training_tflops": tflops,
               "peak_tflops": peak, "mfu": tflops / peak if peak else None, "machine": machine()}

@@ -110,6 +110,11 @@ def gpu_peak_tflops(name: str) -> float | None:
     return GPU_PEAK_TFLOPS.get(key)
 
 
+def training_tflops(macs_per_image: float, images_per_s: float) -> float:
+    """Training TFLOP/s: forward MACs x 2 FLOP, times 3 for forward + backward (2x forward)."""
+    return 3 * 2 * macs_per_image * images_per_s / 1e12
+
+
 def _peak_tflops(device: torch.device, given: float | None) -> float | None:
     if given:
         return given
@@ -223,7 +228,7 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     result["compile"]["requested"] = compile
     result["compile"]["cache_dir"] = cache
     peak = _peak_tflops(dev, peak_tflops)
-    achieved = 3 * 2 * macs * result["optimized_images_per_s"] / 1e12
+    achieved = training_tflops(macs, result["optimized_images_per_s"])
     return {
         "device": device, "model": f"PyramidNet-{depth} alpha={alpha:g} {block}", "batch_size": batch_size,
         "capability": cap, **result,

@@ -40,6 +40,10 @@ class StopRecord:
     status: str
     info: dict[str, Any] = field(default_factory=dict)
 
+    def outcome(self) -> tuple[str, dict[str, Any]]:
+        """The run's final status and the attributes that go with it, the stopping rank included."""
+        return self.status, {**self.info, "stop_rank": self.rank}
+
 
 class StopChannel:
     """Posts and watches the job's stop record over the job's TCP store."""

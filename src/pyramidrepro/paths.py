@@ -12,6 +12,9 @@ import torch
 
 from .data import make_loader
 
+#: ``train.precision`` -> the autocast dtype (None: fp32, no autocast)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass(frozen=True)
 class PathSpec:
@@ -55,7 +58,7 @@ class TrainPath:
         self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
         impl = {"plain": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True), "default": {}}
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, **impl[spec.optimizer])
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
+        self.dtype = AUTOCAST_DTYPES[spec.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
         self.crit = torch.nn.CrossEntropyLoss()
         self._it = iter(self.loader)

@@ -41,7 +41,7 @@ from .parallel import (
     shutdown_process_group,
     wrap_model,
 )
-from .paths import PathSpec
+from .paths import AUTOCAST_DTYPES, PathSpec
 from .scaling import grad_bytes_of, measure_link
 
 STATUS_EXIT_CODES = {"completed": 0, "oom": 0, "nan": 0, "failed": 1}
@@ -240,7 +240,7 @@ class Trainer:
                     dist.destroy_process_group()
                 raise
             # a peer stopped the run (and its leaving broke this rank's collective): its outcome
-            status, info = peer.status, {**peer.info, "stop_rank": peer.rank}
+            status, info = peer.outcome()
         self._record(status, info)
         if status == "completed":
             if self.stop_channel is not None:
@@ -266,8 +266,7 @@ class Trainer:
         """This rank ends the run with ``status``: tell every peer (multi-rank); the outcome in force."""
         if self.stop_channel is None:
             return status, info
-        record = self.stop_channel.post(status, info)
-        return record.status, {**record.info, "stop_rank": record.rank}
+        return self.stop_channel.post(status, info).outcome()
 
     def _record(self, status: str, info: dict[str, Any]) -> None:
         """Rank 0 writes the final status once (a run stopped during setup still gets a metrics.h5)."""
@@ -280,7 +279,7 @@ class Trainer:
 
     def _on_peer_stop(self, record: StopRecord) -> int:
         """Called from the stop watcher when another rank stopped the run; returns this rank's exit code."""
-        self._record(record.status, {**record.info, "stop_rank": record.rank})
+        self._record(*record.outcome())
         if self.env.is_main:
             print(f"{record.status} (rank {record.rank}): {self.run_dir / 'metrics.h5'}", flush=True)
         return STATUS_EXIT_CODES.get(record.status, 1)
@@ -314,7 +313,7 @@ class Trainer:
         if self.path.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.path.precision]
+        self.autocast_dtype = AUTOCAST_DTYPES[self.path.precision]
         self.wrapped, self.gpu_ids = wrap_model(
             model, t.mode, device, allow_cpu_dp=t.allow_cpu_dp,
             gradient_as_bucket_view=t.gradient_as_bucket_view, static_graph=t.static_graph,
@@ -667,11 +666,10 @@ class Trainer:
         return attrs
 
     def _run_attributes(self, steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
-        """Everything else a run records, once it is set up."""
+        """What a run records once it is set up (the identity attributes are in the file already)."""
         t, env = self.cfg.train, self.env
         gpus = [torch.cuda.get_device_name(i) for i in self.gpu_ids] if self.gpu_ids else []
-        attrs = self._identity_attributes()
-        attrs.update({
+        return {
             "devices": gpus or [device_name(self.device)],
             "world_size": env.world_size if t.mode == "ddp" else max(1, len(self.gpu_ids)),
             "data_source": self.data_source,
@@ -692,8 +690,7 @@ class Trainer:
             "link_bandwidth_GBps": self.link.bandwidth_GBps if self.link else "",
             "link_latency_us": self.link.latency_us if self.link else "",
             **(self.memory_cap.attributes() if self.memory_cap else {}),
-        })
-        return attrs
+        }
 
     def _use_bar(self) -> bool:
         if self.progress is not None:
