@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .schema import Attr, Summary
+
 GIB = 2**30
 
 
@@ -40,10 +42,10 @@ class MemoryCap:
 
     def attributes(self) -> dict[str, Any]:
         return {
-            "memory_limit_gb": self.card_bytes / GIB,
-            "gpu_total_memory_bytes": self.device_bytes,
-            "memory_outside_allocator_bytes": self.outside_allocator_bytes,
-            "allocator_cap_bytes": self.allocator_cap_bytes,
+            Attr.MEMORY_LIMIT_GB: self.card_bytes / GIB,
+            Attr.GPU_TOTAL_MEMORY_BYTES: self.device_bytes,
+            Attr.MEMORY_OUTSIDE_ALLOCATOR_BYTES: self.outside_allocator_bytes,
+            Attr.ALLOCATOR_CAP_BYTES: self.allocator_cap_bytes,
         }
 
 
@@ -94,10 +96,10 @@ def peak_memory(device: torch.device, gpu_ids: list[int]) -> dict[str, list[int]
     """Peak allocated and reserved bytes per GPU since the last reset; on CPU the peak RSS."""
     if device.type == "cuda":
         ids = gpu_ids or [device.index or 0]
-        return {"peak_memory_bytes": [int(torch.cuda.max_memory_allocated(i)) for i in ids],
-                "peak_reserved_bytes": [int(torch.cuda.max_memory_reserved(i)) for i in ids]}
+        return {Summary.PEAK_MEMORY_BYTES: [int(torch.cuda.max_memory_allocated(i)) for i in ids],
+                Summary.PEAK_RESERVED_BYTES: [int(torch.cuda.max_memory_reserved(i)) for i in ids]}
     rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"peak_memory_bytes": [rss], "peak_reserved_bytes": [rss]}
+    return {Summary.PEAK_MEMORY_BYTES: [rss], Summary.PEAK_RESERVED_BYTES: [rss]}
 
 
 def device_name(device: torch.device) -> str:

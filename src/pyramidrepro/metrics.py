@@ -1,15 +1,12 @@
 """Per-run metrics in one HDF5 file, written as the run goes.
 
-Layout (documented in the README):
+Layout (documented in the README; every name is defined in :mod:`.schema`):
 
-* root attributes: ``status`` (running | completed | oom | nan | failed), ``config_yaml``,
-  ``git_commit``, ``versions`` (JSON), ``hostname``, ``device_name``, ``world_size``, ``mode``,
-  ``data_source``, ``started_at``, ``finished_at`` and whatever else the run adds;
-* group ``steps``: equal-length 1-D datasets ``step``, ``epoch``, ``loss``, ``lr``,
-  ``images_per_s``, ``step_time_s``, ``data_time_s``;
-* group ``epochs``: ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
-  ``epoch_time_s``;
-* group ``summary`` (attributes): ``images_per_s``, ``peak_memory_bytes``, ``final_test_acc``...;
+* root attributes (``schema.Attr``): ``status`` (``schema.Status``), ``config_yaml``, ``git_commit``,
+  ``versions`` (JSON), ``hostname``, ``device_name``, ``world_size``, ``mode`` ...;
+* group ``steps``: equal-length 1-D datasets ``schema.STEP_FIELDS``;
+* group ``epochs``: ``schema.EPOCH_FIELDS``;
+* group ``summary`` (attributes, ``schema.Summary``): ``images_per_s``, ``peak_memory_bytes`` ...;
 * group ``ranks``: ``step_time_s`` [rank, step], ``peak_memory_bytes`` [rank or GPU].
 
 Rows are buffered in memory and appended every ``flush_interval_s`` seconds by opening the file,
@@ -23,14 +20,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-STEP_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "step_time_s", "data_time_s")
-EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
+from .schema import EPOCH_FIELDS, RANK_FIELDS, STEP_FIELDS, Attr, Status, Summary, check_names
+
 _INT_FIELDS = {"step", "epoch"}
 
 
@@ -41,15 +39,15 @@ def _attr_value(value: Any) -> Any:
         return json.dumps(value)
     if isinstance(value, (np.generic,)):
         return value.item()
+    if isinstance(value, Enum):
+        return value.value
     return value
 
 
 class MetricsWriter:
     """Appends rows to ``metrics.h5``; only the process that owns the file creates one."""
 
-    def __init__(
-        self, path: str | Path, attrs: dict[str, Any] | None = None, flush_interval_s: float = 2.0
-    ) -> None:
+    def __init__(self, path: str | Path, flush_interval_s: float = 2.0) -> None:
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self._steps: dict[str, list] = {k: [] for k in STEP_FIELDS}
@@ -60,7 +58,6 @@ class MetricsWriter:
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
         self.flush_count = 0
-        self.flush_seconds = 0.0  # inside HDF5 appends
         self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
         if not self.path.exists():
             tmp = self.path.with_suffix(".h5.tmp")
@@ -71,11 +68,8 @@ class MetricsWriter:
                         dtype = np.int64 if name in _INT_FIELDS else np.float64
                         g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
                 f.create_group("summary")
-                f.attrs["status"] = "running"
+                f.attrs[Attr.STATUS] = Status.RUNNING.value
             tmp.replace(self.path)
-        if attrs:
-            self.set_attrs(**attrs)
-            self.flush(force=True)
 
     # -- buffering ---------------------------------------------------------------------------
     def log_step(self, **row: Any) -> None:
@@ -95,14 +89,22 @@ class MetricsWriter:
         self.write_seconds += time.perf_counter() - t0
 
     def set_attrs(self, **attrs: Any) -> None:
+        """Root attributes, written at the next flush; names from ``schema.Attr`` only."""
+        check_names(attrs, Attr, str(self.path))
         with self._lock:
             self._attrs.update(attrs)
 
     def set_summary(self, **attrs: Any) -> None:
+        """The run's figures (``summary`` group); names from ``schema.Summary`` only."""
+        check_names(attrs, Summary, str(self.path))
         with self._lock:
             self._summary.update(attrs)
 
     def set_ranks(self, **arrays: np.ndarray) -> None:
+        """Per-rank arrays (``ranks`` group): ``schema.RANK_FIELDS``."""
+        unknown = set(arrays) - set(RANK_FIELDS)
+        if unknown:
+            raise KeyError(f"{self.path}: {sorted(unknown)} are not ranks datasets (schema.RANK_FIELDS)")
         with self._lock:
             self._ranks.update({k: np.asarray(v) for k, v in arrays.items()})
 
@@ -121,7 +123,6 @@ class MetricsWriter:
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
-        t0 = time.perf_counter()
         with h5py.File(self.path, "a", locking=False) as f:
             for group, buf in (("steps", self._steps), ("epochs", self._epochs)):
                 n_new = len(next(iter(buf.values())))
@@ -148,7 +149,6 @@ class MetricsWriter:
         self._summary.clear()
         self._last_flush = now
         self.flush_count += 1
-        self.flush_seconds += time.perf_counter() - t0
 
     def rewind(self, last_step: int, completed_epochs: int) -> None:
         """Drop rows past a checkpoint: steps > ``last_step`` and epochs >= ``completed_epochs``.
@@ -168,10 +168,11 @@ class MetricsWriter:
             for name in EPOCH_FIELDS:
                 f["epochs"][name].resize((keep_e,))
 
-    def close(self, status: str, **attrs: Any) -> None:
+    def close(self, status: Status | str, **attrs: Any) -> None:
         """Write everything left, the final status and ``finished_at``."""
         with self._lock:
-            self.set_attrs(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **attrs)
+            self.set_attrs(**{Attr.STATUS: Status(status).value,
+                              Attr.FINISHED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")}, **attrs)
             self.flush(force=True)
 
 

@@ -7,163 +7,19 @@ when there are accuracy runs, ``accuracy.png/.svg``; it also returns the claims'
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .metrics import read_metrics
+from .runs import RunRecord, load_runs
+from .schema import Status
 
 PAPER_ERROR = {(110, 48.0): 4.62, (110, 270.0): 3.73}  # Han et al. 2017, CIFAR-10 top-1 error %
 PAPER_OOM_BATCH = 512
 PAPER_GPU_MEMORY_GB = 12
 ABOUT = 0.20  # "about equal": within 20 %
-
-
-@dataclass
-class RunRecord:
-    """What the report needs of one run."""
-
-    path: str
-    experiment: str
-    mode: str
-    line: str
-    batch_size: int
-    status: str
-    images_per_s: float | None
-    peak_memory: list[int]
-    device_name: str
-    world_size: int
-    data_source: str
-    memory_limit_gb: float | None
-    precision: str
-    git_commit: str
-    versions: dict[str, Any]
-    container_image: str
-    finished_at: str
-    model: str
-    accumulation_steps: int = 1
-    activation_checkpointing: bool = False
-    epochs: dict[str, list[float]] = field(default_factory=dict)
-    depth: int = 0
-    alpha: float = 0.0
-    block: str = "basic"
-    gpu: bool = False
-    local_batch_size: int = 0
-    threads: int | None = None  # per process (CPU runs)
-    grad_bytes: int | None = None
-    bucket_cap_mb: float = 25.0
-    link: tuple[str, float, float] | None = None  # DDP runs: measured (name, GB/s, latency us)
-    metrics_overhead: float | None = None
-    step_time_std_s: float | None = None  # after warm-up: the jitter the scaling model needs
-    allow_tf32: bool | None = None  # GPU runs: TF32 matmuls/convolutions on or off (None: CPU)
-    allocator_cap_bytes: int | None = None  # GPU runs under an emulated card: the allocator's cap
-    capability: dict[str, Any] = field(default_factory=dict)  # what the device can do fast (devices.capability)
-    auto_choices: list[dict[str, Any]] = field(default_factory=list)  # how auto values were chosen (autotune)
-
-
-def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
-               threads: int | None = None) -> str:
-    """Legend entry of a run: the mode, the memory remedies in use, and a thread count set by hand."""
-    parts = [mode]
-    if threads:
-        parts.append(f"{threads}thread")
-    if precision != "fp32":
-        parts.append(precision)
-    if checkpointing:
-        parts.append("ckpt")
-    if accumulation > 1:
-        parts.append(f"accum{accumulation}")
-    return "+".join(parts)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def measured_step_std(metrics: dict[str, Any]) -> float | None:
-    """Standard deviation of a run's step times after its warm-up steps (None if under 3 steps)."""
-    import numpy as np
-
-    steps = metrics.get("steps", {})
-    if "step_time_s" not in steps:
-        return None
-    warmup = int(_num(metrics["attrs"].get("warmup_steps")) or 0)
-    times = np.asarray(steps["step_time_s"], dtype=float)[np.asarray(steps["step"]) > warmup]
-    times = times[np.isfinite(times)]
-    return float(times.std(ddof=1)) if times.size >= 3 else None
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
-    m = read_metrics(path)
-    a, s = m["attrs"], m.get("summary", {})
-    cfg = yaml.safe_load(a.get("config_yaml", "") or "{}") or {}
-    train = cfg.get("train", {})
-    mode = str(a.get("mode", train.get("mode", "?")))
-    precision = str(a.get("precision", train.get("precision", "fp32")))
-    accum = int(a.get("accumulation_steps", train.get("accumulation_steps", 1)) or 1)
-    ckpt = bool(a.get("activation_checkpointing", train.get("activation_checkpointing", False)))
-    peaks = m.get("ranks", {}).get("peak_memory_bytes")
-    versions = a.get("versions", "{}")
-    device = str(a.get("device_name", ""))
-    link_bw = _num(a.get("link_bandwidth_GBps"))
-    grad_bytes = _num(a.get("grad_bytes"))
-    return RunRecord(
-        path=str(path),
-        experiment=str(a.get("experiment", cfg.get("name", ""))),
-        mode=mode,
-        line=line_label(mode, precision, accum, ckpt, train.get("threads")),
-        batch_size=int(a.get("batch_size", train.get("batch_size", 0))),
-        status=str(a.get("status", "unknown")),
-        images_per_s=_num(s.get("images_per_s")),
-        peak_memory=[int(p) for p in peaks] if peaks is not None else [],
-        device_name=device,
-        world_size=int(a.get("world_size", 1)),
-        data_source=str(a.get("data_source", "")),
-        memory_limit_gb=_num(a.get("memory_limit_gb")),
-        precision=precision,
-        git_commit=str(a.get("git_commit", "")),
-        versions=json.loads(versions) if isinstance(versions, str) and versions else {},
-        container_image=str(a.get("container_image", "")),
-        finished_at=str(a.get("finished_at", "")),
-        model=str(a.get("model", "")),
-        accumulation_steps=accum,
-        activation_checkpointing=ckpt,
-        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
-        depth=int(cfg.get("model", {}).get("depth", 0)),
-        alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
-        block=str(cfg.get("model", {}).get("block", "basic")),
-        gpu=not device.startswith("cpu"),
-        local_batch_size=int(a.get("local_batch_size", 0) or 0),
-        threads=int(a["threads_per_process"]) if _num(a.get("threads_per_process")) else None,
-        grad_bytes=int(grad_bytes) if grad_bytes else None,
-        bucket_cap_mb=_num(a.get("bucket_cap_mb")) or 25.0,
-        link=(str(a.get("link_name")), link_bw, _num(a.get("link_latency_us")) or 0.0) if link_bw else None,
-        metrics_overhead=_num(s.get("metrics_overhead")),
-        step_time_std_s=measured_step_std(m),
-        allow_tf32=bool(a["allow_tf32"]) if a.get("allow_tf32", "") in (True, False) else None,
-        allocator_cap_bytes=int(a["allocator_cap_bytes"]) if _num(a.get("allocator_cap_bytes")) else None,
-        capability=_json(a.get("device_capability"), {}),
-        auto_choices=_json(a.get("auto_choices"), []),
-    )
-
-
-def _json(value: Any, empty: Any) -> Any:
-    """A JSON attribute as Python, or ``empty`` when it is missing or malformed."""
-    try:
-        out = json.loads(value) if isinstance(value, str) and value else empty
-    except ValueError:
-        return empty
-    return out if isinstance(out, type(empty)) else empty
 
 
 def capability_lines(records: list[RunRecord]) -> list[str]:
@@ -178,17 +34,6 @@ def capability_lines(records: list[RunRecord]) -> list[str]:
     if choices:
         lines.append("- auto choices: " + "; ".join(choices))
     return lines
-
-
-def load_runs(results_dir: str | Path) -> list[RunRecord]:
-    """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked)."""
-    records = []
-    for path in sorted(Path(results_dir).rglob("metrics.h5")):
-        try:
-            records.append(load_run(path))
-        except OSError as exc:
-            print(f"report: skipping unreadable {path}: {exc}")
-    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +58,11 @@ def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
         groups[(r.line, r.batch_size)].append(r)
     table: dict[str, dict[int, Point]] = defaultdict(dict)
     for (line, batch), runs in sorted(groups.items()):
-        done = [r for r in runs if r.status == "completed" and r.images_per_s]
+        done = [r for r in runs if r.status == Status.COMPLETED and r.images_per_s]
         if done:
             ips = statistics.median(r.images_per_s for r in done)
             best = max(done, key=lambda r: r.finished_at)
-            status, peaks = "completed", best.peak_memory
+            status, peaks = Status.COMPLETED, best.peak_memory
         else:
             latest = max(runs, key=lambda r: r.finished_at)
             ips, status, peaks = None, latest.status, latest.peak_memory
@@ -240,7 +85,7 @@ class Claim:
 
 def _completed(table: dict[str, dict[int, Point]], line: str) -> dict[int, float]:
     return {b: p.images_per_s for b, p in table.get(line, {}).items()
-            if p.status == "completed" and p.images_per_s}
+            if p.status == Status.COMPLETED and p.images_per_s}
 
 
 def check_claims(records: list[RunRecord]) -> list[Claim]:
@@ -266,7 +111,7 @@ def check_claims(records: list[RunRecord]) -> list[Claim]:
         if not big or not small:
             claims.append(Claim("C1", text, "NOT RUN", f"needs batches on both sides of 512 ({evidence})"))
         else:
-            ok = all(st == {"oom"} for st in big.values()) and all("completed" in st for st in small.values())
+            ok = all(st == {Status.OOM} for st in big.values()) and all(Status.COMPLETED in st for st in small.values())
             claims.append(Claim("C1", text, "PASS" if ok else "FAIL", evidence))
 
     single, dp, ddp = _completed(table, "single"), _completed(table, "dp"), _completed(table, "ddp")
@@ -359,7 +204,7 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
             ax.plot(xs, [pts[b].images_per_s for b in xs], marker=marker, color=color,
                     linestyle="--" if dashed else "-", label=line)
         for b, p in pts.items():
-            if p.status == "oom":
+            if p.status == Status.OOM:
                 ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
                            label=None if oom_labelled else "out of memory")
                 ax.annotate("OOM", (b, floor), textcoords="offset points", xytext=(0, 7),
@@ -384,8 +229,8 @@ def largest_fitting_batch(table: dict[str, dict[int, Point]]) -> dict[str, tuple
     """Per line: (largest completed batch, smallest batch that ran out of memory)."""
     out = {}
     for line, pts in table.items():
-        done = [b for b, p in pts.items() if p.status == "completed"]
-        oom = [b for b, p in pts.items() if p.status == "oom"]
+        done = [b for b, p in pts.items() if p.status == Status.COMPLETED]
+        oom = [b for b, p in pts.items() if p.status == Status.OOM]
         out[line] = (max(done) if done else None, min(oom) if oom else None)
     return out
 
@@ -454,7 +299,7 @@ def one_device_base(run: RunRecord, records: list[RunRecord]) -> list[RunRecord]
     """Completed one-device runs that match ``run`` per device: same model, precision, remedies,
     device kind and (on CPU) threads per process, at the DDP run's per-rank batch."""
     return [r for r in records
-            if r.status == "completed" and r.images_per_s and r.world_size == 1 and r.mode in ("single", "ddp")
+            if r.status == Status.COMPLETED and r.images_per_s and r.world_size == 1 and r.mode in ("single", "ddp")
             and r.batch_size == run.local_batch_size and r.model == run.model and r.precision == run.precision
             and r.accumulation_steps == run.accumulation_steps
             and r.activation_checkpointing == run.activation_checkpointing
@@ -467,7 +312,7 @@ def scaling_rows(records: list[RunRecord]) -> list[ScalingRow]:
 
     rows = []
     for r in records:
-        if not (r.mode == "ddp" and r.world_size > 1 and r.status == "completed" and r.images_per_s
+        if not (r.mode == "ddp" and r.world_size > 1 and r.status == Status.COMPLETED and r.images_per_s
                 and r.link and r.grad_bytes and r.local_batch_size):
             continue
         bases = one_device_base(r, records)
@@ -590,7 +435,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     acc_figs = plot_accuracy(records, out)
     rows = scaling_rows(records)
     scale_figs = plot_scaling(rows, out)
-    running = [r for r in records if r.status == "running"]
+    running = [r for r in records if r.status == Status.RUNNING]
 
     lines = [f"# Reproduction report{' (synthetic data)' if synthetic else ''}", ""]
     if command:

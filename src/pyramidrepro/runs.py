@@ -1,0 +1,224 @@
+"""A run: its folder, its ``config.yaml``, whether it is done, and reading it back.
+
+A run lives in ``OUT/<experiment>/<run id>/`` and holds ``config.yaml`` (what it was asked to do),
+``metrics.h5`` (what happened, :mod:`.metrics`) and ``checkpoint.pt`` (where a resume starts).
+Every command that names, prepares or asks about a run goes through this module; the names it
+reads from ``metrics.h5`` are those of :mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ExperimentConfig
+from .metrics import read_metrics
+from .schema import FINISHED, Attr, Status, Summary
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.h5"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def run_dir(out: str | Path, experiment: str, run_id: str) -> Path:
+    """``OUT/<experiment>/<run id>``: where a run lives."""
+    return Path(out) / experiment / run_id
+
+
+def new_run_id(cfg: ExperimentConfig) -> str:
+    """A fresh run's id when none is given: the time stamp and the config digest."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.digest()}"
+
+
+def prepare(folder: str | Path, cfg: ExperimentConfig) -> Path:
+    """Create the run folder and write its ``config.yaml`` (atomically); returns the config file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_NAME
+    tmp = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(cfg.to_yaml())
+    tmp.replace(path)
+    return path
+
+
+def status_of(folder: str | Path) -> str | None:
+    """The status ``metrics.h5`` records, or None when the run has no readable metrics yet."""
+    path = Path(folder) / METRICS_NAME
+    if not path.is_file():
+        return None
+    try:
+        return str(read_metrics(path)["attrs"].get(Attr.STATUS, Status.FAILED))
+    except OSError:
+        return None
+
+
+def is_done(folder: str | Path) -> bool:
+    """A run is done when it has a result (``schema.FINISHED``): rerunning it would not change it."""
+    return status_of(folder) in FINISHED
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs back
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What the report needs of one run."""
+
+    path: str
+    experiment: str
+    mode: str
+    line: str
+    batch_size: int
+    status: str
+    images_per_s: float | None
+    peak_memory: list[int]
+    device_name: str
+    world_size: int
+    data_source: str
+    memory_limit_gb: float | None
+    precision: str
+    git_commit: str
+    versions: dict[str, Any]
+    container_image: str
+    finished_at: str
+    model: str
+    accumulation_steps: int = 1
+    activation_checkpointing: bool = False
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+    depth: int = 0
+    alpha: float = 0.0
+    block: str = "basic"
+    gpu: bool = False
+    local_batch_size: int = 0
+    threads: int | None = None  # per process (CPU runs)
+    grad_bytes: int | None = None
+    bucket_cap_mb: float = 25.0
+    link: tuple[str, float, float] | None = None  # DDP runs: measured (name, GB/s, latency us)
+    metrics_overhead: float | None = None
+    step_time_std_s: float | None = None  # after warm-up: the jitter the scaling model needs
+    allow_tf32: bool | None = None  # GPU runs: TF32 matmuls/convolutions on or off (None: CPU)
+    allocator_cap_bytes: int | None = None  # GPU runs under an emulated card: the allocator's cap
+    capability: dict[str, Any] = field(default_factory=dict)  # what the device can do fast (devices.capability)
+    auto_choices: list[dict[str, Any]] = field(default_factory=list)  # how auto values were chosen (autotune)
+
+
+def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
+               threads: int | None = None) -> str:
+    """Legend entry of a run: the mode, the memory remedies in use, and a thread count set by hand."""
+    parts = [mode]
+    if threads:
+        parts.append(f"{threads}thread")
+    if precision != "fp32":
+        parts.append(precision)
+    if checkpointing:
+        parts.append("ckpt")
+    if accumulation > 1:
+        parts.append(f"accum{accumulation}")
+    return "+".join(parts)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def measured_step_std(metrics: dict[str, Any]) -> float | None:
+    """Standard deviation of a run's step times after its warm-up steps (None if under 3 steps)."""
+    import numpy as np
+
+    steps = metrics.get("steps", {})
+    if "step_time_s" not in steps:
+        return None
+    warmup = int(_num(metrics["attrs"].get(Attr.WARMUP_STEPS)) or 0)
+    times = np.asarray(steps["step_time_s"], dtype=float)[np.asarray(steps["step"]) > warmup]
+    times = times[np.isfinite(times)]
+    return float(times.std(ddof=1)) if times.size >= 3 else None
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
+    m = read_metrics(path)
+    a, s = m["attrs"], m.get("summary", {})
+    cfg = yaml.safe_load(a.get(Attr.CONFIG_YAML, "") or "{}") or {}
+    train = cfg.get("train", {})
+    mode = str(a.get(Attr.MODE, train.get("mode", "?")))
+    precision = str(a.get(Attr.PRECISION, train.get("precision", "fp32")))
+    accum = int(a.get(Attr.ACCUMULATION_STEPS, train.get("accumulation_steps", 1)) or 1)
+    ckpt = bool(a.get(Attr.ACTIVATION_CHECKPOINTING, train.get("activation_checkpointing", False)))
+    peaks = m.get("ranks", {}).get(Summary.PEAK_MEMORY_BYTES)
+    versions = a.get(Attr.VERSIONS, "{}")
+    device = str(a.get(Attr.DEVICE_NAME, ""))
+    link_bw = _num(a.get(Attr.LINK_BANDWIDTH_GBPS))
+    grad_bytes = _num(a.get(Attr.GRAD_BYTES))
+    return RunRecord(
+        path=str(path),
+        experiment=str(a.get(Attr.EXPERIMENT, cfg.get("name", ""))),
+        mode=mode,
+        line=line_label(mode, precision, accum, ckpt, train.get("threads")),
+        batch_size=int(a.get(Attr.BATCH_SIZE, train.get("batch_size", 0))),
+        status=str(a.get(Attr.STATUS, Status.FAILED)),
+        images_per_s=_num(s.get(Summary.IMAGES_PER_S)),
+        peak_memory=[int(p) for p in peaks] if peaks is not None else [],
+        device_name=device,
+        world_size=int(a.get(Attr.WORLD_SIZE, 1)),
+        data_source=str(a.get(Attr.DATA_SOURCE, "")),
+        memory_limit_gb=_num(a.get(Attr.MEMORY_LIMIT_GB)),
+        precision=precision,
+        git_commit=str(a.get(Attr.GIT_COMMIT, "")),
+        versions=json.loads(versions) if isinstance(versions, str) and versions else {},
+        container_image=str(a.get(Attr.CONTAINER_IMAGE, "")),
+        finished_at=str(a.get(Attr.FINISHED_AT, "")),
+        model=str(a.get(Attr.MODEL, "")),
+        accumulation_steps=accum,
+        activation_checkpointing=ckpt,
+        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
+        depth=int(cfg.get("model", {}).get("depth", 0)),
+        alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
+        block=str(cfg.get("model", {}).get("block", "basic")),
+        gpu=not device.startswith("cpu"),
+        local_batch_size=int(a.get(Attr.LOCAL_BATCH_SIZE, 0) or 0),
+        threads=int(a[Attr.THREADS_PER_PROCESS]) if _num(a.get(Attr.THREADS_PER_PROCESS)) else None,
+        grad_bytes=int(grad_bytes) if grad_bytes else None,
+        bucket_cap_mb=_num(a.get(Attr.BUCKET_CAP_MB)) or 25.0,
+        link=(str(a.get(Attr.LINK_NAME)), link_bw, _num(a.get(Attr.LINK_LATENCY_US)) or 0.0) if link_bw else None,
+        metrics_overhead=_num(s.get(Summary.METRICS_OVERHEAD)),
+        step_time_std_s=measured_step_std(m),
+        allow_tf32=bool(a[Attr.ALLOW_TF32]) if a.get(Attr.ALLOW_TF32, "") in (True, False) else None,
+        allocator_cap_bytes=int(a[Attr.ALLOCATOR_CAP_BYTES]) if _num(a.get(Attr.ALLOCATOR_CAP_BYTES)) else None,
+        capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
+        auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
+    )
+
+
+def _json(value: Any, empty: Any) -> Any:
+    """A JSON attribute as Python, or ``empty`` when it is missing or malformed."""
+    try:
+        out = json.loads(value) if isinstance(value, str) and value else empty
+    except ValueError:
+        return empty
+    return out if isinstance(out, type(empty)) else empty
+
+
+def load_runs(results_dir: str | Path) -> list[RunRecord]:
+    """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked)."""
+    records = []
+    for path in sorted(Path(results_dir).rglob("metrics.h5")):
+        try:
+            records.append(load_run(path))
+        except OSError as exc:
+            print(f"report: skipping unreadable {path}: {exc}")
+    return records
+
+

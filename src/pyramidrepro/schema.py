@@ -1,0 +1,115 @@
+"""The names in a run's ``metrics.h5``: its status vocabulary, root attributes, summary attributes
+and row fields.  Every writer and reader imports them from here; the writer refuses any other name.
+
+The enums are ``str`` subclasses, so ``Attr.MODE == "mode"`` and a name reads back as plain text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A run's ``status`` attribute."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    OOM = "oom"  # the batch did not fit: a result of the study, not a failure
+    NAN = "nan"  # the loss diverged: a result too, rerunning the same config repeats it
+    FAILED = "failed"  # an error: the run has no result and is rerun
+
+
+#: statuses that are a result: a campaign skips these points, the process exits 0
+FINISHED = frozenset({Status.COMPLETED, Status.OOM, Status.NAN})
+#: the exit code of a process (rank) whose run ended with a status
+EXIT_CODES = {Status.COMPLETED: 0, Status.OOM: 0, Status.NAN: 0, Status.FAILED: 1}
+
+
+class Attr(StrEnum):
+    """Root attributes of ``metrics.h5``."""
+
+    # what the run is, known before setup
+    STATUS = "status"
+    CONFIG_YAML = "config_yaml"
+    EXPERIMENT = "experiment"
+    GIT_COMMIT = "git_commit"
+    VERSIONS = "versions"  # JSON
+    HOSTNAME = "hostname"
+    DEVICE_NAME = "device_name"
+    DEVICE_CAPABILITY = "device_capability"  # JSON (devices.capability)
+    WORLD_SIZE = "world_size"  # processes (DDP) or GPUs (DP) that share one step
+    MODE = "mode"
+    BACKEND = "backend"
+    BATCH_SIZE = "batch_size"  # the global batch of one optimizer step
+    LOCAL_BATCH_SIZE = "local_batch_size"  # what one device computes per step
+    PRECISION = "precision"
+    CHANNELS_LAST = "channels_last"
+    COMPILE = "compile"
+    COMPILE_MODE = "compile_mode"
+    LOADER = "loader"
+    ACCUMULATION_STEPS = "accumulation_steps"
+    ACTIVATION_CHECKPOINTING = "activation_checkpointing"
+    MODEL = "model"
+    WARMUP_STEPS = "warmup_steps"
+    OPTIMIZER_IMPL = "optimizer_impl"
+    MEMORY_LIMIT_GB = "memory_limit_gb"
+    ALLOW_TF32 = "allow_tf32"
+    STARTED_AT = "started_at"
+    COMMAND = "command"
+    # known once the run is set up
+    DEVICES = "devices"
+    DATA_SOURCE = "data_source"
+    STEPS_PER_EPOCH = "steps_per_epoch"
+    TOTAL_STEPS = "total_steps"
+    THREADS_PER_PROCESS = "threads_per_process"
+    AUTO_CHOICES = "auto_choices"  # JSON (autotune decisions)
+    GRAD_BYTES = "grad_bytes"
+    BUCKET_CAP_MB = "bucket_cap_mb"
+    LINK_NAME = "link_name"
+    LINK_BANDWIDTH_GBPS = "link_bandwidth_GBps"
+    LINK_LATENCY_US = "link_latency_us"
+    GPU_TOTAL_MEMORY_BYTES = "gpu_total_memory_bytes"
+    MEMORY_OUTSIDE_ALLOCATOR_BYTES = "memory_outside_allocator_bytes"
+    ALLOCATOR_CAP_BYTES = "allocator_cap_bytes"
+    RESUMED_FROM_STEP = "resumed_from_step"
+    # where it ran (dispatch)
+    SLURM_JOB_ID = "slurm_job_id"
+    SLURM_ARRAY_TASK_ID = "slurm_array_task_id"
+    SLURM_NODELIST = "slurm_nodelist"
+    SUBMITIT_JOB_ID = "submitit_job_id"
+    CONTAINER_IMAGE = "container_image"
+    CONTAINER_DIGEST = "container_digest"
+    # how it ended
+    FINISHED_AT = "finished_at"
+    ERROR = "error"
+    OOM_BATCH_SIZE = "oom_batch_size"
+    NAN_STEP = "nan_step"
+    STOP_RANK = "stop_rank"
+
+
+class Summary(StrEnum):
+    """Attributes of the ``summary`` group (the run's figures)."""
+
+    IMAGES_PER_S = "images_per_s"  # median over the measured steps
+    IMAGES_PER_S_MEAN = "images_per_s_mean"  # images / seconds over the measured steps
+    MEASURED_STEPS = "measured_steps"
+    PEAK_MEMORY_BYTES = "peak_memory_bytes"
+    PEAK_RESERVED_BYTES = "peak_reserved_bytes"
+    COMPILE_TIME_S = "compile_time_s"
+    METRICS_WRITE_S = "metrics_write_s"
+    METRICS_OVERHEAD = "metrics_overhead"
+    FINAL_TEST_ACC = "final_test_acc"
+
+
+STEP_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "step_time_s", "data_time_s")
+EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
+#: datasets of the ``ranks`` group: step_time_s [rank, step] and the peaks per rank or GPU
+RANK_FIELDS = ("step_time_s", Summary.PEAK_MEMORY_BYTES.value, Summary.PEAK_RESERVED_BYTES.value)
+
+
+def check_names(names: object, allowed: type[StrEnum], where: str) -> None:
+    """KeyError naming the first of ``names`` that ``allowed`` does not define."""
+    known = {m.value for m in allowed}
+    for name in names:  # type: ignore[attr-defined]
+        if name not in known:
+            raise KeyError(f"{where}: {name!r} is not a {allowed.__name__} name (add it to pyramidrepro.schema)")
