@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pyramidrepro.report import RunRecord, load_run
+from pyramidrepro.runs import RunRecord, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

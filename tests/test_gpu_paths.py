@@ -16,10 +16,10 @@ from conftest import ROOT, SMOKE, run_cli
 from pyramidrepro.benchmarks import gpu_peak_tflops
 from pyramidrepro.config import ConfigError, load_config
 from pyramidrepro.devices import GIB, emulated_card_cap
+from pyramidrepro.executor import resolve_optimizer_impl
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.model import PyramidNet
 from pyramidrepro.parallel import wrap_model
-from pyramidrepro.train import resolve_optimizer_impl
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 
@@ -164,7 +164,7 @@ def test_an_image_without_git_records_the_baked_commit(tmp_path):
     assert baked.startswith(head)
     env = {k: v for k, v in os.environ.items() if k != "PYRAMIDREPRO_GIT_COMMIT"}
     env["PYTHONPATH"] = str(pkg.parent)
-    out = subprocess.run([sys.executable, "-c", "from pyramidrepro.train import git_commit; print(git_commit())"],
+    out = subprocess.run([sys.executable, "-c", "from pyramidrepro.provenance import git_commit; print(git_commit())"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == baked

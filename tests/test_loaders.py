@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, only_run_dir, run_cli
-from pyramidrepro.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, make_loader
+from pyramidrepro.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet
+from pyramidrepro.loaders import make_loader
 from pyramidrepro.metrics import read_metrics
 
 LOADERS = ["torch", "torchvision", "dali"]
@@ -116,7 +117,7 @@ def test_dali_missing_is_a_clear_error():
     code = (
         "import sys; sys.modules['nvidia.dali'] = None\n"
         "import torch\n"
-        "from pyramidrepro.data import make_loader, synthetic_splits\n"
+        "from pyramidrepro.data import synthetic_splits\nfrom pyramidrepro.loaders import make_loader\n"
         "make_loader('dali', synthetic_splits(64, 8).train, 32, torch.device('cpu'))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -3,34 +3,34 @@
 import torch
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.config import load_config
+from pyramidrepro.data import synthetic_splits
+from pyramidrepro.executor import OptimizerSettings, StepSettings, make_executor
+from pyramidrepro.loaders import make_loader
 from pyramidrepro.model import PyramidNet
-from pyramidrepro.parallel import DistEnv
-from pyramidrepro.train import Trainer
+
+CPU = torch.device("cpu")
 
 
-def _trainer_after_one_step(tmp_path, accumulation: int) -> torch.nn.Module:
-    cfg = load_config(SMOKE, ["data.augment=false", f"train.accumulation_steps={accumulation}",
-                              "model.depth=8", "model.alpha=4", "train.batch_size=32"])
-    tr = Trainer(cfg, tmp_path / f"acc{accumulation}")
-    tr.env = DistEnv()
-    tr.device = torch.device("cpu")
-    tr._setup(tr.device)
+def _model_after_one_step(accumulation: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = PyramidNet(8, 4)
     # BatchNorm with frozen statistics: the batch splits into micro batches without changing
     # what any layer computes, so k micro batches must equal one batch of k x micro exactly.
-    for m in tr.model.modules():
+    for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
-    tr.train_loader.set_epoch(0)
-    x, y = next(iter(tr.train_loader))
-    tr._step(x, y)
-    return tr.model
+    executor = make_executor("single", model, CPU, StepSettings(accumulation_steps=accumulation),
+                             OptimizerSettings(lr=0.1, momentum=0.9))
+    loader = make_loader("torch", synthetic_splits(64, 8).train, 32, CPU, augment=False)
+    x, y = next(iter(loader))
+    executor.train_step(x, y)
+    return executor.model
 
 
-def test_accumulation_equals_one_big_batch(tmp_path):
-    a = _trainer_after_one_step(tmp_path, 1)
-    b = _trainer_after_one_step(tmp_path, 4)
-    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+def test_accumulation_equals_one_big_batch():
+    a = _model_after_one_step(1)
+    b = _model_after_one_step(4)
+    torch.manual_seed(0)  # the same initial weights
     init = PyramidNet(8, 4)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

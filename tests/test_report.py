@@ -6,7 +6,8 @@ import yaml
 
 from conftest import SMOKE, run_cli
 from pyramidrepro.metrics import MetricsWriter
-from pyramidrepro.report import build_report, check_claims, load_runs
+from pyramidrepro.report import build_report, check_claims
+from pyramidrepro.runs import load_runs
 
 
 def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from .autotune import Candidate, choose, precision_candidate
-from .data import make_loader, synthetic_splits
+from .data import synthetic_splits
+from .loaders import make_loader
 from .devices import capability
 from .paths import BASELINE, PathSpec, TrainPath
 

@@ -1,65 +1,63 @@
-"""Run a sweep's points one after another on this machine (``reproduce``, ``submit --cluster local``).
+"""The local campaign behind ``reproduce``: ``submit --cluster local``, one point at a time.
 
-Each point runs in its own process tree (``pyramidrepro run --run-dir``), so an out-of-memory
-point or a crash ends that point only.  Points whose ``metrics.h5`` already says ``completed``
-are skipped, so an interrupted campaign picks up where it stopped.
+Every sweep point is submitted through submitit's local executor (:mod:`.dispatch`), the same
+job a Slurm array runs, and waited for before the next starts, so each point has the machine to
+itself and a crash or an out-of-memory point ends that point only.  Points whose run is done
+(:func:`.runs.is_done`) are skipped, so an interrupted campaign picks up where it stopped.
 """
 
 from __future__ import annotations
 
-import subprocess
+import dataclasses
+import io
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
+from . import dispatch
 from .config import ExperimentConfig, expand_sweep
-from .metrics import read_metrics
+from .runs import is_done, run_dir_for, status_of
+from .schema import EXIT_CODES, Status
 
 
-def point_done(run_dir: Path) -> bool:
-    path = run_dir / "metrics.h5"
-    if not path.is_file():
-        return False
-    try:
-        return read_metrics(path)["attrs"].get("status") in ("completed", "oom")
-    except OSError:
-        return False
+def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
+    """A point as the local executor runs it: DDP with ``ddp_ranks`` processes on this machine."""
+    cluster = dataclasses.replace(cfg.cluster, executor="local", tasks_per_node=ddp_ranks, nodes=1)
+    return dataclasses.replace(cfg, cluster=cluster)
 
 
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
-                 timeout_s: float | None = None) -> list[tuple[str, str, float]]:
-    """Run every sweep point locally; returns (run id, outcome, seconds) per point."""
+                 stream: TextIO = sys.stdout) -> list[tuple[str, str, float]]:
+    """Run every sweep point here, in turn; returns (run id, outcome, seconds) per point.
+
+    The outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
+    """
     points = expand_sweep(cfg, source)
     results = []
     total_t0 = time.monotonic()
     for i, (run_id, point_cfg) in enumerate(points, 1):
-        run_dir = Path(out) / cfg.name / run_id
+        folder = run_dir_for(out, cfg.name, run_id)
         label = f"[{i}/{len(points)}] {run_id}"
-        if point_done(run_dir):
-            print(f"{label}: already done, skipped", flush=True)
+        if is_done(folder):
+            print(f"{label}: already done, skipped", file=stream, flush=True)
             results.append((run_id, "skipped", 0.0))
             continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(point_cfg.to_yaml())
-        cmd = [sys.executable, "-m", "pyramidrepro", "run", str(run_dir / "config.yaml"),
-               "--run-dir", str(run_dir), "--no-progress"]
-        if point_cfg.train.mode == "ddp":
-            cmd += ["--nproc", str(ddp_ranks)]
-        print(f"{label}: running ...", flush=True)
+        print(f"{label}: running ...", file=stream, flush=True)
         t0 = time.monotonic()
+        job = dispatch.submit(cfg, source, out, stream=io.StringIO(),
+                              points=[(run_id, local_point(point_cfg, ddp_ranks))])[0]
+        error = ""
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-            code, err = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired:
-            code, err = -1, f"timed out after {timeout_s} s"
-        dt = time.monotonic() - t0
-        status = "failed"
-        if (run_dir / "metrics.h5").is_file():
-            status = str(read_metrics(run_dir / "metrics.h5")["attrs"].get("status", "failed"))
+            job.results()
+        except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
+            error = "\n".join(str(exc).strip().splitlines()[-5:])
+        status = status_of(folder) or Status.FAILED
+        code = 1 if error else EXIT_CODES.get(status, 1)
         outcome = status if code == 0 else f"{status} (exit {code})"
-        print(f"{label}: {outcome} in {dt:.1f} s (elapsed {time.monotonic() - total_t0:.0f} s)", flush=True)
-        if code != 0:
-            tail = "\n".join(err.strip().splitlines()[-5:])
-            print(f"    {tail}", flush=True)
-        results.append((run_id, outcome, dt))
+        print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
+              f"(elapsed {time.monotonic() - total_t0:.0f} s)", file=stream, flush=True)
+        if error:
+            print(f"    {error}", file=stream, flush=True)
+        results.append((run_id, outcome, time.monotonic() - t0))
     return results

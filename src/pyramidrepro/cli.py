@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .config import COMPILE_MODES, ConfigError, load_config
+from .schema import Status
 
 EXIT_BAD_INPUT = 2
 
@@ -19,32 +20,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and cfg.train.mode != "ddp":
         raise ConfigError(args.experiment, "train.mode",
                           f"--nproc {args.nproc} needs train.mode: ddp (got {cfg.train.mode})")
-    if cfg.train.batch_size % max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))):
-        raise ConfigError(args.experiment, "train.batch_size",
-                          f"{cfg.train.batch_size} does not divide by the {args.nproc} ranks")
-    from .data import check_data_available
-    from .train import STATUS_EXIT_CODES, Trainer, default_run_dir
+    from .data import check_data_available, per_rank_batch
+
+    try:
+        per_rank_batch(cfg.train.batch_size, max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))))
+    except ValueError as exc:
+        raise ConfigError(args.experiment, "train.batch_size", str(exc)) from None
+    from . import runs
+    from .schema import EXIT_CODES
+    from .train import Trainer
 
     check_data_available(cfg.data)
-    run_dir = None
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-    elif args.run_id:
-        run_dir = Path(args.out) / cfg.name / args.run_id
-    if args.nproc > 1:
-        run_dir = run_dir or default_run_dir(cfg, args.out)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.run_id:
+        run_dir = runs.run_dir_for(args.out, cfg.name, args.run_id)
+    if args.nproc > 1:  # the ranks read one config file and write one run folder
+        run_dir = run_dir or runs.run_dir_for(args.out, cfg.name, runs.new_run_id(cfg))
+        config_file = runs.prepare(run_dir, cfg)
         from .parallel import launch_local
 
-        argv = ["run", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
+        argv = ["run", str(config_file), "--run-dir", str(run_dir)]
         if args.no_progress:
             argv.append("--no-progress")
         return launch_local(argv, args.nproc)
     trainer = Trainer(cfg, run_dir, progress=False if args.no_progress else None, out_dir=args.out)
-    status = trainer.run()
-    code = STATUS_EXIT_CODES.get(status, 1)
-    if trainer.backend is not None:  # a DDP rank: skip interpreter teardown (see exit_rank)
+    code = EXIT_CODES.get(trainer.run(), 1)
+    if trainer.distributed:  # a DDP rank: skip interpreter teardown (see exit_rank)
         from .parallel import exit_rank
 
         exit_rank(code)
@@ -99,7 +100,7 @@ def _scaling_base(args: argparse.Namespace) -> tuple[str, float, int, int, float
     from .scaling import grad_bytes_of
 
     if args.run:
-        from .report import load_run
+        from .runs import load_run
 
         path = Path(args.run)
         path = path / "metrics.h5" if path.is_dir() else path
@@ -109,7 +110,7 @@ def _scaling_base(args: argparse.Namespace) -> tuple[str, float, int, int, float
             r = load_run(path)
         except OSError:
             raise ConfigError(str(path), "", "not a readable metrics file") from None
-        if r.status != "completed" or not r.images_per_s:
+        if r.status != Status.COMPLETED or not r.images_per_s:
             raise ConfigError(str(path), "status", f"needs a completed run with images_per_s (got {r.status})")
         if r.world_size != 1:
             raise ConfigError(str(path), "world_size", f"needs a one-device run, got {r.world_size} devices")
@@ -169,6 +170,13 @@ def _hardware() -> tuple[str, int]:
     return ("cuda" if n else "cpu"), n
 
 
+def default_experiment(n_gpus: int) -> str:
+    """The campaign ``reproduce`` runs when none is given: shipped with the package (pyramidrepro.experiments)."""
+    from importlib.resources import files
+
+    return str(files("pyramidrepro.experiments") / ("fig5.yaml" if n_gpus else "quick_cpu.yaml"))
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Pick the campaign for the hardware present, run it, write the report."""
     from .campaign import run_campaign
@@ -176,8 +184,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .report import build_report
 
     kind, n_gpus = _hardware()
-    root = Path(__file__).resolve().parents[2]
-    experiment = args.experiment or str(root / "experiments" / ("fig5.yaml" if n_gpus else "quick_cpu.yaml"))
+    experiment = args.experiment or default_experiment(n_gpus)
     overrides = list(args.set)
     cfg = load_config(experiment, overrides)
     if cfg.data.source == "cifar10":

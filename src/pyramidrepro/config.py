@@ -176,9 +176,14 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
-        """Short stable hash of the resolved config (sweep excluded)."""
-        d = self.to_dict()
-        d.pop("sweep", None)
+        """Short stable hash of what shapes the result: ``model``, ``data``, ``train``, ``devices``.
+
+        Where a run executes (``cluster``, ``container``), how it logs (``metrics``), its name and
+        its sweep are left out: moving a run to another partition or image keeps its run id, so
+        it finds its checkpoint and resumes.
+        """
+        d = {key: getattr(self, key) for key in ("model", "data", "train", "devices")}
+        d = json.loads(json.dumps({k: dataclasses.asdict(v) for k, v in d.items()}, default=str))
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 

@@ -1,9 +1,9 @@
-"""CIFAR-10 data: the official "python version" files, synthetic data, sharding and loaders.
+"""CIFAR-10 data: the official "python version" files, synthetic data, and sharding.
 
 The reader verifies MD5 checksums **before** anything is unpickled and then unpickles with a
 restricted unpickler that only admits what a CIFAR batch contains (a dict, lists, numpy arrays).
-Loaders share one small interface (``len``, ``set_epoch``, iteration yielding ``(images, labels)``
-on the training device) so the trainer does not care which one it drives.
+Sharding decides which samples each rank sees per epoch; the loaders (:mod:`.loaders`) turn that
+into tensors.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import os
 import pickle
 import tarfile
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -303,6 +299,13 @@ def load_splits(data_cfg, num_classes: int = 10, seed: int = 0) -> DataSplits:  
 # ---------------------------------------------------------------------------------------------
 
 
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """The batch one rank computes per step: the global batch split evenly (ValueError otherwise)."""
+    if global_batch < 1 or global_batch % world_size:
+        raise ValueError(f"the global batch {global_batch} does not divide by the world size {world_size}")
+    return global_batch // world_size
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The global order of the ``n`` samples in ``epoch``: the same on every rank."""
     if not shuffle:
@@ -321,9 +324,7 @@ def shard_batches(
     ``world_size`` consecutive slices, so the union over ranks of step ``s`` is exactly the
     batch a single process with the same global batch sees at step ``s``.
     """
-    if global_batch % world_size:
-        raise ValueError(f"global batch {global_batch} does not divide by world size {world_size}")
-    local = global_batch // world_size
+    local = per_rank_batch(global_batch, world_size)
     num_batches = n // global_batch
     if num_batches == 0:
         raise ValueError(f"dataset of {n} samples is smaller than one global batch of {global_batch}")
@@ -337,180 +338,15 @@ def eval_shard(n: int, rank: int, world_size: int) -> np.ndarray:
 
 
 def epoch_index(
-    n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, train: bool,
+    n: int, global_batch: int, rank: int, world_size: int, seed: int, epoch: int, train: bool,
 ) -> list[np.ndarray]:
     """This rank's batches of sample indices for ``epoch``, as every loader iterates them.
 
     Training: :func:`shard_batches` of the global batch.  Evaluation: this rank's
-    :func:`eval_shard` in order, in chunks of ``batch_size`` (the last one may be short).
+    :func:`eval_shard` in order, in chunks of the per-rank batch (the last one may be short).
     """
     if train:
-        return list(shard_batches(n, batch_size, rank, world_size, seed, epoch))
+        return list(shard_batches(n, global_batch, rank, world_size, seed, epoch))
     idx = eval_shard(n, rank, world_size)
-    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loaders
-# ---------------------------------------------------------------------------------------------
-
-
-class BatchLoader(Protocol):
-    """What the trainer needs of a loader."""
-
-    def __len__(self) -> int: ...
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) so that ``uint8 * scale + shift`` is the normalized image, shaped 1x3x1x1."""
-    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return 1.0 / (255.0 * std), -mean / std
-
-
-def random_crop_flip(
-    images: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random 32x32 crop with 4-pixel zero padding and a random horizontal flip, batched.
-
-    ``images`` is uint8 B x 3 x 32 x 32 on any device; the offsets and flips are drawn on that
-    device (``generator`` must live there too), so nothing waits for the host.  Returns the
-    augmented batch and the offsets (dy, dx in -4..4) and flip flags used, so tests can check
-    the distribution.
-    """
-    b, _, h, w = images.shape
-    dev = images.device
-    offs = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device=dev)
-    flips = torch.rand(b, generator=generator, device=dev) < 0.5
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    # every 32x32 window of the padded images as a view: B x C x 9 x 9 x H x W (no copy) ...
-    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
-    # ... from which one window per image is gathered: B x C x H x W
-    out = windows[torch.arange(b, device=dev), :, offs[0], offs[1]]
-    out = torch.where(flips[:, None, None, None], out.flip(3), out)
-    return out, offs - PAD, flips
-
-
-class TensorLoader:
-    """The whole uint8 dataset as one tensor on the training device; batches augmented on it.
-
-    No worker processes: indexing, crop, flip and normalization are a few vectorized tensor ops
-    per batch, on the GPU when training runs there.  Nothing in an epoch waits for the host: the
-    random draws come from a generator on the device, and the epoch's sample order reaches the
-    device in one non-blocking copy from pinned memory when the epoch is selected.
-    """
-
-    def __init__(
-        self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-        world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
-    ) -> None:
-        self.device = device
-        self.images = torch.from_numpy(data.images).to(device)
-        self.labels = torch.from_numpy(data.labels).to(device)
-        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.train, self.augment = seed, train, augment
-        self.scale, self.shift = normalize_constants(device)
-        self.generator = torch.Generator(device=device)
-        self.set_epoch(0)
-
-    def __len__(self) -> int:
-        return len(self._bounds) - 1
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's order; ``start`` skips batches already trained (resume)."""
-        self.epoch = epoch
-        self.generator.manual_seed(hash((self.seed, epoch, self.rank)) & 0x7FFFFFFF)
-        batches = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
-                              self.seed, epoch, self.train)[start:]
-        self._bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
-        flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
-        if self.device.type == "cuda":
-            flat = flat.pin_memory()
-        self._order = flat.to(self.device, non_blocking=True)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for lo, hi in zip(self._bounds, self._bounds[1:]):
-            idx = self._order[lo:hi]
-            x = self.images.index_select(0, idx)
-            if self.train and self.augment:
-                x, _, _ = random_crop_flip(x, self.generator)
-            yield torch.addcmul(self.shift, x.float(), self.scale), self.labels.index_select(0, idx)
-
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """torchvision-style per-sample dataset: PIL image -> transforms -> tensor."""
-
-    def __init__(self, data: ImageSet, transform) -> None:  # noqa: ANN001
-        self.data, self.transform = data, transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        img = Image.fromarray(self.data.images[i].transpose(1, 2, 0))
-        return self.transform(img), int(self.data.labels[i])
-
-
-class TorchvisionLoader:
-    """The classic Dataset + DataLoader + transforms path (the seed-style baseline)."""
-
-    def __init__(
-        self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-        world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
-        num_workers: int = 2,
-    ) -> None:
-        from torchvision import transforms as T
-
-        steps = [T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip()] if train and augment else []
-        steps += [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
-        self.dataset = _ImageDataset(data, T.Compose(steps))
-        self.device = device
-        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.train, self.num_workers = seed, train, num_workers
-        self.epoch, self.start = 0, 0
-
-    def _batches(self) -> list[list[int]]:
-        index = epoch_index(len(self.dataset), self.global_batch, self.rank, self.world_size,
-                            self.seed, self.epoch, self.train)
-        return [b.tolist() for b in index[self.start :]]
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        torch.manual_seed(hash((self.seed, self.epoch, self.rank)) & 0x7FFFFFFF)
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=self._batches(),
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-
-def make_loader(
-    kind: str, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-    world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
-    num_workers: int = 2,
-) -> BatchLoader:
-    """Build the loader that ``data.loader`` names; ``batch_size`` is the global batch."""
-    common = dict(rank=rank, world_size=world_size, seed=seed, train=train, augment=augment)
-    if kind == "torch":
-        return TensorLoader(data, batch_size, device, **common)
-    if kind == "torchvision":
-        return TorchvisionLoader(data, batch_size, device, num_workers=num_workers, **common)
-    if kind == "dali":
-        from .dali_loader import DaliLoader
-
-        return DaliLoader(data, batch_size, device, **common)
-    raise ValueError(f"unknown loader {kind!r} (expected torch, torchvision or dali)")
+    local = per_rank_batch(global_batch, world_size)
+    return [idx[i : i + local] for i in range(0, len(idx), local)]

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
+from .runs import CONFIG_NAME, run_dir_for
+from .schema import FINISHED, Attr, Status
 
 TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "INTERRUPTED"}
@@ -109,19 +111,19 @@ class JobRunner:
 
         from .train import Trainer
 
-        cfg = config_from_dict(self.cfg_dict, f"{self.run_dir}/config.yaml")
+        cfg = config_from_dict(self.cfg_dict, f"{self.run_dir}/{CONFIG_NAME}")
         job_env = submitit.JobEnvironment()
         if job_env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
             return {"status": "skipped", "rank": job_env.global_rank}
         attrs = {
-            "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or job_env.job_id,
-            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-            "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", job_env.hostname),
-            "submitit_job_id": job_env.job_id,
-            "container_image": self.image,
-            "container_digest": self.digest,
+            Attr.SLURM_JOB_ID: os.environ.get("SLURM_ARRAY_JOB_ID") or job_env.job_id,
+            Attr.SLURM_ARRAY_TASK_ID: os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+            Attr.SLURM_NODELIST: os.environ.get("SLURM_JOB_NODELIST", job_env.hostname),
+            Attr.SUBMITIT_JOB_ID: job_env.job_id,
+            Attr.CONTAINER_IMAGE: self.image,
+            Attr.CONTAINER_DIGEST: self.digest,
         }
         self.trainer = Trainer(cfg, self.run_dir, extra_attrs=attrs, progress=False)
         status = self.trainer.run()
@@ -176,10 +178,10 @@ def sbatch_preview(cfg: ExperimentConfig, folder: Path, bind_paths: list[str], a
 
 
 def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
-           stream=sys.stdout) -> list[Any]:  # noqa: ANN001
-    """Submit every sweep point; returns the submitit jobs (empty for a dry run)."""
+           stream=sys.stdout, points: list[tuple[str, ExperimentConfig]] | None = None) -> list[Any]:  # noqa: ANN001
+    """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run)."""
     out = Path(out).resolve()
-    points = expand_sweep(cfg, source)
+    points = expand_sweep(cfg, source) if points is None else points
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
     data_root = str(Path(cfg.data.root).resolve())
@@ -199,21 +201,17 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
             print(f"# --- array of {len(members)} point(s): {layout[0]} task(s)/node x {layout[1]} node(s)",
                   file=stream)
             for run_id, _ in members:
-                print(f"#   {out / cfg.name / run_id}", file=stream)
+                print(f"#   {run_dir_for(out, cfg.name, run_id)}", file=stream)
             print(sbatch_preview(first, folder, bind_paths, len(members)), file=stream)
             continue
-        runners = []
-        for run_id, point_cfg in members:
-            run_dir = out / cfg.name / run_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(point_cfg.to_yaml())
-            runners.append(JobRunner(point_cfg.to_dict(), str(run_dir), cfg.container.image or "", digest))
+        runners = [JobRunner(point_cfg.to_dict(), str(run_dir_for(out, cfg.name, run_id)), cfg.container.image or "",
+                             digest) for run_id, point_cfg in members]
         folder.mkdir(parents=True, exist_ok=True)
         executor = make_executor(first, folder, bind_paths)
         with executor.batch():
             batch_jobs = [executor.submit(r) for r in runners]
         for job, (run_id, _) in zip(batch_jobs, members):
-            print(f"submitted {job.job_id}: {out / cfg.name / run_id}", file=stream)
+            print(f"submitted {job.job_id}: {run_dir_for(out, cfg.name, run_id)}", file=stream)
         jobs += batch_jobs
     return jobs
 
@@ -237,9 +235,8 @@ def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout) -> int:  # noq
                 try:
                     result = job.results()[0]  # rank 0's answer (the one that wrote metrics)
                     status = result.get("status", "?") if isinstance(result, dict) else str(result)
-                    outcome[jid] = "COMPLETED" if status in ("completed", "oom", "nan") else f"FAILED ({status})"
-                    if status in ("oom", "nan"):
-                        outcome[jid] = f"COMPLETED ({status})"
+                    outcome[jid] = "COMPLETED" if status == Status.COMPLETED else (
+                        f"COMPLETED ({status})" if status in FINISHED else f"FAILED ({status})")
                 except Exception as exc:  # noqa: BLE001 - report, do not crash the waiter
                     first = str(exc).strip().splitlines()
                     outcome[jid] = f"{state if state in TERMINAL_BAD else 'FAILED'}: {first[-1] if first else ''}"

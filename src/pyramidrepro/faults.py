@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .schema import Attr
+
 INJECT_OOM_VAR = "PYRAMIDREPRO_INJECT_OOM"
 
 
@@ -42,7 +44,7 @@ class StopRecord:
 
     def outcome(self) -> tuple[str, dict[str, Any]]:
         """The run's final status and the attributes that go with it, the stopping rank included."""
-        return self.status, {**self.info, "stop_rank": self.rank}
+        return self.status, {**self.info, Attr.STOP_RANK: self.rank}
 
 
 class StopChannel:

@@ -10,10 +10,8 @@ from typing import Any
 
 import torch
 
-from .data import make_loader
-
-#: ``train.precision`` -> the autocast dtype (None: fp32, no autocast)
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .executor import OptimizerSettings, StepSettings, make_executor
+from .loaders import make_loader
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class PathSpec:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     channels_last: bool = False
     loader: str = "torchvision"  # torchvision (DataLoader with workers) | torch (device-resident tensors)
-    optimizer: str = "plain"  # plain | foreach | fused SGD
+    optimizer: str = "plain"  # plain | foreach | fused | default SGD (executor.OptimizerSettings.impl)
     host_sync: bool = True  # loss.item() every step
     compile_mode: str | None = None  # None: eager
 
@@ -41,7 +39,11 @@ STAGES = ("data", "forward", "backward", "optimizer", "logging")
 
 
 class TrainPath:
-    """A model, loader and optimizer set up as ``spec`` says, on ``device``, from ``init`` weights."""
+    """A model, loader and step executor set up as ``spec`` says, on ``device``, from ``init`` weights.
+
+    The step is the training loop's own (:class:`.executor.StepExecutor`, single mode); what a path
+    adds is the seed-style habits the baseline keeps: a host sync every step, the DataLoader.
+    """
 
     def __init__(self, spec: PathSpec, arch: tuple[int, float, str], init: dict[str, torch.Tensor],
                  splits: Any, batch_size: int, device: torch.device, num_workers: int = 2,
@@ -51,17 +53,13 @@ class TrainPath:
         self.spec, self.device, self.batch_size, self.log_every = spec, device, batch_size, log_every
         model = PyramidNet(*arch).to(device)
         model.load_state_dict(init)
-        if spec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.forward = torch.compile(model, mode=spec.compile_mode) if spec.compile_mode else model
+        self.executor = make_executor(
+            "single", model, device,
+            StepSettings(precision=spec.precision, channels_last=spec.channels_last, compile_mode=spec.compile_mode),
+            OptimizerSettings(lr=0.01, momentum=0.9, nesterov=True, impl=spec.optimizer),
+        )
         self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
-        impl = {"plain": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True), "default": {}}
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, **impl[spec.optimizer])
-        self.dtype = AUTOCAST_DTYPES[spec.precision]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
-        self.crit = torch.nn.CrossEntropyLoss()
-        self._it = iter(self.loader)
+        self.batches = iter(self.loader)
         self.epoch = 0
         self.step_count = 0
         self.first_step_s: float | None = None
@@ -74,16 +72,16 @@ class TrainPath:
         self.train(steps)
         return self
 
-    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return next(self._it)
+            return next(self.batches)
         except StopIteration:
             self.epoch += 1
             self.loader.set_epoch(self.epoch)
-            self._it = iter(self.loader)
-            return next(self._it)
+            self.batches = iter(self.loader)
+            return next(self.batches)
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -95,11 +93,11 @@ class TrainPath:
         ``log_every`` steps, as the Trainer does; ``writer`` (a MetricsWriter) then gets the rows.
         """
         pending: list[torch.Tensor] = []
-        use_scaler = self.spec.precision == "fp16"
+        ex = self.executor
 
         def tick() -> float:
             if stages is not None:
-                self._sync()
+                self.sync()
             return time.perf_counter()
 
         def drain() -> None:
@@ -112,29 +110,19 @@ class TrainPath:
                     writer.log_step(step=first + i, epoch=self.epoch, loss=loss, lr=0.01)
             pending.clear()
 
-        self._sync()
+        self.sync()
         t0 = time.perf_counter()
         n = 0
         for _ in range(steps):
             a = tick()
-            x, y = self._next()
-            if self.spec.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = self.next_batch()
+            x = ex.prepare(x)
             b = tick()
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                loss = self.crit(self.forward(x).float(), y)
+            loss, _ = ex.forward_loss(x, y)
             c = tick()
-            if use_scaler:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            ex.backward(loss)
             d = tick()
-            if use_scaler:
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            else:
-                self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            ex.optimizer_step()
             e = tick()
             self.step_count += 1
             if self.spec.host_sync:
@@ -148,7 +136,5 @@ class TrainPath:
                 for k, v in zip(STAGES, (b - a, c - b, d - c, e - d, f - e)):
                     stages[k] = stages.get(k, 0.0) + v / steps
         drain()
-        self._sync()
+        self.sync()
         return n / (time.perf_counter() - t0)
-
-

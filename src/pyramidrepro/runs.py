@@ -27,7 +27,7 @@ METRICS_NAME = "metrics.h5"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def run_dir(out: str | Path, experiment: str, run_id: str) -> Path:
+def run_dir_for(out: str | Path, experiment: str, run_id: str) -> Path:
     """``OUT/<experiment>/<run id>``: where a run lives."""
     return Path(out) / experiment / run_id
 

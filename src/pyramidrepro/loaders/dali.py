@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet, epoch_index
+from ..data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet
+from .base import ShardedLoader
 
 INSTALL_HINT = (
     "data.loader: dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]' "
@@ -39,21 +40,16 @@ def dali_version() -> str | None:
     return dali.__version__
 
 
-class DaliLoader:
+class DaliLoader(ShardedLoader):
     """CIFAR-10 batches through a DALI pipeline; the same interface as the other loaders."""
 
-    def __init__(
-        self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-        world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
-        num_threads: int = 2,
-    ) -> None:
+    def __init__(self, data: ImageSet, batch_size: int, device: torch.device, *, num_threads: int = 2,
+                 **shard: object) -> None:
         dali, fn, types = _import_dali()
-        self.device = device
+        super().__init__(data, batch_size, device, **shard)  # type: ignore[arg-type]
         self.images_hwc = np.ascontiguousarray(data.images.transpose(0, 2, 3, 1))
         self.labels = data.labels
-        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.train, self.augment = seed, train, augment
-        self.local_batch = batch_size // world_size if train else batch_size
+        seed, rank = self.seed, self.rank
         self.set_epoch(0)
         on_gpu = device.type == "cuda"
         device_id = None
@@ -61,7 +57,7 @@ class DaliLoader:
             device_id = device.index if device.index is not None else torch.cuda.current_device()
         mean = [255.0 * m for m in CIFAR10_MEAN]
         std = [255.0 * s for s in CIFAR10_STD]
-        do_augment = train and augment
+        do_augment = self.train and self.augment
 
         @dali.pipeline_def(
             batch_size=self.local_batch, num_threads=num_threads, device_id=device_id,
@@ -94,18 +90,10 @@ class DaliLoader:
         self.pipe.build()
 
     def _source(self, info) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-        if info.iteration >= len(self._index):
+        if info.iteration >= len(self.batches):
             raise StopIteration
-        idx = self._index[info.iteration]
+        idx = self.batches[info.iteration]
         return self.images_hwc[idx], self.labels[idx]
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch = epoch
-        self._index = epoch_index(len(self.labels), self.global_batch, self.rank, self.world_size,
-                                  self.seed, epoch, self.train)[start:]
 
     def _images_to_torch(self, tl) -> torch.Tensor:  # noqa: ANN001
         """Copy a float32 DALI batch out of the pipeline's buffers into a torch tensor."""

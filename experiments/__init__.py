@@ -1,0 +1,1 @@
+"""The shipped experiment files, importable as ``pyramidrepro.experiments`` so an installed package finds them."""

@@ -1,0 +1,56 @@
+"""What every loader shares: the interface the loop drives and the per-epoch shard of each rank."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..data import ImageSet, epoch_index, per_rank_batch
+
+
+class BatchLoader(Protocol):
+    """What the training loop needs of a loader."""
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class ShardedLoader:
+    """What every loader shares: the global batch, this rank's batches of an epoch, the resume offset.
+
+    Subclasses turn ``self.batches`` (arrays of sample indices) into tensors in ``__iter__`` and
+    may react to a new epoch in :meth:`epoch_selected`; they call ``set_epoch(0)`` when built.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True) -> None:
+        self.data, self.device = data, device
+        self.global_batch, self.local_batch = batch_size, per_rank_batch(batch_size, world_size)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.train, self.augment = train, augment
+        self.epoch = 0
+        self.batches: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select ``epoch``'s batches for this rank; ``start`` skips batches already trained (resume)."""
+        self.epoch = epoch
+        self.batches = epoch_index(len(self.data), self.global_batch, self.rank, self.world_size,
+                                   self.seed, epoch, self.train)[start:]
+        self.epoch_selected()
+
+    def epoch_selected(self) -> None:
+        """Hook: the epoch's batches are chosen (reseed, move the order to the device ...)."""
+
+    @property
+    def epoch_seed(self) -> int:
+        """A seed for this (seed, epoch, rank): augmentation draws differ per epoch and rank."""
+        return hash((self.seed, self.epoch, self.rank)) & 0x7FFFFFFF
