@@ -19,8 +19,8 @@ import torch
 
 from .autotune import Candidate, choose, precision_candidate
 from .data import synthetic_splits
-from .loaders import make_loader
 from .devices import capability
+from .loaders import make_loader
 from .paths import BASELINE, PathSpec, TrainPath
 
 

@@ -1,0 +1,102 @@
+"""The shape of the package: one owner per fact, no import cycles, a run id that ignores where it runs."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE
+from pyramidrepro.config import load_config
+from pyramidrepro.metrics import MetricsWriter, read_metrics
+from pyramidrepro.runs import is_done, prepare, run_dir_for, status_of
+from pyramidrepro.schema import EXIT_CODES, FINISHED, Status
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pyramidrepro"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazily imported ones included."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("pyramidrepro", *path.relative_to(PACKAGE).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                for alias in node.names:
+                    target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    if target in modules and target != name:
+                        graph[name].add(target)
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name in modules and a.name != name)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    assert "pyramidrepro.loaders.dali" in graph and graph["pyramidrepro.loaders.dali"]
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join([*trail, node, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_status_vocabulary_decides_done_and_exit_codes(tmp_path):
+    """nan and oom are results (done, exit 0); failed and a run still running are not."""
+    assert FINISHED == {Status.COMPLETED, Status.OOM, Status.NAN}
+    for status in Status:
+        folder = run_dir_for(tmp_path, "exp", status.value)
+        prepare(folder, load_config(SMOKE))
+        writer = MetricsWriter(folder / "metrics.h5", flush_interval_s=0)
+        if status != Status.RUNNING:
+            writer.close(status)
+        assert status_of(folder) == status
+        assert is_done(folder) == (status in FINISHED)
+        assert EXIT_CODES.get(status, 1) == (0 if status in FINISHED else 1)
+    assert not is_done(tmp_path / "exp" / "never-started")
+
+
+def test_writer_refuses_a_name_the_schema_does_not_define(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.h5")
+    with pytest.raises(KeyError, match="schema"):
+        writer.set_attrs(batchsize=64)
+    with pytest.raises(KeyError, match="schema"):
+        writer.set_summary(imgs_per_s=1.0)
+    writer.set_attrs(batch_size=64)
+    writer.close("completed")
+    assert read_metrics(tmp_path / "metrics.h5")["attrs"]["batch_size"] == 64
+
+
+def test_run_id_ignores_where_a_run_executes():
+    base = load_config(SMOKE)
+    moved = load_config(SMOKE, ["cluster.partition=other", "cluster.time_min=5", "container.image=/x/img.sif",
+                                "metrics.flush_interval_s=9"])
+    assert moved.digest() == base.digest()
+    assert load_config(SMOKE, ["train.batch_size=32"]).digest() != base.digest()
+    assert load_config(SMOKE, ["devices.allow_tf32=true"]).digest() != base.digest()
+
+
+def test_installed_package_finds_its_experiments(tmp_path):
+    """``reproduce`` resolves its default campaigns through package data, not the source tree."""
+    from pyramidrepro.cli import default_experiment
+
+    for n_gpus, name in ((0, "quick_cpu.yaml"), (2, "fig5.yaml")):
+        path = Path(default_experiment(n_gpus))
+        assert path.name == name and path.is_file()
+        assert load_config(path).name

@@ -1,0 +1,110 @@
+"""The step executor and the training loop through their public seams (no CLI, no subprocess)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMOKE
+from pyramidrepro.checkpoint import Checkpoints, Position
+from pyramidrepro.config import load_config
+from pyramidrepro.data import synthetic_splits
+from pyramidrepro.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
+from pyramidrepro.loaders import make_loader
+from pyramidrepro.loop import TrainingLoop
+from pyramidrepro.metrics import read_metrics
+from pyramidrepro.model import PyramidNet
+from pyramidrepro.recorder import RunRecorder
+from pyramidrepro.runs import is_done, status_of
+from pyramidrepro.schema import Status
+
+CPU = torch.device("cpu")
+
+
+def _executor(mode: str, **settings) -> object:
+    torch.manual_seed(0)
+    return make_executor(mode, PyramidNet(8, 4), CPU, StepSettings(allow_cpu_dp=True, **settings),
+                         OptimizerSettings(lr=0.05, momentum=0.9))
+
+
+@pytest.mark.parametrize("mode", ["dp", "dp_balanced"])
+def test_every_dp_executor_takes_the_single_step(mode):
+    """One interface: the balanced DP's per-replica loss must move the weights as the single step does."""
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    single, other = _executor("single"), _executor(mode)
+    loss_a, correct_a = single.train_step(x, y)
+    loss_b, correct_b = other.train_step(x, y)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert int(correct_a) == int(correct_b)
+    for (name, pa), pb in zip(single.model.named_parameters(), other.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_unknown_mode_names_the_choices():
+    with pytest.raises(ValueError, match="single, dp, dp_balanced, ddp"):
+        make_executor("pipeline", PyramidNet(8, 4), CPU, StepSettings(), OptimizerSettings())
+    assert set(EXECUTORS) == {"single", "dp", "dp_balanced", "ddp"}
+
+
+def test_executor_state_round_trips_through_a_checkpoint(tmp_path):
+    a = _executor("single", precision="bf16")
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    a.train_step(x, y)
+    Checkpoints(tmp_path, "cfg1", a, writes=True).save(Position(0, 1, 1))
+    b = _executor("single", precision="bf16")
+    at = Checkpoints(tmp_path, "cfg1", b, writes=True).load()
+    assert at == Position(0, 1, 1)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+    torch.testing.assert_close(a.train_step(x, y)[0], b.train_step(x, y)[0])
+    with pytest.raises(RuntimeError, match="different config"):
+        Checkpoints(tmp_path, "cfg2", b, writes=True).load()
+
+
+def _loop(cfg, run_dir, executor=None) -> tuple[TrainingLoop, RunRecorder, Checkpoints]:
+    splits = synthetic_splits(cfg.data.synthetic_train_size, 64, seed=cfg.train.seed)
+    executor = executor or make_executor("single", PyramidNet(8, 4), CPU, StepSettings(),
+                                         OptimizerSettings(lr=cfg.effective_lr, momentum=0.9))
+    recorder = RunRecorder(cfg, run_dir, is_main=True)
+    recorder.open({})
+    checkpoints = Checkpoints(run_dir, cfg.digest(), executor, writes=True)
+    loader = make_loader("torch", splits.train, cfg.train.batch_size, CPU)
+    return TrainingLoop(cfg, executor, loader, None, recorder, checkpoints), recorder, checkpoints
+
+
+def test_loop_records_every_step_and_continues_from_its_checkpoint_position(tmp_path):
+    cfg = load_config(SMOKE, ["train.max_steps=5", "train.log_every=2", "train.epochs=3"])
+    loop, recorder, checkpoints = _loop(cfg, tmp_path / "run")
+    assert loop.total_steps == 5 and loop.steps_per_epoch == 8
+    status, info = loop.run(Position())
+    recorder.finish(status, info, {})
+    assert status == Status.COMPLETED and loop.position == checkpoints.saved == Position(0, 5, 5)
+    m = read_metrics(tmp_path / "run" / "metrics.h5")
+    assert list(m["steps"]["step"]) == [1, 2, 3, 4, 5]
+    assert m["summary"]["measured_steps"] == 3  # the 2 warm-up steps are not measured
+    assert is_done(tmp_path / "run")
+
+    # asked for 10 steps, a loop started where that checkpoint stands goes on from step 6, across an epoch end
+    cfg10 = load_config(SMOKE, ["train.max_steps=10", "train.log_every=2", "train.epochs=3"])
+    assert cfg10.digest() != cfg.digest()
+    loop2, recorder2, checkpoints2 = _loop(cfg10, tmp_path / "run2")
+    loop2.run(checkpoints.saved)
+    recorder2.finish(Status.COMPLETED, {}, {})
+    steps = read_metrics(tmp_path / "run2" / "metrics.h5")
+    assert list(steps["steps"]["step"]) == [6, 7, 8, 9, 10]
+    assert list(steps["epochs"]["epoch"]) == [0]  # epoch 0 ended at step 8
+    assert checkpoints2.saved == Position(1, 10, 2)
+
+
+def test_loop_stops_with_nan_and_the_status_is_a_result(tmp_path):
+    cfg = load_config(SMOKE, ["train.lr=1e30", "train.max_steps=40", "train.epochs=10",
+                              "data.synthetic_train_size=2048", "train.log_every=1"])
+    loop, recorder, _ = _loop(cfg, tmp_path / "run")
+    status, info = loop.run(Position())
+    assert status == Status.NAN and 1 <= info["nan_step"] <= 40
+    assert recorder.finish(status, info, {}) and not recorder.finish(Status.FAILED, {}, {})  # written once
+    assert status_of(tmp_path / "run") == "nan" and is_done(tmp_path / "run")
+    losses = read_metrics(tmp_path / "run" / "metrics.h5")["steps"]["loss"]
+    assert not math.isfinite(losses[-1]) and np.isfinite(losses[:-1]).all()
