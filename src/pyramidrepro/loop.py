@@ -93,6 +93,23 @@ class EpochTally:
     started: float = field(default_factory=time.perf_counter)
 
 
+def evaluate(executor: StepExecutor, loader: BatchLoader) -> tuple[float, float]:
+    """(loss, accuracy) of the executor's model on ``loader``, over every rank's share."""
+    device = executor.device
+    executor.train(False)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+    loader.set_epoch(0)
+    for x, y in loader:
+        logits = executor.logits(x)
+        sums += torch.stack([criterion(logits, y).double(), (logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    executor.train(True)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
 class TrainingLoop:
     """Train ``executor`` on ``train_loader`` from a position to the end of the run.
 
@@ -235,22 +252,6 @@ class TrainingLoop:
             bar.update(len(pending))
 
     # -- epoch ends ---------------------------------------------------------------------------
-    def evaluate(self) -> tuple[float, float]:
-        """(loss, accuracy) on the test loader, over every rank's share."""
-        assert self.test_loader is not None
-        self.executor.train(False)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
-        criterion = torch.nn.CrossEntropyLoss(reduction="sum")
-        self.test_loader.set_epoch(0)
-        for x, y in self.test_loader:
-            logits = self.executor.logits(x)
-            sums += torch.stack([criterion(logits, y).double(), (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(y.shape[0]), device=self.device, dtype=torch.float64)])
-        if dist.is_initialized():
-            dist.all_reduce(sums)
-        self.executor.train(True)
-        return float(sums[0] / sums[2]), float(sums[1] / sums[2])
-
     def _end_epoch(self, epoch: int, tally: EpochTally) -> None:
         epoch_time = time.perf_counter() - tally.started
         stats = torch.stack([tally.loss_sum.float(), tally.correct.float(),
@@ -258,7 +259,8 @@ class TrainingLoop:
         if dist.is_initialized():
             dist.all_reduce(stats)  # sums over every rank's samples
         train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
-        test_loss, test_acc = self.evaluate() if self.test_loader is not None else (float("nan"),) * 2
+        test_loss, test_acc = (evaluate(self.executor, self.test_loader) if self.test_loader is not None
+                               else (float("nan"), float("nan")))
         self.recorder.log_epoch(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
                                 test_loss=test_loss, test_acc=test_acc, epoch_time_s=epoch_time)
         if self.test_loader is not None:

@@ -157,10 +157,10 @@ class ModelWithLoss(nn.Module):
     correct count, sample count), so the master GPU gathers scalars instead of all the logits.
     """
 
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(reduction="sum")
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
