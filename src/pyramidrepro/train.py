@@ -263,7 +263,7 @@ class Trainer:
             dist.destroy_process_group()
         if ctx.is_main:
             print(f"{status}: {ctx.run_dir / METRICS_NAME}", flush=True)
-        return status
+        return Status(status).value  # plain text: it travels in submitit's pickled results
 
     def _train(self, ctx: RunContext) -> tuple[str, dict[str, Any]]:
         assert self.recorder is not None
