@@ -100,3 +100,27 @@ def test_installed_package_finds_its_experiments(tmp_path):
         path = Path(default_experiment(n_gpus))
         assert path.name == name and path.is_file()
         assert load_config(path).name
+
+
+def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_ones(tmp_path):
+    """The local campaign is submit --cluster local, one point at a time; a rerun skips results (nan too)."""
+    import yaml
+
+    from conftest import run_cli
+
+    exp = yaml.safe_load(SMOKE.read_text())
+    exp.update(name="tiny", model={"depth": 8, "alpha": 4, "block": "basic"},
+               sweep=[{"train.mode": ["single", "ddp"]}, {"train.lr": [1e30], "train.max_steps": [40],
+                                                          "data.synthetic_train_size": [2048]}])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "out"
+    r = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[1/3]" in r.stdout and ": completed in" in r.stdout and ": nan in" in r.stdout
+    folders = sorted(p.parent for p in out.glob("tiny/*/metrics.h5"))
+    assert [status_of(f) for f in folders] == ["completed", "completed", "nan"]
+    assert list((out / ".submitit").iterdir())  # the jobs were submitit's
+    assert (out / "tiny" / "report.md").is_file()
+    again = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2")
+    assert again.returncode == 0 and again.stdout.count("already done, skipped") == 3, again.stdout
