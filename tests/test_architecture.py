@@ -58,7 +58,7 @@ def test_no_import_cycles():
 
 
 def test_the_status_vocabulary_decides_done_and_exit_codes(tmp_path):
-    """nan and oom are results (done, exit 0); failed and a run still running are not."""
+    """nan and oom are results (done; their own non-zero exit codes); failed, interrupted and running are not."""
     assert FINISHED == {Status.COMPLETED, Status.OOM, Status.NAN}
     for status in Status:
         folder = run_dir_for(tmp_path, "exp", status.value)
@@ -68,7 +68,7 @@ def test_the_status_vocabulary_decides_done_and_exit_codes(tmp_path):
             writer.close(status)
         assert status_of(folder) == status
         assert is_done(folder) == (status in FINISHED)
-        assert EXIT_CODES.get(status, 1) == (0 if status in FINISHED else 1)
+    assert EXIT_CODES == {"completed": 0, "failed": 1, "oom": 3, "nan": 4, "interrupted": 143}
     assert not is_done(tmp_path / "exp" / "never-started")
 
 

@@ -59,7 +59,7 @@ def test_oom_on_one_ddp_rank_is_recorded_and_every_rank_leaves(tmp_path):
     """Rank 1 runs out of memory at step 3 of a run that would go on for minutes: rank 0 records
     `oom` with the batch size, and both ranks are gone long before the 300 s collective timeout."""
     r, elapsed = _ddp_run(tmp_path, "oom1", "1:3")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 3, r.stderr[-2000:]  # schema.EXIT_CODES: oom
     m = read_metrics(tmp_path / "smoke" / "oom1" / "metrics.h5")
     assert m["attrs"]["status"] == "oom", m["attrs"]
     assert m["attrs"]["oom_batch_size"] == 64 and m["attrs"]["stop_rank"] == 1
@@ -77,7 +77,7 @@ def test_oom_during_setup_still_leaves_an_oom_record(tmp_path, nproc, inject):
         elapsed = 0.0
     else:
         r, elapsed = _ddp_run(tmp_path, "setup", inject)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 3, r.stderr[-2000:]
     m = read_metrics(tmp_path / "smoke" / "setup" / "metrics.h5")
     assert m["attrs"]["status"] == "oom" and m["attrs"]["oom_batch_size"] == 64
     assert m["attrs"]["mode"] == ("ddp" if nproc == 2 else "single") and "setup" in m["attrs"]["error"]

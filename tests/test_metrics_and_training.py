@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_with_status_nan(tmp_path):
     r = run_cli("run", str(SMOKE), "--out", str(out), "--set", "train.lr=1e30",
                 "--set", "train.max_steps=40", "--set", "train.epochs=10",
                 "--set", "data.synthetic_train_size=2048")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 4, r.stderr  # schema.EXIT_CODES: nan
     m = read_metrics(only_run_dir(out) / "metrics.h5")
     assert m["attrs"]["status"] == "nan"
     assert 1 <= int(m["attrs"]["nan_step"]) <= 40

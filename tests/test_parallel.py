@@ -102,7 +102,7 @@ def test_killed_rank_ends_the_job_nonzero_quickly(tmp_path):
     print(f"killed rank 1: job ended with {proc.returncode} after {elapsed:.1f} s")
     assert proc.returncode != 0
     assert elapsed < 60
-    assert "rank 1 failed (signal SIGKILL)" in err
+    assert "rank 1 ended (signal SIGKILL)" in err
 
 
 def test_consecutive_two_rank_runs_exit_cleanly(tmp_path):

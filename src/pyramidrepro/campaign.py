@@ -18,7 +18,7 @@ from typing import TextIO
 from . import dispatch
 from .config import ExperimentConfig, expand_sweep
 from .runs import is_done, run_dir_for, status_of
-from .schema import EXIT_CODES, Status
+from .schema import EXIT_CODES, FINISHED, Status
 
 
 def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
@@ -53,7 +53,7 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
         except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
             error = "\n".join(str(exc).strip().splitlines()[-5:])
         status = status_of(folder) or Status.FAILED
-        code = 1 if error else EXIT_CODES.get(status, 1)
+        code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
         outcome = status if code == 0 else f"{status} (exit {code})"
         print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
               f"(elapsed {time.monotonic() - total_t0:.0f} s)", file=stream, flush=True)

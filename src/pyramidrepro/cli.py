@@ -10,13 +10,28 @@ import time
 from pathlib import Path
 
 from .config import COMPILE_MODES, ConfigError, load_config
-from .schema import Status
+from .schema import EXIT_BAD_INPUT, Status
 
-EXIT_BAD_INPUT = 2
+MAX_LOCAL_RANKS = 256
+
+
+def check_runnable(cfg, source: str) -> None:  # noqa: ANN001
+    """ConfigError, before anything is created, when this machine cannot run ``cfg``."""
+    from .devices import machine_problem
+
+    problem = machine_problem(cfg)
+    if problem:
+        raise ConfigError(source, *problem)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.set)
+    if not 1 <= args.nproc <= MAX_LOCAL_RANKS:
+        raise ConfigError("run", "--nproc", f"must be between 1 and {MAX_LOCAL_RANKS}, got {args.nproc}")
+    if cfg.sweep:
+        raise ConfigError(args.experiment, "sweep", "`run` runs one experiment and this file sweeps several: "
+                          f"`pyramidrepro reproduce --experiment {args.experiment}` runs them here, "
+                          "`pyramidrepro submit` on a cluster")
     if args.nproc > 1 and cfg.train.mode != "ddp":
         raise ConfigError(args.experiment, "train.mode",
                           f"--nproc {args.nproc} needs train.mode: ddp (got {cfg.train.mode})")
@@ -26,24 +41,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         per_rank_batch(cfg.train.batch_size, max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))))
     except ValueError as exc:
         raise ConfigError(args.experiment, "train.batch_size", str(exc)) from None
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError("run", "--out", f"{args.out} is a file; give a folder for the results")
+    check_runnable(cfg, args.experiment)
     from . import runs
     from .schema import EXIT_CODES
     from .train import Trainer
 
     check_data_available(cfg.data)
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if args.run_id:
-        run_dir = runs.run_dir_for(args.out, cfg.name, args.run_id)
-    if args.nproc > 1:  # the ranks read one config file and write one run folder
-        run_dir = run_dir or runs.run_dir_for(args.out, cfg.name, runs.new_run_id(cfg))
-        config_file = runs.prepare(run_dir, cfg)
+    if args.run_id is not None:
+        try:
+            run_dir = runs.run_dir_for(args.out, cfg.name, runs.check_run_id(args.run_id))
+        except ValueError as exc:
+            raise ConfigError("run", "--run-id", str(exc).removeprefix("--run-id: ")) from None
+    if args.nproc > 1:
         from .parallel import launch_local
 
-        argv = ["run", str(config_file), "--run-dir", str(run_dir)]
-        if args.no_progress:
-            argv.append("--no-progress")
-        return launch_local(argv, args.nproc)
-    trainer = Trainer(cfg, run_dir, progress=False if args.no_progress else None, out_dir=args.out)
+        run_dir = run_dir or runs.run_dir_for(args.out, cfg.name, runs.new_run_id(cfg))
+        return launch_local(cfg, run_dir, args.nproc, progress=not args.no_progress)
+    trainer = Trainer(cfg, run_dir, progress=False if args.no_progress else None, out_dir=args.out,
+                      handle_signals=True)
     code = EXIT_CODES.get(trainer.run(), 1)
     if trainer.distributed:  # a DDP rank: skip interpreter teardown (see exit_rank)
         from .parallel import exit_rank
@@ -66,10 +84,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from .model import blocks_per_stage, model_info
+    from .model import check_size, model_info
 
     try:
-        blocks_per_stage(args.depth, args.block)
+        check_size(args.depth, args.alpha, args.block, args.widening)
     except ValueError as exc:
         raise ConfigError("--depth", "model.depth", str(exc)) from None
     print(json.dumps(model_info(args.depth, args.alpha, args.block, args.widening), indent=2))
@@ -79,6 +97,10 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 def cmd_bench_loader(args: argparse.Namespace) -> int:
     from .benchmarks import bench_loader
 
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--images", args.images, args.batch_size),
+                             ("--epochs", args.epochs, 1), ("--num-workers", args.num_workers, 0)):
+        if value < low:
+            raise ConfigError("bench-loader", flag, f"must be >= {low}, got {value}")
     print(json.dumps(bench_loader(args.loader, args.device, args.batch_size, args.images,
                                   args.epochs, args.num_workers), indent=2))
     return 0
@@ -431,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; a problem the user can fix is one line on stderr (bad input: exit 2), never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -438,12 +461,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pyramidrepro: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as exc:  # data and setup problems the user can fix
-        from .data import DataError
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a run (its status says interrupted)
+        from .train import RunInterrupted
 
-        if isinstance(exc, (DataError, FileNotFoundError)):
+        term = isinstance(exc, RunInterrupted)
+        print(f"pyramidrepro: interrupted ({'SIGTERM' if term else 'Ctrl-C'})", file=sys.stderr, flush=True)
+        return 143 if term else 130
+    except Exception as exc:  # data, run-folder and disk problems
+        import errno
+
+        from .data import DataError
+        from .runs import RunFolderError
+
+        if isinstance(exc, (DataError, FileNotFoundError, RunFolderError)):
             print(f"pyramidrepro: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            print(f"pyramidrepro: error: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +222,14 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never prints an unbounded value."""
+    if isinstance(value, (dict, list)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -235,19 +245,19 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
                 return _coerce(value, arg, source, key)
             except ConfigError:
                 continue
-        raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(source, key, f"expected {_type_name(tp)}, got {shown(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {shown(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {shown(value)}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(source, key, f"expected a mapping, got {value!r}")
+            raise ConfigError(source, key, f"expected a mapping, got {shown(value)}")
         ktp, vtp = typing.get_args(tp)
         return {
             _coerce(k, ktp, source, key): _coerce(v, vtp, source, f"{key}.{k}")
@@ -257,11 +267,11 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         return _build(tp, value, source, key)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(source, key, f"expected true/false, got {value!r}")
+            raise ConfigError(source, key, f"expected true/false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(source, key, f"expected an integer, got {value!r}")
+            raise ConfigError(source, key, f"expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string: accept it
@@ -270,11 +280,11 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(source, key, f"expected a number, got {value!r}")
+            raise ConfigError(source, key, f"expected a number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(source, key, f"expected a string, got {value!r}")
+            raise ConfigError(source, key, f"expected a string, got {shown(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r}")  # pragma: no cover - schema bug
 
@@ -283,7 +293,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(source, prefix or "<root>", f"expected a mapping, got {raw!r}")
+        raise ConfigError(source, prefix or "<root>", f"expected a mapping, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for k in raw:
@@ -299,48 +309,84 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+#: (dotted key, low, high): each number must be finite, above ``low`` (or at least it, for the keys in
+#: AT_LEAST) and at most ``high`` (None: unbounded)
+RANGES: tuple[tuple[str, float, float | None], ...] = (
+    ("model.num_classes", 0, 100_000), ("train.lr", 0, None), ("train.base_lr", 0, None),
+    ("train.momentum", 0, 1), ("train.weight_decay", 0, 1), ("train.seed", 0, 2**32 - 1),
+    ("train.dist_timeout_s", 0, 7 * 86400), ("train.checkpoint_every_s", 0, None),
+    ("train.batch_size", 0, 1_000_000), ("train.epochs", 0, 1_000_000), ("train.max_steps", 0, 10**12),
+    ("train.warmup_steps", 0, None), ("train.log_every", 0, None), ("train.accumulation_steps", 0, None),
+    ("train.lr_reference_batch", 0, None), ("train.bucket_cap_mb", 0, 1e5), ("train.threads", 0, 4096),
+    ("data.num_workers", 0, 1024), ("data.synthetic_train_size", 0, 10_000_000),
+    ("data.synthetic_test_size", 0, 10_000_000), ("devices.memory_limit_gb", 0, 1e5),
+    ("metrics.flush_interval_s", 0, 86400), ("cluster.nodes", 0, 100_000), ("cluster.cpus_per_task", 0, 100_000),
+    ("cluster.time_min", 0, None), ("cluster.array_parallelism", 0, None), ("cluster.gpus_per_node", 0, 1024),
+    ("cluster.tasks_per_node", 0, 1024), ("cluster.mem_gb", 0, None), ("cluster.signal_delay_s", 0, None),
+    ("cluster.max_requeues", 0, None),
+)
+AT_LEAST = {"train.lr", "train.base_lr", "train.momentum", "train.weight_decay", "train.seed",
+            "train.checkpoint_every_s", "train.warmup_steps", "data.num_workers", "metrics.flush_interval_s",
+            "cluster.gpus_per_node", "cluster.signal_delay_s", "cluster.max_requeues"}
+
+
+def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
+    for key, low, high in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(source, key, f"must be a finite number, got {value}")
+        below = value < low if key in AT_LEAST else value <= low
+        if below or (high is not None and value > high):
+            bounds = (">= " if key in AT_LEAST else "> ") + f"{low:g}"
+            bounds += f" and <= {high:g}" if high is not None else ""
+            raise ConfigError(source, key, f"must be {bounds}, got {value:g}")
+
+
+def _check_text(cfg: ExperimentConfig, source: str) -> None:
+    """Names are safe path components; no value that reaches a script or command holds a control character."""
+    if not SAFE_COMPONENT.match(cfg.name) or cfg.name in (".", ".."):
+        raise ConfigError(source, "name", f"{shown(cfg.name)} is not a safe folder name (letters, digits, "
+                                          "_ . = + , - ; at most 128; not starting with a dot)")
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, key)
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ConfigError(source, key, f"{shown(value)} holds a control character (a newline?); "
+                                           "values that reach job scripts and command lines must be one line")
+
+    for section in ("cluster", "container"):
+        walk(dataclasses.asdict(getattr(cfg, section)), section)
+
+
 def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
-    from .model import blocks_per_stage
+    from .model import check_size
 
     m, t, d = cfg.model, cfg.train, cfg.data
+    _check_text(cfg, source)
+    _check_ranges(cfg, source)
     try:
-        blocks_per_stage(m.depth, m.block)
+        check_size(m.depth, m.alpha, m.block, m.widening)
     except ValueError as exc:
-        raise ConfigError(source, "model.depth", str(exc)) from None
-    if m.alpha < 0:
-        raise ConfigError(source, "model.alpha", f"must be >= 0, got {m.alpha}")
-    if m.num_classes < 1:
-        raise ConfigError(source, "model.num_classes", "must be >= 1")
-    positive = {
-        "train.batch_size": t.batch_size,
-        "train.epochs": t.epochs,
-        "train.log_every": t.log_every,
-        "train.accumulation_steps": t.accumulation_steps,
-        "train.lr_reference_batch": t.lr_reference_batch,
-        "data.synthetic_train_size": d.synthetic_train_size,
-        "data.synthetic_test_size": d.synthetic_test_size,
-        "cluster.nodes": cfg.cluster.nodes,
-        "cluster.cpus_per_task": cfg.cluster.cpus_per_task,
-        "cluster.time_min": cfg.cluster.time_min,
-        "cluster.array_parallelism": cfg.cluster.array_parallelism,
-    }
-    for key, val in positive.items():
-        if val <= 0:
-            raise ConfigError(source, key, f"must be > 0, got {val}")
-    if t.max_steps is not None and t.max_steps <= 0:
-        raise ConfigError(source, "train.max_steps", f"must be > 0, got {t.max_steps}")
-    if t.warmup_steps < 0:
-        raise ConfigError(source, "train.warmup_steps", "must be >= 0")
+        raise ConfigError(source, "model.alpha" if "alpha" in str(exc).split(" with ")[0] else "model.depth",
+                          str(exc)) from None
+    if d.source == "synthetic" and d.synthetic_train_size < t.batch_size:
+        raise ConfigError(source, "data.synthetic_train_size",
+                          f"{d.synthetic_train_size} images are fewer than one global batch of {t.batch_size}")
     if t.batch_size % t.accumulation_steps:
         raise ConfigError(
             source,
             "train.accumulation_steps",
             f"batch_size {t.batch_size} does not divide into {t.accumulation_steps} micro batches",
         )
-    if d.num_workers < 0:
-        raise ConfigError(source, "data.num_workers", "must be >= 0")
-    if t.threads is not None and t.threads <= 0:
-        raise ConfigError(source, "train.threads", "must be > 0")
     if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
         raise ConfigError(source, "train.compile_mode",
                           f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "
@@ -353,17 +399,9 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(source, "train.compile_mode",
                           "reduce-overhead (CUDA graphs) does not capture DDP's all-reduce hooks; "
                           "use default or max-autotune-no-cudagraphs with train.mode: ddp")
-    if t.bucket_cap_mb <= 0:
-        raise ConfigError(source, "train.bucket_cap_mb", "must be > 0")
     for i, ms in enumerate(t.lr_milestones):
         if not 0 < ms <= 1:
             raise ConfigError(source, f"train.lr_milestones[{i}]", "fractions in (0, 1]")
-    if cfg.devices.memory_limit_gb is not None and cfg.devices.memory_limit_gb <= 0:
-        raise ConfigError(source, "devices.memory_limit_gb", "must be > 0")
-    if cfg.cluster.gpus_per_node < 0:
-        raise ConfigError(source, "cluster.gpus_per_node", "must be >= 0")
-    if cfg.cluster.tasks_per_node is not None and cfg.cluster.tasks_per_node <= 0:
-        raise ConfigError(source, "cluster.tasks_per_node", "must be > 0")
     if d.checksums:
         for name, md5 in d.checksums.items():
             if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5.lower()):
@@ -387,10 +425,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError("--set", text, "empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--set", key, f"value is not valid YAML: {exc}") from None
+    value = parse_yaml_text(raw, f"--set {key}") if raw.strip() else None
     return key, value
 
 
@@ -415,20 +450,97 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
     return cfg
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read one experiment file; errors name the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(str(p), "", "no such file")
+#: limits on what an experiment file may expand to (aliases make small files large)
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+#: a name or run id is one safe path component: letters, digits and ``_.=+,-``, not starting with a dot
+SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,-]{0,127}$")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shown(key)}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(values, depth) of a composed document once its aliases are expanded; stops past the limits."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def walk(node: yaml.Node, level: int) -> tuple[int, int]:
+        if level > MAX_YAML_DEPTH:
+            return 1, level
+        if id(node) in sizes:
+            return sizes[id(node)]
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total, depth = 1, level
+        for child in children:
+            n, d = walk(child, level + 1)
+            total, depth = total + n, max(depth, d)
+            if total > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+                break
+        sizes[id(node)] = (total, depth)
+        return total, depth
+
+    return walk(root, 0)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused and aliases, size and nesting bounded."""
+    loader = None
     try:
-        raw = yaml.safe_load(p.read_text())
+        loader = _StrictLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values, depth = _expanded_size(node)
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(source, "", f"values nested deeper than {MAX_YAML_DEPTH} levels")
+        if values > MAX_YAML_NODES:
+            raise ConfigError(source, "", f"YAML aliases expand to more than {MAX_YAML_NODES:,} values "
+                                          "(an alias bomb?); write the values out")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(str(p), "", f"malformed YAML{where}: {problem}") from None
+        raise ConfigError(source, "", f"malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(source, "", f"values nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one experiment file; errors name the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(str(p), "", "not a file but a folder: give an experiment YAML file")
+    if not p.is_file():
+        raise ConfigError(str(p), "", "no such file")
+    blob = p.read_bytes()
+    if len(blob) > 1 << 20:
+        raise ConfigError(str(p), "", f"{len(blob):,} bytes: an experiment file is at most 1 MiB")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    raw = parse_yaml_text(text, str(p))
     if raw is None:
-        raw = {}
+        raise ConfigError(str(p), "", "empty experiment file (expected a mapping: name, model, data, train ...)")
     if not isinstance(raw, dict):
         raise ConfigError(str(p), "<root>", "expected a mapping at the top level")
     raw.setdefault("name", p.stem)
@@ -479,5 +591,5 @@ def expand_sweep(cfg: ExperimentConfig, source: str = "<config>") -> list[tuple[
 def point_run_id(index: int, point: dict[str, Any], cfg: ExperimentConfig) -> str:
     """A stable, readable run id: index, the swept values, and the resolved config's hash."""
     parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
-    slug = "-".join(parts).replace("/", "_").replace(" ", "")
+    slug = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "-".join(parts).replace(" ", ""))[:96]
     return f"p{index:03d}-{slug}-{cfg.digest()}" if slug else f"run-{cfg.digest()}"

@@ -14,6 +14,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +142,17 @@ def _missing_message(root: Path) -> str:
 
 
 def download_cifar10(root: Path) -> Path:
-    """Fetch the official archive into ``root`` (verified before it is kept)."""
+    """Fetch the official archive into ``root`` (verified before it is kept; a failure leaves no folder)."""
+    created = not root.exists()
+    try:
+        return _download(root)
+    except BaseException:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+
+
+def _download(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     dest = root / ARCHIVE_NAME
     tmp = root / (ARCHIVE_NAME + ".part")
@@ -201,14 +212,11 @@ def load_cifar10(
             archive_verified = True
         else:
             archive_verified = False
-        blobs = {}
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
-                base = os.path.basename(member.name)
-                if member.isfile() and base in TRAIN_FILES + TEST_FILES:
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    blobs[base] = fh.read()
+        try:
+            blobs = _read_archive(archive)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise DataError(f"{archive}: not a readable tar.gz archive ({type(exc).__name__}: "
+                            f"{str(exc)[:80]}); download it again") from None
         missing = [n for n in TRAIN_FILES + TEST_FILES if n not in blobs]
         if missing:
             raise DataError(f"{archive}: archive lacks {', '.join(missing)}")
@@ -220,6 +228,18 @@ def load_cifar10(
     train = _concat([_batch_arrays(_unpickle(blobs[n], n), n) for n in TRAIN_FILES])
     test = _concat([_batch_arrays(_unpickle(blobs[n], n), n) for n in TEST_FILES])
     return DataSplits(train, test, f"cifar10 ({where})")
+
+
+def _read_archive(archive: Path) -> dict[str, bytes]:
+    blobs = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            base = os.path.basename(member.name)
+            if member.isfile() and base in TRAIN_FILES + TEST_FILES:
+                fh = tar.extractfile(member)
+                assert fh is not None
+                blobs[base] = fh.read()
+    return blobs
 
 
 def _verify(blobs: dict[str, bytes], table: dict[str, str], where: Path) -> None:
@@ -276,6 +296,8 @@ def check_data_available(data_cfg) -> None:  # noqa: ANN001
     if data_cfg.source != "cifar10" or data_cfg.download:
         return
     root = Path(data_cfg.root)
+    if root.is_file() and not root.name.endswith("tar.gz"):
+        raise DataError(f"data.root {root} is a file; give the folder holding CIFAR-10 (or the tar.gz archive)")
     candidates = [root / BATCHES_DIR / TRAIN_FILES[0], root / TRAIN_FILES[0], root / ARCHIVE_NAME]
     if not (any(c.is_file() for c in candidates) or (root.is_file() and root.name.endswith("tar.gz"))):
         raise DataError(_missing_message(root))

@@ -137,3 +137,30 @@ def capability(device: torch.device) -> dict[str, Any]:
     mkldnn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return {"device": f"cpu ({cpu_model()}, {os.cpu_count()} cores)", "isa": torch.backends.cpu.get_cpu_capability(),
             **units, "mkldnn_bf16": mkldnn_bf16, "fast_bf16": mkldnn_bf16 and any(units.values())}
+
+
+def machine_problem(cfg: Any) -> tuple[str, str] | None:
+    """(dotted key, what is needed) when this machine cannot run ``cfg`` as configured, else None.
+
+    Checked before anything is created, so an impossible run leaves no folder behind.
+    """
+    t, dev = cfg.train, cfg.devices
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_gpu = dev.device == "cuda" or (dev.device == "auto" and gpus > 0)
+    if dev.device == "cuda" and not gpus:
+        return "devices.device", "cuda requested but this machine has no CUDA device (use auto or cpu)"
+    if t.mode in ("dp", "dp_balanced") and gpus < 2 and not t.allow_cpu_dp:
+        return "train.mode", (f"{t.mode} needs >= 2 CUDA GPUs (found {gpus}); set train.allow_cpu_dp: true "
+                              "for the degenerate one-device case")
+    if t.mode == "ddp" and t.backend == "nccl" and not on_gpu:
+        return "train.backend", "nccl needs CUDA GPUs; use gloo (or auto) on CPU"
+    if t.mode == "ddp" and t.sync_bn and not on_gpu:
+        return "train.sync_bn", "SyncBatchNorm needs CUDA GPUs; set it to false on CPU"
+    if dev.memory_limit_gb is not None and not on_gpu:
+        return "devices.memory_limit_gb", "emulates a GPU's memory, but this run is on CPU; set it to null"
+    if cfg.data.loader == "dali":
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "data.loader", "dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]' (nvidia-dali-cuda130)"
+    return None

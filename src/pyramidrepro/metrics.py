@@ -28,8 +28,11 @@ import h5py
 import numpy as np
 
 from .schema import EPOCH_FIELDS, RANK_FIELDS, STEP_FIELDS, Attr, Status, Summary, check_names
+from .storage import ensure_space
 
 _INT_FIELDS = {"step", "epoch"}
+CHUNK = 1024  # rows per HDF5 chunk
+CHUNK_BYTES = 8 * CHUNK
 
 
 def _attr_value(value: Any) -> Any:
@@ -61,15 +64,22 @@ class MetricsWriter:
         self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
         if not self.path.exists():
             tmp = self.path.with_suffix(".h5.tmp")
-            with h5py.File(tmp, "w", locking=False) as f:
-                for group, fields in (("steps", STEP_FIELDS), ("epochs", EPOCH_FIELDS)):
-                    g = f.create_group(group)
-                    for name in fields:
-                        dtype = np.int64 if name in _INT_FIELDS else np.float64
-                        g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
-                f.create_group("summary")
-                f.attrs[Attr.STATUS] = Status.RUNNING.value
-            tmp.replace(self.path)
+            try:
+                self._create(tmp)
+                tmp.replace(self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def _create(self, tmp: Path) -> None:
+        ensure_space(tmp.parent, CHUNK_BYTES * (len(STEP_FIELDS) + len(EPOCH_FIELDS)), self.path)
+        with h5py.File(tmp, "w", locking=False) as f:
+            for group, fields in (("steps", STEP_FIELDS), ("epochs", EPOCH_FIELDS)):
+                g = f.create_group(group)
+                for name in fields:
+                    dtype = np.int64 if name in _INT_FIELDS else np.float64
+                    g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK,))
+            f.create_group("summary")
+            f.attrs[Attr.STATUS] = Status.RUNNING.value
 
     # -- buffering ---------------------------------------------------------------------------
     def log_step(self, **row: Any) -> None:
@@ -119,10 +129,20 @@ class MetricsWriter:
         with self._lock:
             self._append(force)
 
+    def _bytes_needed(self) -> int:
+        """A bound on what the next append adds to the file: the rows, a new chunk per dataset, the attributes."""
+        rows = sum(len(v) for v in self._steps.values()) + sum(len(v) for v in self._epochs.values())
+        attrs = sum(len(str(v)) for v in (*self._attrs.values(), *self._summary.values()))
+        ranks = sum(a.nbytes for a in self._ranks.values())
+        return 8 * rows + CHUNK_BYTES * (len(STEP_FIELDS) + len(EPOCH_FIELDS)) + 4 * attrs + 2 * ranks
+
     def _append(self, force: bool) -> None:
+        """Append the buffer; with too little free disk nothing is touched (the rows flushed so far stay
+        intact and the buffer is kept) and OSError(ENOSPC) names the file."""
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
+        ensure_space(self.path.parent, self._bytes_needed(), self.path)
         with h5py.File(self.path, "a", locking=False) as f:
             for group, buf in (("steps", self._steps), ("epochs", self._epochs)):
                 n_new = len(next(iter(buf.values())))
@@ -188,13 +208,17 @@ def read_metrics(path: str | Path, retries: int = 5) -> dict[str, Any]:
                 for group in ("steps", "epochs", "ranks"):
                     if group in f:
                         out[group] = {k: f[group][k][()] for k in f[group]}
+                for group in ("steps", "epochs"):  # a read during an append: the rows every field has
+                    if out.get(group):
+                        n = min(len(v) for v in out[group].values())
+                        out[group] = {k: v[:n] for k, v in out[group].items()}
                 if "summary" in f:
                     out["summary"] = {
                         k: (v.decode() if isinstance(v, bytes) else v)
                         for k, v in f["summary"].attrs.items()
                     }
                 return out
-        except (OSError, KeyError) as exc:  # a write in progress: try again shortly
+        except (OSError, KeyError, ValueError, IndexError) as exc:  # a write in progress: try again shortly
             last_exc = exc
             time.sleep(0.1 * (attempt + 1))
     raise OSError(f"{path}: could not read metrics ({last_exc})")

@@ -82,6 +82,35 @@ def blocks_per_stage(depth: int, block: BlockKind) -> int:
     return (depth - 2) // (3 * per_block)
 
 
+#: the largest PyramidNet this package builds: deeper than any published variant (272 layers), and
+#: at most a billion weights (4 GB in fp32 before gradients and optimizer state)
+MAX_DEPTH = 2000
+MAX_PARAMETERS = 1_000_000_000
+
+
+def check_size(depth: int, alpha: float, block: BlockKind, widening: Widening = "additive") -> None:
+    """ValueError when a variant is not buildable here: a bad depth, or too many weights (estimated)."""
+    blocks_per_stage(depth, block)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth {depth} is over the limit of {MAX_DEPTH}")
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    if widening == "multiplicative" and alpha < 1:
+        raise ValueError(f"multiplicative widening needs alpha >= 1, got {alpha}")
+    if alpha > 100 * MAX_DEPTH:
+        raise ValueError(f"alpha {alpha:g} is over the limit of {100 * MAX_DEPTH}")
+    expansion = 1 if block == "basic" else 4
+    weights, width_in = 0.0, 16
+    for width in block_widths(depth, alpha, block, widening):
+        # 3x3 convolutions (basic: 2; bottleneck: 1x1, 3x3, 1x1 to 4x the width)
+        weights += 9 * (width_in * width + width * width) if block == "basic" else (
+            width_in * width + 9 * width * width + width * width * expansion)
+        width_in = width * expansion
+        if weights > MAX_PARAMETERS:
+            raise ValueError(f"depth {depth} with alpha {alpha:g} has more than {MAX_PARAMETERS:,} weights; "
+                             "that is beyond what this package builds")
+
+
 def block_widths(depth: int, alpha: float, block: BlockKind, widening: Widening) -> list[int]:
     """The width (``planes``) of every block, in order, as the paper's widening rule gives it.
 

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -263,52 +264,93 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(argv: Sequence[str], nproc: int, grace_s: float = 10.0) -> int:
-    """Run ``python -m pyramidrepro ARGV`` as ``nproc`` ranks on this machine.
+def _die_with_parent() -> None:
+    """In a rank, before exec: the kernel sends SIGKILL when the launcher dies (Linux prctl)."""
+    try:
+        import ctypes
 
-    Returns 0 when every rank exits 0.  When a rank fails or is killed, the launcher says which,
-    gives the others ``grace_s`` seconds to notice, then terminates them; the result is non-zero.
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own handlers still stop the ranks
+        pass
+
+
+def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, grace_s: float = 10.0) -> int:
+    """Run ``cfg`` as ``nproc`` DDP ranks on this machine (each ``python -m pyramidrepro run``).
+
+    The ranks read the config from a file beside the run folder (the folder is rank 0's to write
+    once it owns it).  When a rank fails or is killed, the launcher says which, gives the others
+    ``grace_s`` seconds, then terminates them.  SIGTERM or Ctrl-C to the launcher reaches every
+    rank (their runs end interrupted); if the launcher itself is killed, the kernel kills the ranks.
+    Returns 0 when every rank exits 0, else the first failing rank's code.
     """
+    import tempfile
+
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd, config_file = tempfile.mkstemp(prefix=f".{run_dir.name}.", suffix=".yaml", dir=run_dir.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(cfg.to_yaml())
+    argv = ["run", config_file, "--run-dir", str(run_dir)] + ([] if progress else ["--no-progress"])
     port = free_port()
     procs = []
-    for rank in range(nproc):
-        env = dict(os.environ)
-        env.update(
-            RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-        )
-        procs.append(subprocess.Popen([sys.executable, "-m", "pyramidrepro", *argv], env=env))
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:  # noqa: ARG001
+        forwarded.append(signum)
+        if signum == signal.SIGTERM:  # Ctrl-C reaches the ranks from the terminal already
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for rank in range(nproc):
+            env = dict(os.environ)
+            env.update(
+                RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            )
+            procs.append(subprocess.Popen([sys.executable, "-m", "pyramidrepro", *argv], env=env,
+                                          preexec_fn=_die_with_parent))
+        return _supervise(procs, grace_s, forwarded)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        Path(config_file).unlink(missing_ok=True)
+
+
+def _supervise(procs: list[subprocess.Popen], grace_s: float, forwarded: list[int]) -> int:
+    """Wait for the ranks; after the first failure (or a forwarded signal), give the rest ``grace_s``."""
     failed: tuple[int, int] | None = None
     deadline = None
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            if failed is None:
-                for rank, code in enumerate(codes):
-                    if code not in (None, 0):
-                        failed = (rank, code)
-                        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                        print(f"pyramidrepro: rank {rank} failed ({how}); stopping the other ranks",
-                              file=sys.stderr, flush=True)
-                        deadline = time.monotonic() + grace_s
-                        break
-            if all(c is not None for c in codes):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-                time.sleep(2)
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
-        return 130
+    while True:
+        codes = [p.poll() for p in procs]
+        if failed is None:
+            for rank, code in enumerate(codes):
+                if code not in (None, 0):
+                    failed = (rank, code)
+                    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                    print(f"pyramidrepro: rank {rank} ended ({how}); stopping the other ranks",
+                          file=sys.stderr, flush=True)
+                    break
+        if (failed is not None or forwarded) and deadline is None:
+            deadline = time.monotonic() + grace_s
+        if all(c is not None for c in codes):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            time.sleep(2)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.1)
     if failed is not None:
         return failed[1] if failed[1] > 0 else 128 - failed[1]
+    if forwarded:
+        return 128 + forwarded[0]
     return 0

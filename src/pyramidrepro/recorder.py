@@ -5,6 +5,8 @@ On the other ranks every call does nothing, so callers need not ask which rank t
 
 from __future__ import annotations
 
+import errno
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 from .config import ExperimentConfig
 from .metrics import MetricsWriter
 from .runs import METRICS_NAME, prepare
-from .schema import Status
+from .schema import END_ATTRIBUTES, Status
 
 
 class RunRecorder:
@@ -32,13 +34,24 @@ class RunRecorder:
     def metrics_path(self) -> Path:
         return self.run_dir / METRICS_NAME
 
-    def open(self, identity: dict[str, Any]) -> None:
-        """Rank 0: the run folder, its config.yaml, and metrics.h5 holding ``identity`` (status running)."""
+    def open(self, identity: dict[str, Any], resuming: bool = False) -> None:
+        """Rank 0: the run folder, its config.yaml, and metrics.h5 holding ``identity`` (status running).
+
+        A rerun that resumes from a checkpoint continues the existing metrics (the loop rewinds them
+        to the checkpoint, and how the earlier attempt ended is cleared).  Without a checkpoint the
+        metrics start afresh; an earlier file is kept beside as ``metrics.N.h5``, never appended to.
+        """
         if not self.is_main or self.writer is not None:
             return
         prepare(self.run_dir, self.cfg)
+        if self.metrics_path.exists() and not resuming:
+            kept = next(self.run_dir / f"metrics.{n}.h5" for n in range(1, 10**6)
+                        if not (self.run_dir / f"metrics.{n}.h5").exists())
+            self.metrics_path.rename(kept)
+            print(f"{self.metrics_path}: an earlier attempt without a checkpoint; its metrics kept as {kept.name}",
+                  flush=True)
         self.writer = MetricsWriter(self.metrics_path, flush_interval_s=self.cfg.metrics.flush_interval_s)
-        self.writer.set_attrs(status=Status.RUNNING, **identity)
+        self.writer.set_attrs(status=Status.RUNNING, **identity, **dict.fromkeys(END_ATTRIBUTES, ""))
         self.writer.flush(force=True)
 
     # -- what the loop records ----------------------------------------------------------------
@@ -84,7 +97,13 @@ class RunRecorder:
             if not self.is_main or self.finished_with is not None:
                 return False
             self.finished_with = status
-            self.open(identity)
-            assert self.writer is not None
-            self.writer.close(status, **info)
+            try:
+                self.open(identity)
+                assert self.writer is not None
+                self.writer.close(status, **info)
+            except OSError as exc:  # a full disk: the rows flushed so far stay intact
+                if exc.errno != errno.ENOSPC:  # (the run's own error line says no space left)
+                    print(f"pyramidrepro: could not record status {status} in {self.metrics_path}: {exc}",
+                          file=sys.stderr, flush=True)
+                return False
             return True

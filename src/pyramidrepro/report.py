@@ -414,14 +414,22 @@ def _fmt_mem(peaks: list[int]) -> str:
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  command: str = "") -> dict[str, Any]:
     """Write report.md and the figures; returns {'report': path, 'claims': [...], 'runs': n}."""
+    from .config import ConfigError
+
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"{results_dir}: no such results folder")
+        raise FileNotFoundError(f"{results_dir}: " + ("is a file, not a results folder" if results_dir.exists()
+                                                      else "no such results folder"))
     out = Path(out_dir) if out_dir else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    records = load_runs(results_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("report", "--out", f"{out} is a file; give a folder for the report")
+    skipped: list[str] = []
+    records = load_runs(results_dir, skipped)
+    if not records and skipped:
+        raise FileNotFoundError(f"{results_dir}: {len(skipped)} metrics.h5 found, all skipped; first: {skipped[0]}")
     if not records:
         raise FileNotFoundError(f"{results_dir}: no metrics.h5 files below this folder")
+    out.mkdir(parents=True, exist_ok=True)
     table = summarise(records)
     claims = check_claims(records)
     synthetic = any(r.data_source == "synthetic" for r in records)

@@ -8,9 +8,11 @@ reads from ``metrics.h5`` are those of :mod:`.schema`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +20,39 @@ from typing import Any
 
 import yaml
 
-from .config import ExperimentConfig
+from .config import SAFE_COMPONENT, ExperimentConfig
 from .metrics import read_metrics
 from .schema import FINISHED, Attr, Status, Summary
+from .storage import write_atomically
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.h5"
 CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked: another process owns it, its checkpoint is for another
+    config or unreadable, or the disk is full.  Nothing of the earlier run was changed."""
+
+
+def check_run_id(run_id: str, flag: str = "--run-id") -> str:
+    """A run id is one safe path component (``config.SAFE_COMPONENT``); ValueError otherwise."""
+    if not SAFE_COMPONENT.match(run_id) or run_id in (".", ".."):
+        raise ValueError(f"{flag}: {run_id[:60]!r} is not a safe folder name "
+                         "(letters, digits, _ . = + , - ; at most 128; not starting with a dot)")
+    return run_id
 
 
 def run_dir_for(out: str | Path, experiment: str, run_id: str) -> Path:
     """``OUT/<experiment>/<run id>``: where a run lives."""
-    return Path(out) / experiment / run_id
+    return Path(out) / experiment / check_run_id(run_id, "run id")
 
 
 def new_run_id(cfg: ExperimentConfig) -> str:
-    """A fresh run's id when none is given: the time stamp and the config digest."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.digest()}"
+    """A fresh run's id when none is given: time stamp, config digest, and 6 random hex digits
+    (two runs started in the same second never share a folder)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.digest()}-{secrets.token_hex(3)}"
 
 
 def prepare(folder: str | Path, cfg: ExperimentConfig) -> Path:
@@ -42,10 +60,38 @@ def prepare(folder: str | Path, cfg: ExperimentConfig) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(cfg.to_yaml())
-    tmp.replace(path)
+    write_atomically(path, cfg.to_yaml().encode())
     return path
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the run's life by the process that writes it.
+
+    ``flock`` on the folder itself (no lock file is left behind): the OS releases it when the
+    process ends, however it ends, so a killed run never leaves a stale lock.  A second writer
+    gets :class:`RunFolderError`.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(f"{self.folder}: in use by a run that is still going; wait for it to end, "
+                                 "or give another --run-id") from None
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
 
 
 def status_of(folder: str | Path) -> str | None:
@@ -151,7 +197,12 @@ def load_run(path: str | Path) -> RunRecord:
     """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
     m = read_metrics(path)
     a, s = m["attrs"], m.get("summary", {})
-    cfg = yaml.safe_load(a.get(Attr.CONFIG_YAML, "") or "{}") or {}
+    try:
+        cfg = yaml.safe_load(a.get(Attr.CONFIG_YAML, "") or "{}") or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"its config_yaml attribute is not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("train", "model")):
+        raise ValueError("its config_yaml attribute is not an experiment mapping")
     train = cfg.get("train", {})
     mode = str(a.get(Attr.MODE, train.get("mode", "?")))
     precision = str(a.get(Attr.PRECISION, train.get("precision", "fp32")))
@@ -211,14 +262,21 @@ def _json(value: Any, empty: Any) -> Any:
     return out if isinstance(out, type(empty)) else empty
 
 
-def load_runs(results_dir: str | Path) -> list[RunRecord]:
-    """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked)."""
+def load_runs(results_dir: str | Path, skipped: list[str] | None = None) -> list[RunRecord]:
+    """Read every metrics.h5 below ``results_dir`` (runs still going are included, marked).
+
+    A file that cannot be read or makes no sense is skipped with the reason printed (and appended
+    to ``skipped``); one bad run never stops the others from being read.
+    """
     records = []
-    for path in sorted(Path(results_dir).rglob("metrics.h5")):
+    for path in sorted(Path(results_dir).rglob(METRICS_NAME)):
         try:
             records.append(load_run(path))
-        except OSError as exc:
-            print(f"report: skipping unreadable {path}: {exc}")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            reason = f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            print(f"report: skipping {reason}")
+            if skipped is not None:
+                skipped.append(reason)
     return records
 
 

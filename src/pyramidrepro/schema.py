@@ -17,12 +17,15 @@ class Status(StrEnum):
     OOM = "oom"  # the batch did not fit: a result of the study, not a failure
     NAN = "nan"  # the loss diverged: a result too, rerunning the same config repeats it
     FAILED = "failed"  # an error: the run has no result and is rerun
+    INTERRUPTED = "interrupted"  # SIGTERM or Ctrl-C: a rerun resumes from the last checkpoint
 
 
-#: statuses that are a result: a campaign skips these points, the process exits 0
+#: statuses that are a result: a campaign skips these points and a rerun changes nothing
 FINISHED = frozenset({Status.COMPLETED, Status.OOM, Status.NAN})
-#: the exit code of a process (rank) whose run ended with a status
-EXIT_CODES = {Status.COMPLETED: 0, Status.OOM: 0, Status.NAN: 0, Status.FAILED: 1}
+#: the exit code of a process (rank) whose run ended with a status; 2 is a bad input (nothing ran)
+EXIT_CODES = {Status.COMPLETED: 0, Status.FAILED: 1, Status.OOM: 3, Status.NAN: 4, Status.INTERRUPTED: 143}
+EXIT_BAD_INPUT = 2
+
 
 
 class Attr(StrEnum):
@@ -85,6 +88,10 @@ class Attr(StrEnum):
     OOM_BATCH_SIZE = "oom_batch_size"
     NAN_STEP = "nan_step"
     STOP_RANK = "stop_rank"
+
+
+#: attributes that describe how a run ended: cleared when a rerun resumes it
+END_ATTRIBUTES = (Attr.FINISHED_AT, Attr.ERROR, Attr.OOM_BATCH_SIZE, Attr.NAN_STEP, Attr.STOP_RANK)
 
 
 class Summary(StrEnum):

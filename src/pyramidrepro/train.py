@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from torch import nn
 from .autotune import Choice, resolve_auto
 from .checkpoint import Checkpoints, Position
 from .config import ExperimentConfig
-from .data import load_splits, per_rank_batch
+from .data import DataError, load_splits, per_rank_batch
 from .devices import MemoryCap, cap_gpu_memory, capability, device_name, set_tf32
 from .executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
 from .faults import StopChannel, StopRecord, injected_oom_step, raise_injected_oom
@@ -37,7 +39,7 @@ from .model import PyramidNet
 from .parallel import DistEnv, detect_dist_env, free_port, init_process_group, pick_device, shutdown_process_group
 from .provenance import git_commit, versions
 from .recorder import RunRecorder
-from .runs import METRICS_NAME, new_run_id, run_dir_for
+from .runs import METRICS_NAME, RunFolderError, RunLock, new_run_id, run_dir_for
 from .scaling import Link, grad_bytes_of, measure_link
 from .schema import EXIT_CODES, Attr, Status
 
@@ -206,12 +208,24 @@ def setup_attributes(cfg: ExperimentConfig, ctx: RunContext, training: Training,
     }
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (what schedulers send) turned into an exception, handled like Ctrl-C."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise RunInterrupted(signal.Signals(signum).name)
+
+
 class Trainer:
-    """Train one experiment in this process (or this rank) and record it in its run folder."""
+    """Train one experiment in this process (or this rank) and record it in its run folder.
+
+    ``handle_signals``: SIGTERM ends the run like Ctrl-C (status interrupted, a checkpoint if the
+    run keeps them).  Off under submitit, which handles the scheduler's signals itself.
+    """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None,
                  extra_attrs: dict[str, Any] | None = None, progress: bool | None = None,
-                 out_dir: str | Path = "results/runs") -> None:
+                 out_dir: str | Path = "results/runs", handle_signals: bool = False) -> None:
         self.cfg = cfg
         self.requested_run_dir = Path(run_dir) if run_dir is not None else None
         self.out_dir = Path(out_dir)
@@ -222,6 +236,8 @@ class Trainer:
         self.loop: TrainingLoop | None = None
         self.stop_channel: StopChannel | None = None
         self.identity: dict[str, Any] = {}
+        self.handle_signals = handle_signals
+        self.lock: RunLock | None = None
 
     @property
     def distributed(self) -> bool:
@@ -235,6 +251,18 @@ class Trainer:
 
     def run(self) -> str:
         """Run to the end; returns the status (``schema.Status``)."""
+        previous = None
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            return self._run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> str:
         ctx = self.context = open_context(self.cfg, self.requested_run_dir, self.out_dir)
         self.recorder = RunRecorder(self.cfg, ctx.run_dir, ctx.is_main)
         self.identity = identity_attributes(self.cfg, ctx, self.extra_attrs)
@@ -242,6 +270,14 @@ class Trainer:
             self.stop_channel = StopChannel(ctx.env.rank, ctx.env.world_size, self._on_peer_stop)
         try:
             status, info = self._train(ctx)
+        except (RunFolderError, DataError):  # not this run's folder, or no data: nothing was written
+            self._leave()
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what is consistent, say interrupted
+            if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
+                self.loop.save_if_between_steps()
+            self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
+            raise
         except torch.OutOfMemoryError as exc:
             status, info = self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
                                                    Attr.ERROR: str(exc).splitlines()[0]})
@@ -250,8 +286,8 @@ class Trainer:
             if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 # this rank failed: say so to the peers and in metrics.h5, then let the error out
                 self._finish(*self._stop(Status.FAILED, {Attr.ERROR: f"{type(exc).__name__}: {exc}"}))
-                if dist.is_initialized() and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                    dist.destroy_process_group()
+                if not isinstance(exc, SystemExit):
+                    self._leave()
                 raise
             status, info = peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
         self._finish(status, info)
@@ -259,20 +295,29 @@ class Trainer:
             if self.stop_channel is not None:
                 self.stop_channel.close()
             shutdown_process_group()
-        elif dist.is_initialized():  # peers may be mid-collective: no barrier, just leave
-            dist.destroy_process_group()
+        else:
+            self._leave()
         if ctx.is_main:
             print(f"{status}: {ctx.run_dir / METRICS_NAME}", flush=True)
         return Status(status).value  # plain text: it travels in submitit's pickled results
+
+    @staticmethod
+    def _leave() -> None:
+        """Leave the process group without a barrier (peers may be mid-collective)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def _train(self, ctx: RunContext) -> tuple[str, dict[str, Any]]:
         assert self.recorder is not None
         oom_at = injected_oom_step(ctx.env.rank)
         if oom_at == "setup":
             raise_injected_oom("setup")
-        training = build_training(self.cfg, ctx)
-        self.recorder.open(self.identity)
+        training = build_training(self.cfg, ctx)  # writes nothing in the run folder
+        if ctx.is_main:  # from here the run folder is this run's alone until it ends
+            self.lock = RunLock(ctx.run_dir).acquire()
         checkpoints = Checkpoints(ctx.run_dir, self.cfg.digest(), training.executor, writes=ctx.is_main)
+        resumed = checkpoints.load()  # every rank reads the checkpoint rank 0 wrote; refused before any write
+        self.recorder.open(self.identity, resuming=resumed is not None)
 
         def before_step(step: int) -> None:
             if oom_at == step:
@@ -281,9 +326,9 @@ class Trainer:
         self.loop = TrainingLoop(self.cfg, training.executor, training.train_loader, training.test_loader,
                                  self.recorder, checkpoints, world_size=ctx.env.world_size,
                                  progress=self.progress, before_step=before_step)
-        start = checkpoints.load() or Position()  # every rank reads the checkpoint rank 0 wrote
+        start = resumed or Position()
         attrs = setup_attributes(self.cfg, ctx, training, self.loop)
-        if checkpoints.saved is not None:
+        if resumed is not None:
             self.recorder.rewind(start.step, start.epoch)
             attrs[Attr.RESUMED_FROM_STEP] = start.step
         self.recorder.set_attrs(flush=True, **attrs)
@@ -296,8 +341,15 @@ class Trainer:
         return self.stop_channel.post(status, info).outcome()
 
     def _finish(self, status: str, info: dict[str, Any]) -> None:
-        if self.recorder is not None:
-            self.recorder.finish(status, info, self.identity)
+        """Record the outcome (rank 0, holding the folder's lock; a folder another run holds is left alone)."""
+        if self.recorder is None or self.context is None:
+            return
+        if self.context.is_main and self.lock is None:
+            try:
+                self.lock = RunLock(self.context.run_dir).acquire()
+            except RunFolderError:
+                return
+        self.recorder.finish(status, info, self.identity)
 
     def _on_peer_stop(self, record: StopRecord) -> int:
         """Called from the stop watcher when another rank stopped the run; returns this rank's exit code."""

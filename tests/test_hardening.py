@@ -1,0 +1,204 @@
+"""Nothing lost, nothing merged: run folders have one owner, reruns never append duplicates, a full
+disk keeps what was written, signals end runs with a status, ranks die with their launcher."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, SMOKE, run_cli, wait_for_metrics
+from pyramidrepro.config import load_config
+from pyramidrepro.metrics import read_metrics
+from pyramidrepro.runs import RunFolderError, RunLock, new_run_id
+
+TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
+LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=10000", "--set", "data.synthetic_train_size=4096"]
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--no-progress", *TINY, *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_steps(path: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and len(read_metrics(path)["steps"]["step"]) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path}: fewer than {n} steps after {timeout} s")
+
+
+def test_second_writer_is_refused_and_sigterm_ends_the_first_as_interrupted(tmp_path):
+    first = _start("--out", str(tmp_path), "--run-id", "same", *LONG, "--set", "metrics.flush_interval_s=0.2")
+    metrics = tmp_path / "smoke" / "same" / "metrics.h5"
+    try:
+        _wait_steps(metrics, 3)
+        config_before = (tmp_path / "smoke" / "same" / "config.yaml").read_bytes()
+        second = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--run-id", "same", "--no-progress", *TINY, *LONG)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().count("\n") == 0 and "in use by a run that is still going" in second.stderr
+        assert (tmp_path / "smoke" / "same" / "config.yaml").read_bytes() == config_before
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "pyramidrepro: interrupted (SIGTERM)" and "Traceback" not in err
+    m = read_metrics(metrics)
+    assert m["attrs"]["status"] == "interrupted" and m["attrs"]["finished_at"]
+    steps = list(m["steps"]["step"])
+    assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
+
+
+def test_rerun_without_checkpoint_starts_afresh_and_keeps_the_old_metrics(tmp_path):
+    args = ["--out", str(tmp_path), "--run-id", "r", "--set", "train.checkpoint_every_s=null",
+            "--set", "train.max_steps=4"]
+    folder = tmp_path / "smoke" / "r"
+    assert run_cli("run", str(SMOKE), "--no-progress", *TINY, *args).returncode == 0
+    (folder / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
+    with h5py.File(folder / "metrics.h5", "a") as f:
+        f.attrs["status"] = "running"
+        f.attrs["error"] = "stale"
+    r = run_cli("run", str(SMOKE), "--no-progress", *TINY, *args)
+    assert r.returncode == 0, r.stderr
+    assert "kept as metrics.1.h5" in r.stdout
+    fresh, old = read_metrics(folder / "metrics.h5"), read_metrics(folder / "metrics.1.h5")
+    assert list(fresh["steps"]["step"]) == list(old["steps"]["step"]) == [1, 2, 3, 4]
+    assert fresh["attrs"]["status"] == "completed" and fresh["attrs"]["error"] == ""
+
+
+def test_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    args = ["--out", str(tmp_path), "--run-id", "r", "--set", "train.max_steps=3", "--no-progress", *TINY]
+    assert run_cli("run", str(SMOKE), *args).returncode == 0
+    folder = tmp_path / "smoke" / "r"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    r = run_cli("run", str(SMOKE), *args, "--set", "train.lr=0.5")
+    assert r.returncode == 2 and "different config" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_default_run_ids_do_not_collide_within_a_second():
+    cfg = load_config(SMOKE)
+    assert len({new_run_id(cfg) for _ in range(50)}) == 50
+
+
+def test_the_lock_is_released_when_its_owner_dies(tmp_path):
+    code = f"from pyramidrepro.runs import RunLock; RunLock({str(tmp_path)!r}).acquire(); import time; time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until the holder has it
+            try:
+                RunLock(tmp_path).acquire().release()
+            except RunFolderError:
+                break
+            time.sleep(0.1)
+        with pytest.raises(RunFolderError, match="in use"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock(tmp_path).acquire().release()  # the OS released it with the process
+
+
+def test_ranks_die_with_a_killed_launcher(tmp_path):
+    launcher = _start("--out", str(tmp_path), "--set", "train.mode=ddp", "--nproc", "2", *LONG)
+    try:
+        wait_for_metrics(tmp_path)
+        ranks = [int(p) for p in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()]
+        assert len(ranks) == 2
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in ranks):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in ranks), "a rank outlived its launcher by 10 s"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs (needs root; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(disk: Path, leave_bytes: int) -> None:
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave_bytes))
+
+
+def test_full_disk_keeps_the_rows_already_written(small_disk):
+    """The disk fills while a run writes: it ends with one line, its flushed rows stay readable, no temporaries."""
+    run = _start("--out", str(small_disk), "--run-id", "r", "--set", "metrics.flush_interval_s=0", *LONG)
+    folder = small_disk / "smoke" / "r"
+    try:
+        _wait_steps(folder / "metrics.h5", 3)
+        _fill(small_disk, 900_000)  # less than one append's reserve
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no space left on device writing" in lines[0] and str(folder) in lines[0], err
+    m = read_metrics(folder / "metrics.h5")  # still readable, every flushed step intact
+    steps = list(m["steps"]["step"])
+    assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1)) and np.isfinite(m["steps"]["loss"]).all()
+    assert not [p.name for p in folder.iterdir() if "tmp" in p.name]
+
+    fresh = run_cli("run", str(SMOKE), "--out", str(small_disk), "--run-id", "new", "--no-progress", *TINY)
+    assert fresh.returncode == 1 and "no space left on device writing" in fresh.stderr, fresh.stderr
+    assert fresh.stderr.strip().count("\n") == 0
+    assert not [p for p in (small_disk / "smoke" / "new").iterdir() if "tmp" in p.name or p.suffix == ".h5"]
+
+
+def test_reader_takes_a_consistent_snapshot(tmp_path):
+    path = tmp_path / "metrics.h5"
+    with h5py.File(path, "w") as f:  # as a reader may see a file mid-append: one dataset longer
+        g = f.create_group("steps")
+        g["step"] = np.arange(1, 6)
+        g["loss"] = np.ones(4)
+        f.create_group("summary")
+        f.attrs["status"] = "running"
+    m = read_metrics(path)
+    assert list(m["steps"]["step"]) == [1, 2, 3, 4] and len(m["steps"]["loss"]) == 4
+
+
+@pytest.mark.parametrize("status,code", [("oom", 3), ("nan", 4)])
+def test_a_finished_run_that_did_not_complete_exits_non_zero(tmp_path, status, code):
+    sets = (["--set", "train.lr=1e30", "--set", "train.max_steps=40", "--set", "data.synthetic_train_size=2048",
+             "--set", "train.epochs=10"] if status == "nan" else ["--set", "train.max_steps=4"])
+    env = {"PYRAMIDREPRO_INJECT_OOM": "0:2"} if status == "oom" else None
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY, *sets, env=env)
+    assert r.returncode == code, r.stderr
+    folder = next(tmp_path.glob("smoke/*"))
+    assert read_metrics(folder / "metrics.h5")["attrs"]["status"] == status
+    assert os.listdir(folder)
