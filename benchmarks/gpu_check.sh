@@ -55,10 +55,12 @@ skip() {  # skip NAME REASON
 
 have() { $PROBE importable "$1" >/dev/null 2>&1; }
 
-run_status() {  # run_status NAME LIMIT STATUS ARGS...: a pyramidrepro run, then its metrics.h5 status
-    local name=$1 limit=$2 expect=$3
+run_status() {  # run_status NAME LIMIT STATUS ARGS...: a pyramidrepro run (its exit code is the status's), then its metrics.h5 status
+    local name=$1 limit=$2 expect=$3 want=0
     shift 3
-    step "$name" "$limit" "$@" --out "$RUNS" --run-id "$name" --no-progress
+    case $expect in oom) want=3 ;; nan) want=4 ;; esac  # schema.EXIT_CODES
+    step "$name" "$limit" bash -c 'rc=0; "${@:2}" || rc=$?; [ "$rc" -eq "$1" ] || { echo "exit $rc, expected $1"; exit 1; }' \
+        _ "$want" "$@" --out "$RUNS" --run-id "$name" --no-progress
     step "${name}_status" 30 $PROBE status "$RUNS" "$name" "$expect"
 }
 

@@ -202,3 +202,17 @@ def test_a_finished_run_that_did_not_complete_exits_non_zero(tmp_path, status, c
     folder = next(tmp_path.glob("smoke/*"))
     assert read_metrics(folder / "metrics.h5")["attrs"]["status"] == status
     assert os.listdir(folder)
+
+
+def test_ctrl_c_is_one_line_and_the_run_says_interrupted(tmp_path):
+    run = _start("--out", str(tmp_path), "--run-id", "c", *LONG, "--set", "metrics.flush_interval_s=0.2")
+    metrics = tmp_path / "smoke" / "c" / "metrics.h5"
+    try:
+        _wait_steps(metrics, 2)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130 and err.strip().splitlines() == ["pyramidrepro: interrupted (Ctrl-C)"], err
+    assert read_metrics(metrics)["attrs"]["status"] == "interrupted"
