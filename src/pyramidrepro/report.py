@@ -22,6 +22,38 @@ PAPER_GPU_MEMORY_GB = 12
 ABOUT = 0.20  # "about equal": within 20 %
 
 
+def system_lines(records: list[RunRecord]) -> list[str]:
+    """Provenance: each distinct system the runs describe, their environment, and the confounder checks."""
+    from .system import confounders
+
+    lines, seen = [], set()
+    for r in records:
+        s = {k: v for k, v in r.system.items() if k not in ("env", "topology")}
+        key = json.dumps(s, sort_keys=True)
+        if not s or key in seen:
+            continue
+        seen.add(key)
+        shm = f"{s['dev_shm_bytes'] / 2**30:.2f} GiB" if s.get("dev_shm_bytes") else "?"
+        text = (f"- system: {s.get('cpu_model', '?')}, {s.get('cpus_given', '?')} of {s.get('cpu_cores_machine', '?')} "
+                f"cores given (affinity {s.get('cpu_affinity') or '?'}), /dev/shm {shm}")
+        if s.get("gpu_count"):
+            mem = ", ".join(f"{b / 2**30:.0f} GiB" for b in s.get("gpu_memory_bytes", []))
+            text += (f"; {s['gpu_count']} x {', '.join(sorted(set(s.get('gpu_models', []))))} ({mem}), driver "
+                     f"{s.get('driver') or '?'}, CUDA {s.get('cuda')}, cuDNN {s.get('cudnn')}, NCCL {s.get('nccl')}")
+        lines.append(text)
+    env = sorted({f"{k}={v}" for r in records for k, v in r.system.get("env", {}).items()})
+    if env:
+        lines.append(f"- environment: {'; '.join(env)}")
+    topo = next((r.system["topology"] for r in records if r.system.get("topology")), None)
+    if topo:
+        lines += ["- GPU topology (`nvidia-smi topo -m`):", "", "```", topo, "```", ""]
+    flags = confounders(records)
+    lines += [f"- **confounder:** {f}" for f in flags] or ["- confounder checks: none tripped (/dev/shm with NCCL, "
+                                                          "NCCL_P2P_DISABLE, TF32, mixed GPU models, threads over "
+                                                          "cores, mixed commits or versions)"]
+    return lines
+
+
 def capability_lines(records: list[RunRecord]) -> list[str]:
     """Provenance: what each device could do fast, and the auto choices the runs made on it."""
     lines = []
@@ -497,6 +529,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                   for c, a in caps) if caps else "none"),
               f"- TF32 on GPUs: {' and '.join(tf32) if tf32 else 'n/a (no GPU runs)'}",
               *capability_lines(records),
+              *system_lines(records),
               f"- data: {', '.join(sorted({r.data_source for r in records}))}",
               f"- git commit: {', '.join(sorted({r.git_commit for r in records}))}",
               f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",

@@ -155,6 +155,8 @@ class RunRecord:
     allocator_cap_bytes: int | None = None  # GPU runs under an emulated card: the allocator's cap
     capability: dict[str, Any] = field(default_factory=dict)  # what the device can do fast (devices.capability)
     auto_choices: list[dict[str, Any]] = field(default_factory=list)  # how auto values were chosen (autotune)
+    backend: str = ""  # the process group's (DDP)
+    system: dict[str, Any] = field(default_factory=dict)  # the system described from inside the job
 
 
 def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
@@ -250,6 +252,8 @@ def load_run(path: str | Path) -> RunRecord:
         allocator_cap_bytes=int(a[Attr.ALLOCATOR_CAP_BYTES]) if _num(a.get(Attr.ALLOCATOR_CAP_BYTES)) else None,
         capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
         auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
+        backend=str(a.get(Attr.BACKEND, "")),
+        system=_json(a.get(Attr.SYSTEM), {}),
     )
 
 

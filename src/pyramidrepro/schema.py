@@ -75,6 +75,7 @@ class Attr(StrEnum):
     MEMORY_OUTSIDE_ALLOCATOR_BYTES = "memory_outside_allocator_bytes"
     ALLOCATOR_CAP_BYTES = "allocator_cap_bytes"
     RESUMED_FROM_STEP = "resumed_from_step"
+    SYSTEM = "system"  # JSON (system.describe_system): GPUs, CPU, /dev/shm, NCCL_/CUDA_ environment
     # where it ran (dispatch)
     SLURM_JOB_ID = "slurm_job_id"
     SLURM_ARRAY_TASK_ID = "slurm_array_task_id"

@@ -42,6 +42,7 @@ from .recorder import RunRecorder
 from .runs import METRICS_NAME, RunFolderError, RunLock, new_run_id, run_dir_for
 from .scaling import Link, grad_bytes_of, measure_link
 from .schema import EXIT_CODES, Attr, Status
+from .system import describe_system
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.MEMORY_LIMIT_GB: cfg.devices.memory_limit_gb or "",
         Attr.ALLOW_TF32: cfg.devices.allow_tf32 if ctx.device.type == "cuda" else "",
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
+        Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
         **extra,
     }
 
