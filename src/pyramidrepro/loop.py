@@ -23,6 +23,7 @@ from .config import ExperimentConfig
 from .devices import peak_memory, reset_peaks
 from .executor import StepExecutor
 from .loaders import BatchLoader
+from .measure import throughput
 from .recorder import RunRecorder
 from .schema import Status, Summary
 
@@ -128,8 +129,7 @@ class TrainingLoop:
         self.before_step = before_step or (lambda step: None)  # fault injection for tests
         self.position: Position | None = None
         self.between_steps = True
-        self.step_times: list[float] = []  # every step of this rank
-        self.measured: list[float] = []  # the steps after warm-up
+        self.step_times: list[float] = []  # every step of this rank, in this process
         self.timer = StepTimer(self.device)
         self.write_s0 = 0.0
         t = cfg.train
@@ -239,8 +239,6 @@ class TrainingLoop:
         times = [float("nan")] * (len(pending) - len(times)) + times
         for p, loss, dt in zip(pending, losses, times):
             self.step_times.append(dt)
-            if p.step > t.warmup_steps:
-                self.measured.append(dt)
             ips = t.batch_size / dt if dt and dt > 0 else float("nan")
             self.recorder.log_step(step=p.step, epoch=p.epoch, loss=float(loss), lr=p.lr,
                                    images_per_s=ips, step_time_s=dt, data_time_s=p.data_time_s)
@@ -273,13 +271,14 @@ class TrainingLoop:
         """The run's figures: images/s after warm-up, peaks per rank, the HDF5 writer's share."""
         t = self.cfg.train
         peaks = peak_memory(self.device, self.executor.gpu_ids)
-        measured = self.measured or [d for d in self.step_times if math.isfinite(d)]  # too few for a warm-up
         summary: dict[str, Any] = {}
-        if measured:
-            arr = np.asarray(measured)
-            summary[Summary.IMAGES_PER_S] = float(np.median(t.batch_size / arr))
-            summary[Summary.IMAGES_PER_S_MEAN] = float(t.batch_size * len(arr) / arr.sum())
-            summary[Summary.MEASURED_STEPS] = len(arr)
+        start = 0
+        if any(math.isfinite(d) and d > 0 for d in self.step_times):
+            estimate, start = throughput(self.step_times, t.batch_size, floor=t.warmup_steps)
+            summary[Summary.IMAGES_PER_S] = estimate.images_per_s
+            summary[Summary.IMAGES_PER_S_CI] = estimate.ci
+            summary[Summary.MEASURED_FROM_STEP] = start + 1
+            summary[Summary.MEASURED_STEPS] = len(self.step_times) - start
         gathered: list[Any] = [(self.step_times, peaks)]
         if dist.is_initialized():
             gathered = [None] * self.world_size
@@ -290,6 +289,9 @@ class TrainingLoop:
         rank_peaks = {key: np.array([p for g in gathered for p in g[1][key]], dtype=np.int64) for key in peaks}
         self.recorder.set_ranks(step_time_s=np.array([g[0][:n] for g in gathered], dtype=np.float64), **rank_peaks)
         summary.update({key: int(values.max()) for key, values in rank_peaks.items()})
+        rank_totals = [float(np.nansum(g[0][start:n])) for g in gathered]
+        if len(rank_totals) > 1 and min(rank_totals) > 0:  # a straggler: one rank's measured time apart
+            summary[Summary.RANK_TIME_SPREAD] = max(rank_totals) / min(rank_totals) - 1
         if self.executor.settings.compile_mode and self.step_times:
             summary[Summary.COMPILE_TIME_S] = float(self.step_times[0])
         # HDF5 cost: seconds inside the writer during the loop over the loop's step time

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .measure import Estimate, compare, mean_ci
 from .runs import RunRecord, load_runs
 from .schema import Status
 
@@ -82,6 +83,11 @@ class Point:
     peak_memory: list[int]
     runs: int
     devices: str
+    ci: float = 0.0  # half-width of the 95 % interval: over repeats, or the one run's own
+
+    @property
+    def estimate(self) -> Estimate:
+        return Estimate(self.images_per_s or float("nan"), self.ci, self.runs)
 
 
 def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
@@ -91,14 +97,17 @@ def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
     table: dict[str, dict[int, Point]] = defaultdict(dict)
     for (line, batch), runs in sorted(groups.items()):
         done = [r for r in runs if r.status == Status.COMPLETED and r.images_per_s]
-        if done:
-            ips = statistics.median(r.images_per_s for r in done)
+        ci = 0.0
+        if done:  # repeats: their mean and interval; one run: its own (measure.throughput)
+            est = mean_ci([r.images_per_s for r in done]) if len(done) > 1 else Estimate(
+                done[0].images_per_s, done[0].images_per_s_ci or 0.0)
+            ips, ci = est.images_per_s, est.ci
             best = max(done, key=lambda r: r.finished_at)
             status, peaks = Status.COMPLETED, best.peak_memory
         else:
             latest = max(runs, key=lambda r: r.finished_at)
             ips, status, peaks = None, latest.status, latest.peak_memory
-        table[line][batch] = Point(line, batch, status, ips, peaks, len(runs), runs[0].device_name)
+        table[line][batch] = Point(line, batch, status, ips, peaks, len(runs), runs[0].device_name, ci)
     return table
 
 
@@ -111,13 +120,24 @@ def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
 class Claim:
     key: str
     text: str
-    verdict: str  # PASS | FAIL | NOT RUN
+    verdict: str  # PASS | FAIL | WITHIN NOISE (a difference inside the 95 % intervals) | NOT RUN
     evidence: str
 
 
-def _completed(table: dict[str, dict[int, Point]], line: str) -> dict[int, float]:
-    return {b: p.images_per_s for b, p in table.get(line, {}).items()
-            if p.status == Status.COMPLETED and p.images_per_s}
+def _estimates(table: dict[str, dict[int, Point]], line: str) -> dict[int, Estimate]:
+    return {b: p.estimate for b, p in table.get(line, {}).items() if p.status == Status.COMPLETED and p.images_per_s}
+
+
+def _verdict(outcomes: list[str], wanted: str) -> str:
+    """PASS when every comparison goes the claimed way beyond the intervals, FAIL when one goes the
+    other way beyond them, WITHIN NOISE when the rest overlap."""
+    if any(o not in (wanted, "noise") for o in outcomes):
+        return "FAIL"
+    return "PASS" if all(o == wanted for o in outcomes) else "WITHIN NOISE"
+
+
+def _fmt(e: Estimate) -> str:
+    return f"{e.images_per_s:,.0f}" + (f" ± {e.ci:,.0f}" if e.ci else "")
 
 
 def check_claims(records: list[RunRecord]) -> list[Claim]:
@@ -146,7 +166,7 @@ def check_claims(records: list[RunRecord]) -> list[Claim]:
             ok = all(st == {Status.OOM} for st in big.values()) and all(Status.COMPLETED in st for st in small.values())
             claims.append(Claim("C1", text, "PASS" if ok else "FAIL", evidence))
 
-    single, dp, ddp = _completed(table, "single"), _completed(table, "dp"), _completed(table, "ddp")
+    single, dp, ddp = _estimates(table, "single"), _estimates(table, "dp"), _estimates(table, "ddp")
 
     # C2: DP slower than single at equal batch; DP at 512 about single at 256
     text = "C2: DP is slower than single GPU at equal batch, and DP at 512 is about single at 256"
@@ -156,16 +176,16 @@ def check_claims(records: list[RunRecord]) -> list[Claim]:
     elif not common:
         claims.append(Claim("C2", text, "NOT RUN", "no batch size with both single and DP results"))
     else:
-        slower = {b: dp[b] < single[b] for b in common}
-        ev = [f"batch {b}: DP {dp[b]:,.0f} vs single {single[b]:,.0f} img/s" for b in common]
-        ok = all(slower.values())
+        outcomes = [compare(dp[b], single[b]) for b in common]
+        ev = [f"batch {b}: DP {_fmt(dp[b])} vs single {_fmt(single[b])} img/s" for b in common]
+        verdict = _verdict(outcomes, "lower")
         if 512 in dp and 256 in single:
-            ratio = dp[512] / single[256]
+            ratio = dp[512].images_per_s / single[256].images_per_s
             ev.append(f"DP@512 / single@256 = {ratio:.2f}")
-            ok = ok and abs(ratio - 1) <= ABOUT
+            verdict = verdict if abs(ratio - 1) <= ABOUT else "FAIL"
         else:
             ev.append("DP@512 vs single@256 not measured")
-        claims.append(Claim("C2", text, "PASS" if ok else "FAIL", "; ".join(ev)))
+        claims.append(Claim("C2", text, verdict, "; ".join(ev)))
 
     # C3: DDP faster than both at every batch
     text = "C3: DDP is faster than single GPU and DP at every batch size"
@@ -176,9 +196,9 @@ def check_claims(records: list[RunRecord]) -> list[Claim]:
     elif not comps:
         claims.append(Claim("C3", text, "NOT RUN", "no batch size with DDP and another mode"))
     else:
-        ok = all(ddp[b] > v for b, _, v in comps)
-        ev = "; ".join(f"batch {b}: DDP {ddp[b]:,.0f} vs {n} {v:,.0f}" for b, n, v in comps)
-        claims.append(Claim("C3", text, "PASS" if ok else "FAIL", ev))
+        verdict = _verdict([compare(ddp[b], v) for b, _, v in comps], "higher")
+        ev = "; ".join(f"batch {b}: DDP {_fmt(ddp[b])} vs {n} {_fmt(v)}" for b, n, v in comps)
+        claims.append(Claim("C3", text, verdict, ev))
 
     # C4: DDP throughput grows with batch
     text = "C4: DDP throughput grows with the batch size"
@@ -186,9 +206,9 @@ def check_claims(records: list[RunRecord]) -> list[Claim]:
     if len(pts) < 2:
         claims.append(Claim("C4", text, "NOT RUN", "needs DDP results at two or more batch sizes"))
     else:
-        ok = all(b2 >= b1 for (_, b1), (_, b2) in zip(pts, pts[1:]))
-        ev = " -> ".join(f"{b}: {v:,.0f}" for b, v in pts)
-        claims.append(Claim("C4", text, "PASS" if ok else "FAIL", ev))
+        verdict = _verdict([compare(b2, b1) for (_, b1), (_, b2) in zip(pts, pts[1:])], "higher")
+        ev = " -> ".join(f"{b}: {_fmt(v)}" for b, v in pts)
+        claims.append(Claim("C4", text, verdict, ev))
     return claims
 
 
@@ -233,8 +253,8 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
         dashed = "+" in line
         xs = sorted(b for b, p in pts.items() if p.images_per_s)
         if xs:
-            ax.plot(xs, [pts[b].images_per_s for b in xs], marker=marker, color=color,
-                    linestyle="--" if dashed else "-", label=line)
+            ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], marker=marker,
+                        color=color, linestyle="--" if dashed else "-", label=line, capsize=3)
         for b, p in pts.items():
             if p.status == Status.OOM:
                 ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
@@ -486,11 +506,11 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     lines += ["## The paper's claims", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
     lines += [f"| {c.text} | **{c.verdict}** | {c.evidence} |" for c in claims]
     lines += ["", "## Runs: images/s by mode and batch", "",
-              "| line | batch | status | images/s | peak memory (GiB) | repeats |",
+              "| line | batch | status | images/s (± 95 % CI) | peak memory (GiB) | repeats |",
               "| --- | ---: | --- | ---: | --- | ---: |"]
     for line, pts in sorted(table.items()):
         for b, p in sorted(pts.items()):
-            ips = f"{p.images_per_s:,.0f}" if p.images_per_s else "-"
+            ips = _fmt(p.estimate) if p.images_per_s else "-"
             lines.append(f"| {line} | {b} | {p.status} | {ips} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
     paper_batches = [b for b in (64, 128, 256, 512) if any(b in pts for pts in table.values())]
     if len(table) > 1 and paper_batches:

@@ -156,6 +156,7 @@ class RunRecord:
     capability: dict[str, Any] = field(default_factory=dict)  # what the device can do fast (devices.capability)
     auto_choices: list[dict[str, Any]] = field(default_factory=list)  # how auto values were chosen (autotune)
     backend: str = ""  # the process group's (DDP)
+    images_per_s_ci: float | None = None  # half-width of the run's 95 % interval (measure.throughput)
     system: dict[str, Any] = field(default_factory=dict)  # the system described from inside the job
 
 
@@ -253,6 +254,7 @@ def load_run(path: str | Path) -> RunRecord:
         capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
         auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
         backend=str(a.get(Attr.BACKEND, "")),
+        images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
         system=_json(a.get(Attr.SYSTEM), {}),
     )
 

@@ -98,9 +98,11 @@ END_ATTRIBUTES = (Attr.FINISHED_AT, Attr.ERROR, Attr.OOM_BATCH_SIZE, Attr.NAN_ST
 class Summary(StrEnum):
     """Attributes of the ``summary`` group (the run's figures)."""
 
-    IMAGES_PER_S = "images_per_s"  # median over the measured steps
-    IMAGES_PER_S_MEAN = "images_per_s_mean"  # images / seconds over the measured steps
+    IMAGES_PER_S = "images_per_s"  # total images / total seconds over the measured steps (measure.py)
+    IMAGES_PER_S_CI = "images_per_s_ci"  # half-width of its 95 % confidence interval (0: too few steps)
+    MEASURED_FROM_STEP = "measured_from_step"  # the first measured step: past the warm-up, once settled
     MEASURED_STEPS = "measured_steps"
+    RANK_TIME_SPREAD = "rank_time_spread"  # slowest over fastest rank's measured time, minus 1
     PEAK_MEMORY_BYTES = "peak_memory_bytes"
     PEAK_RESERVED_BYTES = "peak_reserved_bytes"
     COMPILE_TIME_S = "compile_time_s"

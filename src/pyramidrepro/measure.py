@@ -1,0 +1,85 @@
+"""How a point's throughput is estimated: total images over total time after a settled warm-up,
+with a 95 % confidence interval, and how two estimates are compared (a difference inside the
+intervals is noise, not a finding)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: two-sided 95 % Student-t quantiles by degrees of freedom (1..30); beyond 30 the normal's 1.96
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+#: a step slower than this factor of the settled median still counts as warm-up
+SETTLE_FACTOR = 1.3
+WINDOWS = 5
+
+
+def t95(dof: int) -> float:
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+
+
+def settled_start(step_times: Sequence[float], floor: int) -> int:
+    """The first step to measure: at least ``floor`` (the configured warm-up), and past every early
+    step slower than SETTLE_FACTOR x the median of the steps after it (compiles, autotuning, caches)."""
+    times = [t for t in step_times]
+    start = min(max(0, floor), len(times))
+    while len(times) - start > 3 and times[start] > SETTLE_FACTOR * statistics.median(times[start + 1:]):
+        start += 1
+    return start
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """images/s with the half-width of its 95 % confidence interval (0: unknown)."""
+
+    images_per_s: float
+    ci: float = 0.0
+    samples: int = 1  # windows of one run, or runs of one point
+
+    @property
+    def low(self) -> float:
+        return self.images_per_s - self.ci
+
+    @property
+    def high(self) -> float:
+        return self.images_per_s + self.ci
+
+
+def mean_ci(values: Sequence[float]) -> Estimate:
+    """Mean and Student-t 95 % half-width of independent estimates (repeats of one point)."""
+    vals = [v for v in values if v and math.isfinite(v)]
+    if not vals:
+        return Estimate(float("nan"), 0.0, 0)
+    if len(vals) == 1:
+        return Estimate(vals[0], 0.0, 1)
+    return Estimate(statistics.fmean(vals), t95(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals)),
+                    len(vals))
+
+
+def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Estimate, int]:
+    """A run's images/s: total images / total time over the settled steps, with a 95 % interval from
+    WINDOWS contiguous windows (each its own total / total); returns it and the first step measured."""
+    times = [t for t in step_times if math.isfinite(t) and t > 0]
+    start = settled_start(times, floor)
+    measured = times[start:] or times
+    rate = batch * len(measured) / sum(measured)
+    k = min(WINDOWS, len(measured) // 2)
+    if k < 2:
+        return Estimate(rate, 0.0, 1), start
+    size = len(measured) // k
+    windows = [measured[i * size:(i + 1) * size] for i in range(k)]
+    spread = mean_ci([batch * len(w) / sum(w) for w in windows])
+    return Estimate(rate, spread.ci, k), start
+
+
+def compare(a: Estimate, b: Estimate) -> str:
+    """'higher', 'lower' or 'noise': whether ``a`` exceeds ``b`` beyond both intervals."""
+    if a.low > b.high:
+        return "higher"
+    if a.high < b.low:
+        return "lower"
+    return "noise"

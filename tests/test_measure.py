@@ -1,0 +1,60 @@
+"""The throughput estimator: a settled warm-up, total images over total time, an interval, and claims
+that call a difference inside the intervals noise."""
+
+import math
+
+import pytest
+
+from pyramidrepro.measure import Estimate, compare, mean_ci, settled_start, throughput
+
+
+def test_warm_up_extends_past_slow_early_steps_and_never_below_the_floor():
+    times = [5.0, 2.0, 1.6, 0.5, 0.52, 0.49, 0.51, 0.5, 0.5]
+    assert settled_start(times, floor=1) == 3  # 2.0 and 1.6 are still warming up
+    assert settled_start(times, floor=5) == 5
+    assert settled_start([0.5] * 10, floor=2) == 2
+
+
+def test_throughput_is_total_images_over_total_time():
+    times = [3.0] + [0.1, 0.3] * 10  # a mean of per-step rates would say 6.67 x 64 ...
+    est, start = throughput(times, batch=64, floor=1)
+    assert start == 1 and est.images_per_s == pytest.approx(64 * 20 / 4.0)  # ... the truth is 320
+    assert est.samples == 5 and est.ci >= 0
+
+
+def test_interval_shrinks_with_steady_steps_and_widens_with_jitter():
+    steady, _ = throughput([0.1] * 40, 32, 2)
+    jittery, _ = throughput([0.1, 0.1, 0.05, 0.2] * 10, 32, 2)
+    assert steady.ci == pytest.approx(0.0, abs=1e-6) and jittery.ci > 0
+
+
+def test_mean_ci_of_repeats():
+    e = mean_ci([100.0, 102.0, 98.0])
+    assert e.images_per_s == pytest.approx(100.0) and e.ci == pytest.approx(4.303 * 2 / math.sqrt(3))
+    assert mean_ci([5.0]).ci == 0 and math.isnan(mean_ci([]).images_per_s)
+
+
+def test_compare_calls_overlapping_intervals_noise():
+    assert compare(Estimate(110, 4), Estimate(100, 4)) == "higher"
+    assert compare(Estimate(105, 4), Estimate(100, 4)) == "noise"
+    assert compare(Estimate(90, 4), Estimate(100, 4)) == "lower"
+    assert compare(Estimate(101, 0), Estimate(100, 0)) == "higher"  # no interval: a plain comparison
+
+
+def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
+    from pyramidrepro.report import check_claims
+    from pyramidrepro.runs import load_runs
+    from test_report import fake_run
+
+    rows = [("single", 64, 450, 10), ("single", 128, 436, 10), ("ddp", 64, 455, 12), ("ddp", 128, 470, 12)]
+    for i, (mode, batch, ips, ci) in enumerate(rows):
+        fake_run(tmp_path / "runs", f"r{i}", mode, batch, "completed", ips, gpu=False, cap=None)
+        from pyramidrepro.metrics import MetricsWriter
+
+        w = MetricsWriter(tmp_path / "runs" / f"r{i}" / "metrics.h5", flush_interval_s=0)
+        w.set_summary(images_per_s_ci=ci)
+        w.close("completed")
+    claims = {c.key: c for c in check_claims(load_runs(tmp_path / "runs"))}
+    # DDP 455 +- 12 vs single 450 +- 10: noise; 470 +- 12 vs 436 +- 10: higher -> WITHIN NOISE, not PASS/FAIL
+    assert claims["C3"].verdict == "WITHIN NOISE" and "455 ± 12" in claims["C3"].evidence
+    assert claims["C4"].verdict == "WITHIN NOISE"  # 455 -> 470 overlaps
