@@ -58,3 +58,12 @@ def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
     # DDP 455 +- 12 vs single 450 +- 10: noise; 470 +- 12 vs 436 +- 10: higher -> WITHIN NOISE, not PASS/FAIL
     assert claims["C3"].verdict == "WITHIN NOISE" and "455 ± 12" in claims["C3"].evidence
     assert claims["C4"].verdict == "WITHIN NOISE"  # 455 -> 470 overlaps
+
+
+def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
+    from pyramidrepro.report import figure5_lines, line_style
+
+    assert line_style("ddp") == {"color": "tab:green", "marker": "^", "linestyle": "-"}
+    assert line_style("single+bf16")["linestyle"] == "--" and line_style("single+ckpt")["linestyle"] == ":"
+    assert line_style("single+accum2") == {**line_style("single"), "linestyle": "-."}
+    assert set(figure5_lines({"single": {}, "single+1thread": {}, "ddp+accum2": {}})) == {"single", "ddp+accum2"}

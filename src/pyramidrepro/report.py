@@ -220,6 +220,27 @@ _STYLE = {"single": ("tab:blue", "o"), "dp": ("tab:orange", "s"), "dp_balanced":
           "ddp": ("tab:green", "^")}
 
 
+#: one line style per memory remedy (a line with none is solid), the same in every figure
+_REMEDY_STYLE = {"bf16": "--", "fp16": "--", "ckpt": ":", "accum": "-."}
+
+
+def line_style(line: str) -> dict[str, str]:
+    """Colour and marker by the mode, line style by the remedy: ``single+bf16+accum2`` is a blue
+    dash-dot line (the last remedy named decides the style)."""
+    parts = line.split("+")
+    color, marker = _STYLE.get(parts[0], ("tab:gray", "v"))
+    style = "-"
+    for part in parts[1:]:
+        style = next((v for k, v in _REMEDY_STYLE.items() if part.startswith(k)), style)
+    return {"color": color, "marker": marker, "linestyle": style}
+
+
+def figure5_lines(table: dict[str, dict[int, Point]]) -> dict[str, dict[int, Point]]:
+    """The lines Figure 5 draws: modes and remedies; a thread count set by hand (the scaling model's
+    one-thread base) is not a Figure-5 line."""
+    return {line: pts for line, pts in table.items() if not any(p.endswith("thread") for p in line.split("+"))}
+
+
 def _new_axes(figsize: tuple[float, float], ncols: int = 1):  # noqa: ANN202
     """A figure and axes on the non-interactive backend."""
     import matplotlib
@@ -244,17 +265,17 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # noqa: ANN001
 
 def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> list[Path]:
     fig, ax = _new_axes((7, 4.5))
+    table = figure5_lines(table)
     all_ips = [p.images_per_s for pts in table.values() for p in pts.values() if p.images_per_s]
     floor = min(all_ips) * 0.8 if all_ips else 1.0
     oom_labelled = False
     for line, pts in sorted(table.items()):
-        base = line.split("+")[0]
-        color, marker = _STYLE.get(base, ("tab:gray", "v"))
-        dashed = "+" in line
+        style = line_style(line)
+        color = style["color"]
         xs = sorted(b for b, p in pts.items() if p.images_per_s)
         if xs:
-            ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], marker=marker,
-                        color=color, linestyle="--" if dashed else "-", label=line, capsize=3)
+            ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], label=line,
+                        capsize=3, **style)
         for b, p in pts.items():
             if p.status == Status.OOM:
                 ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
