@@ -30,10 +30,8 @@ def system_lines(records: list[RunRecord]) -> list[str]:
     lines, seen = [], set()
     for r in records:
         s = {k: v for k, v in r.system.items() if k not in ("env", "topology")}
-        key = json.dumps(s, sort_keys=True)
-        if not s or key in seen:
+        if not s:
             continue
-        seen.add(key)
         shm = f"{s['dev_shm_bytes'] / 2**30:.2f} GiB" if s.get("dev_shm_bytes") else "?"
         text = (f"- system: {s.get('cpu_model', '?')}, {s.get('cpus_given', '?')} of {s.get('cpu_cores_machine', '?')} "
                 f"cores given (affinity {s.get('cpu_affinity') or '?'}), /dev/shm {shm}")
@@ -41,7 +39,9 @@ def system_lines(records: list[RunRecord]) -> list[str]:
             mem = ", ".join(f"{b / 2**30:.0f} GiB" for b in s.get("gpu_memory_bytes", []))
             text += (f"; {s['gpu_count']} x {', '.join(sorted(set(s.get('gpu_models', []))))} ({mem}), driver "
                      f"{s.get('driver') or '?'}, CUDA {s.get('cuda')}, cuDNN {s.get('cudnn')}, NCCL {s.get('nccl')}")
-        lines.append(text)
+        if text not in seen:
+            seen.add(text)
+            lines.append(text)
     env = sorted({f"{k}={v}" for r in records for k, v in r.system.get("env", {}).items()})
     if env:
         lines.append(f"- environment: {'; '.join(env)}")
