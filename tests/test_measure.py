@@ -17,14 +17,20 @@ def test_warm_up_extends_past_slow_early_steps_and_never_below_the_floor():
 
 def test_throughput_is_total_images_over_total_time():
     times = [3.0] + [0.1, 0.3] * 10  # a mean of per-step rates would say 6.67 x 64 ...
-    est, start = throughput(times, batch=64, floor=1)
-    assert start == 1 and est.images_per_s == pytest.approx(64 * 20 / 4.0)  # ... the truth is 320
+    est, start, measured = throughput(times, batch=64, floor=1)
+    assert start == 1 and measured == 20 and est.images_per_s == pytest.approx(64 * 20 / 4.0)  # ... the truth is 320
     assert est.samples == 5 and est.ci >= 0
 
 
+def test_untimed_steps_are_left_out_and_the_first_index_refers_to_the_input():
+    nan = float("nan")
+    est, start, measured = throughput([nan, nan, 0.5, 0.1, 0.1, 0.1, 0.1], batch=10, floor=1)
+    assert (start, measured) == (3, 4) and est.images_per_s == pytest.approx(100.0)
+
+
 def test_interval_shrinks_with_steady_steps_and_widens_with_jitter():
-    steady, _ = throughput([0.1] * 40, 32, 2)
-    jittery, _ = throughput([0.1, 0.1, 0.05, 0.2] * 10, 32, 2)
+    steady, _, _ = throughput([0.1] * 40, 32, 2)
+    jittery, _, _ = throughput([0.1, 0.1, 0.05, 0.2] * 10, 32, 2)
     assert steady.ci == pytest.approx(0.0, abs=1e-6) and jittery.ci > 0
 
 

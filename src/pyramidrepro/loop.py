@@ -274,11 +274,11 @@ class TrainingLoop:
         summary: dict[str, Any] = {}
         start = 0
         if any(math.isfinite(d) and d > 0 for d in self.step_times):
-            estimate, start = throughput(self.step_times, t.batch_size, floor=t.warmup_steps)
+            estimate, start, measured = throughput(self.step_times, t.batch_size, floor=t.warmup_steps)
             summary[Summary.IMAGES_PER_S] = estimate.images_per_s
             summary[Summary.IMAGES_PER_S_CI] = estimate.ci
             summary[Summary.MEASURED_FROM_STEP] = start + 1
-            summary[Summary.MEASURED_STEPS] = len(self.step_times) - start
+            summary[Summary.MEASURED_STEPS] = measured
         gathered: list[Any] = [(self.step_times, peaks)]
         if dist.is_initialized():
             gathered = [None] * self.world_size

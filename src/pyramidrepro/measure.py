@@ -25,7 +25,7 @@ def t95(dof: int) -> float:
 def settled_start(step_times: Sequence[float], floor: int) -> int:
     """The first step to measure: at least ``floor`` (the configured warm-up), and past every early
     step slower than SETTLE_FACTOR x the median of the steps after it (compiles, autotuning, caches)."""
-    times = [t for t in step_times]
+    times = list(step_times)
     start = min(max(0, floor), len(times))
     while len(times) - start > 3 and times[start] > SETTLE_FACTOR * statistics.median(times[start + 1:]):
         start += 1
@@ -60,20 +60,28 @@ def mean_ci(values: Sequence[float]) -> Estimate:
                     len(vals))
 
 
-def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Estimate, int]:
+def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Estimate, int, int]:
     """A run's images/s: total images / total time over the settled steps, with a 95 % interval from
-    WINDOWS contiguous windows (each its own total / total); returns it and the first step measured."""
-    times = [t for t in step_times if math.isfinite(t) and t > 0]
+    WINDOWS contiguous windows (each its own total / total).
+
+    Steps without a time (NaN) are left out.  Returns the estimate, the index in ``step_times`` of
+    the first step measured, and how many steps were measured.
+    """
+    timed = [i for i, t in enumerate(step_times) if math.isfinite(t) and t > 0]
+    times = [step_times[i] for i in timed]
     start = settled_start(times, floor)
-    measured = times[start:] or times
+    if start >= len(times):  # too few steps for a warm-up: measure them all
+        start = 0
+    measured = times[start:]
+    first = timed[start] if timed else len(step_times)
     rate = batch * len(measured) / sum(measured)
     k = min(WINDOWS, len(measured) // 2)
     if k < 2:
-        return Estimate(rate, 0.0, 1), start
+        return Estimate(rate, 0.0, 1), first, len(measured)
     size = len(measured) // k
     windows = [measured[i * size:(i + 1) * size] for i in range(k)]
     spread = mean_ci([batch * len(w) / sum(w) for w in windows])
-    return Estimate(rate, spread.ci, k), start
+    return Estimate(rate, spread.ci, k), first, len(measured)
 
 
 def compare(a: Estimate, b: Estimate) -> str:
