@@ -44,7 +44,8 @@ def status(runs: str, run_id: str, expected: str) -> int:
     m = read_metrics(files[0])
     a, s = m["attrs"], m["summary"]
     shown = {k: a.get(k) for k in ("status", "precision", "mode", "backend", "allow_tf32", "optimizer_impl",
-                                   "oom_batch_size", "allocator_cap_bytes", "memory_outside_allocator_bytes")
+                                   "oom_batch_size", "allocator_cap_bytes", "memory_outside_allocator_bytes",
+                                   "allocator_settings")
              if a.get(k, "") != ""}
     shown.update({k: s[k] for k in ("images_per_s", "peak_memory_bytes", "peak_reserved_bytes") if k in s})
     print(json.dumps(shown, default=lambda v: v.item() if hasattr(v, "item") else str(v)))

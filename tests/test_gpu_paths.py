@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, SMOKE, run_cli
 from pyramidrepro.benchmarks import gpu_peak_tflops
 from pyramidrepro.config import ConfigError, load_config
-from pyramidrepro.devices import GIB, emulated_card_cap
+from pyramidrepro.devices import ALLOCATOR_ENV, EXPANDABLE_SEGMENTS, GIB, emulated_card_cap, request_allocator_settings
 from pyramidrepro.executor import resolve_optimizer_impl
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.model import PyramidNet
@@ -120,6 +120,29 @@ def test_the_emulated_card_subtracts_what_lives_outside_the_allocator():
         emulated_card_cap(96, h100, h100, 0)
     with pytest.raises(ValueError, match="nothing for the allocator"):
         emulated_card_cap(0.5, h100, h100 - GIB, 0)
+
+
+def test_expandable_segments_are_asked_for_unless_the_environment_chose(monkeypatch):
+    for name in ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    request_allocator_settings(False)
+    assert not any(os.environ.get(name) for name in ALLOCATOR_ENV)
+    request_allocator_settings(True)
+    assert os.environ[ALLOCATOR_ENV[0]] == EXPANDABLE_SEGMENTS
+    monkeypatch.delenv(ALLOCATOR_ENV[0])
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")  # the user's choice stands
+    request_allocator_settings(True)
+    assert ALLOCATOR_ENV[0] not in os.environ
+
+
+def test_the_allocator_reads_the_request_made_after_torch_is_imported():
+    """The run asks after ``import torch`` and before CUDA's first use; PyTorch must still see it."""
+    code = ("import torch\nfrom pyramidrepro.devices import allocator_settings, request_allocator_settings\n"
+            "request_allocator_settings(True)\nprint(allocator_settings())")
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == EXPANDABLE_SEGMENTS
 
 
 def test_mfu_peaks_match_exact_products_only():

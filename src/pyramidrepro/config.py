@@ -111,6 +111,9 @@ class DevicesConfig:
     #: the CUDA context and NCCL take outside it, as measured in the run (the paper's TITAN Xp: 11.91)
     memory_limit_gb: Optional[float] = None
     cudnn_benchmark: bool = True
+    #: CUDA: PyTorch's allocator grows segments in place (PYTORCH_ALLOC_CONF=expandable_segments:True)
+    #: unless the environment already sets its options, so fragmentation does not decide what fits
+    expandable_segments: bool = True
     #: TF32 matmuls/convolutions on Ampere and newer; off reproduces a pre-Ampere card's fp32
     allow_tf32: bool = False
 

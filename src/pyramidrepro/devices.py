@@ -8,8 +8,10 @@ so the allocator is capped at the card's total minus what this process measured 
 
 Limits of the emulation: the non-allocator share is measured once, after CUDA (and NCCL) are up
 and before the model is built, so handles created later (a cuDNN workspace, a second NCCL
-communicator) are not subtracted; memory used by another process on the same GPU counts as this
-process's overhead; and fragmentation differs from the old card's allocator.
+communicator) are not subtracted; and memory used by another process on the same GPU counts as
+this process's overhead.  Fragmentation is the allocator's, not the card's: with PyTorch's default
+segments, PyramidNet-110 at batch 256 failed under the TITAN Xp's cap on an H100 with 0.73 GiB
+reserved but unused, so CUDA runs ask for expandable segments (``devices.expandable_segments``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ def emulated_card_cap(card_gib: float, device_total: int, device_free: int, rese
         raise ValueError(f"devices.memory_limit_gb: {card_gib:g} GiB leaves nothing for the allocator: "
                          f"{outside / GIB:.2f} GiB are already used outside it")
     return MemoryCap(card, device_total, outside, cap)
+
+
+ALLOCATOR_ENV = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")  # PyTorch's names, newest first
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def request_allocator_settings(expandable_segments: bool) -> None:
+    """Ask PyTorch's CUDA allocator for expandable segments, unless the environment sets its options.
+
+    PyTorch reads the setting once, when the allocator is first used: call this before CUDA is.
+    """
+    if expandable_segments and not any(os.environ.get(name) for name in ALLOCATOR_ENV):
+        os.environ[ALLOCATOR_ENV[0]] = EXPANDABLE_SEGMENTS
+
+
+def allocator_settings() -> str:
+    """The allocator options in force: what PyTorch parsed where it says, else the environment's."""
+    parsed = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    if parsed is not None:
+        return parsed()
+    return next((os.environ[name] for name in ALLOCATOR_ENV if os.environ.get(name)), "")
 
 
 def cap_gpu_memory(card_gib: float, gpu_ids: list[int]) -> MemoryCap:

@@ -74,6 +74,7 @@ class Attr(StrEnum):
     GPU_TOTAL_MEMORY_BYTES = "gpu_total_memory_bytes"
     MEMORY_OUTSIDE_ALLOCATOR_BYTES = "memory_outside_allocator_bytes"
     ALLOCATOR_CAP_BYTES = "allocator_cap_bytes"
+    ALLOCATOR_SETTINGS = "allocator_settings"
     RESUMED_FROM_STEP = "resumed_from_step"
     SYSTEM = "system"  # JSON (system.describe_system): GPUs, CPU, /dev/shm, NCCL_/CUDA_ environment
     # where it ran (dispatch)

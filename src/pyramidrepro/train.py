@@ -30,7 +30,15 @@ from .autotune import Choice, resolve_auto
 from .checkpoint import Checkpoints, Position
 from .config import ExperimentConfig
 from .data import DataError, load_splits, per_rank_batch
-from .devices import MemoryCap, cap_gpu_memory, capability, device_name, set_tf32
+from .devices import (
+    MemoryCap,
+    allocator_settings,
+    cap_gpu_memory,
+    capability,
+    device_name,
+    request_allocator_settings,
+    set_tf32,
+)
 from .executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
 from .faults import StopChannel, StopRecord, injected_oom_step, raise_injected_oom
 from .loaders import BatchLoader, make_loader
@@ -67,6 +75,8 @@ def open_context(cfg: ExperimentConfig, run_dir: str | Path | None, out_dir: str
     """
     t = cfg.train
     env = detect_dist_env() if t.mode == "ddp" else DistEnv()
+    if cfg.devices.device != "cpu" and torch.cuda.is_available():  # before CUDA's first use
+        request_allocator_settings(cfg.devices.expandable_segments)
     device = pick_device(cfg.devices.device, env)
     threads = None
     if device.type == "cpu":
@@ -179,6 +189,7 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.WARMUP_STEPS: t.warmup_steps, Attr.OPTIMIZER_IMPL: resolve_optimizer_impl(t.optimizer_impl, ctx.device),
         Attr.MEMORY_LIMIT_GB: cfg.devices.memory_limit_gb or "",
         Attr.ALLOW_TF32: cfg.devices.allow_tf32 if ctx.device.type == "cuda" else "",
+        Attr.ALLOCATOR_SETTINGS: allocator_settings() if ctx.device.type == "cuda" else "",
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
         Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
         **extra,
