@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .config import COMPILE_MODES, ConfigError, load_config
-from .schema import EXIT_BAD_INPUT, Status
+from .schema import EXIT_BAD_INPUT, EXIT_CODES, Attr, Status
 
 MAX_LOCAL_RANKS = 256
 
@@ -45,7 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("run", "--out", f"{args.out} is a file; give a folder for the results")
     check_runnable(cfg, args.experiment)
     from . import runs
-    from .schema import EXIT_CODES
     from .train import Trainer
 
     check_data_available(cfg.data)
@@ -55,13 +54,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_dir = runs.run_dir_for(args.out, cfg.name, runs.check_run_id(args.run_id))
         except ValueError as exc:
             raise ConfigError("run", "--run-id", str(exc).removeprefix("--run-id: ")) from None
+    probe_of = {Attr.BOUNDARY_SEARCH: args.boundary_search} if args.boundary_search is not None else {}
     if args.nproc > 1:
         from .parallel import launch_local
 
         run_dir = run_dir or runs.run_dir_for(args.out, cfg.name, runs.new_run_id(cfg))
-        return launch_local(cfg, run_dir, args.nproc, progress=not args.no_progress)
-    trainer = Trainer(cfg, run_dir, progress=False if args.no_progress else None, out_dir=args.out,
-                      handle_signals=True)
+        rank_args = ["--boundary-search", args.boundary_search] if probe_of else []
+        return launch_local(cfg, run_dir, args.nproc, progress=not args.no_progress, rank_args=rank_args)
+    trainer = Trainer(cfg, run_dir, extra_attrs=probe_of, progress=False if args.no_progress else None,
+                      out_dir=args.out, handle_signals=True)
     code = EXIT_CODES.get(trainer.run(), 1)
     if trainer.distributed:  # a DDP rank: skip interpreter teardown (see exit_rank)
         from .parallel import exit_rank
@@ -236,6 +237,35 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_boundary(args: argparse.Namespace) -> int:
+    """The largest batch under the memory cap, per line of the experiment, by doubling and bisection."""
+    from .boundary import ProbeError, find_boundaries
+    from .storage import write_atomically
+
+    cfg = load_config(args.experiment, args.set)
+    kind, n_gpus = _hardware()
+    if cfg.devices.memory_limit_gb is None and (kind == "cpu" or cfg.devices.device == "cpu"):
+        raise ConfigError(args.experiment, "devices.memory_limit_gb",
+                          "a search on a CPU needs a cap, or it would fill the machine's memory "
+                          "(e.g. --set devices.memory_limit_gb=2)")
+    for name in ("resolution", "start", "max_batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError("boundary", f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(args, name)}")
+    check_runnable(cfg, args.experiment)
+    nproc = args.nproc or (n_gpus if n_gpus else 2)
+    try:
+        found = find_boundaries(args.experiment, args.set, args.out, nproc, args.resolution, args.start,
+                                args.max_batch)
+    except ValueError as exc:
+        raise ConfigError(args.experiment, "train.batch_size", str(exc)) from None
+    except ProbeError as exc:
+        print(f"pyramidrepro: boundary: {exc}", file=sys.stderr)
+        return 1
+    if args.json_out:
+        write_atomically(Path(args.json_out), (json.dumps([b.to_dict() for b in found], indent=2) + "\n").encode())
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from . import dispatch
 
@@ -337,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/runs", help="results folder (default: results/runs)")
     p.add_argument("--run-id", help="name of the run folder (default: time stamp + config hash)")
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--boundary-search", help=argparse.SUPPRESS)  # set by `boundary` on its probes
     p.add_argument("--nproc", type=int, default=1,
                    help="spawn N DDP ranks on this machine (train.mode must be ddp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -433,6 +464,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between state checks with --wait")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("boundary", help="the largest batch that fits under the memory cap, by search",
+                       description="Per line of EXPERIMENT (each mode and remedy of its sweep, the batch "
+                                   "left out): double the batch until a probe runs out of memory, then "
+                                   "bisect to --resolution.  Each probe is a short run in its own process "
+                                   "(3 steps) under OUT/<experiment>/boundary-b<batch>-<line>; the "
+                                   "report reads them for its largest-batch figure and claim C1.  On a "
+                                   "CPU, devices.memory_limit_gb caps the process's memory (RLIMIT_DATA).")
+    add_config_args(p)
+    p.add_argument("--out", default="results/runs", help="results folder (default: results/runs)")
+    p.add_argument("--start", type=int, default=16, help="first batch tried (default: 16)")
+    p.add_argument("--max-batch", type=int, default=8192,
+                   help="largest batch tried (default: 8192, or the training set's size)")
+    p.add_argument("--resolution", type=int, default=1,
+                   help="stop when the fitting and failing batches are this close (default: 1; "
+                        "DDP lines round up to a multiple of their ranks)")
+    p.add_argument("--nproc", type=int, help="DDP ranks of a ddp line (default: GPUs present, or 2 on CPU)")
+    p.add_argument("--json-out", help="also write the boundaries and every probe as JSON here")
+    p.set_defaults(func=cmd_boundary)
 
     p = sub.add_parser("report", help="figure 5, claims and tables from a folder of runs",
                        description="Read every metrics.h5 below RESULTS and write report.md plus "

@@ -100,6 +100,8 @@ class TrainConfig:
     checkpoint_every_s: Optional[float] = 300.0
     #: CUDA: raise on any host-device sync in the step loop after warm-up (the device check's proof)
     sync_debug: bool = False
+    #: after the last step, time the model step, the loader and the all-reduce alone (bounds.py)
+    measure_bounds: bool = True
 
 
 @dataclass
@@ -108,7 +110,8 @@ class DevicesConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: emulate a GPU with this much memory in all (GiB): the allocator is capped at this minus what
-    #: the CUDA context and NCCL take outside it, as measured in the run (the paper's TITAN Xp: 11.91)
+    #: the CUDA context and NCCL take outside it, as measured in the run (the paper's TITAN Xp: 11.91).
+    #: On a CPU: the process's private writable memory, Python and torch included (RLIMIT_DATA)
     memory_limit_gb: Optional[float] = None
     cudnn_benchmark: bool = True
     #: CUDA: PyTorch's allocator grows segments in place (PYTORCH_ALLOC_CONF=expandable_segments:True)
@@ -591,8 +594,13 @@ def expand_sweep(cfg: ExperimentConfig, source: str = "<config>") -> list[tuple[
     return out
 
 
+def point_slug(point: dict[str, Any]) -> str:
+    """The swept values of a point, readable and safe in a folder name ("" for no values)."""
+    parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "-".join(parts).replace(" ", ""))[:96]
+
+
 def point_run_id(index: int, point: dict[str, Any], cfg: ExperimentConfig) -> str:
     """A stable, readable run id: index, the swept values, and the resolved config's hash."""
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
-    slug = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "-".join(parts).replace(" ", ""))[:96]
+    slug = point_slug(point)
     return f"p{index:03d}-{slug}-{cfg.digest()}" if slug else f"run-{cfg.digest()}"

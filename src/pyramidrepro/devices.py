@@ -12,6 +12,10 @@ communicator) are not subtracted; and memory used by another process on the same
 this process's overhead.  Fragmentation is the allocator's, not the card's: with PyTorch's default
 segments, PyramidNet-110 at batch 256 failed under the TITAN Xp's cap on an H100 with 0.73 GiB
 reserved but unused, so CUDA runs ask for expandable segments (``devices.expandable_segments``).
+
+On a CPU the same setting caps the process's private writable memory (``RLIMIT_DATA``) at the
+card's size, what Python and torch hold already counted as a GPU's context is: an allocation past
+it fails as a full card's would, which is what makes the OOM boundary search testable here.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class MemoryCap:
     device_bytes: int
     outside_allocator_bytes: int
     allocator_cap_bytes: int
+    on_gpu: bool = True
 
     @property
     def fraction(self) -> float:
@@ -45,7 +50,7 @@ class MemoryCap:
     def attributes(self) -> dict[str, Any]:
         return {
             Attr.MEMORY_LIMIT_GB: self.card_bytes / GIB,
-            Attr.GPU_TOTAL_MEMORY_BYTES: self.device_bytes,
+            **({Attr.GPU_TOTAL_MEMORY_BYTES: self.device_bytes} if self.on_gpu else {}),
             Attr.MEMORY_OUTSIDE_ALLOCATOR_BYTES: self.outside_allocator_bytes,
             Attr.ALLOCATOR_CAP_BYTES: self.allocator_cap_bytes,
         }
@@ -100,6 +105,57 @@ def cap_gpu_memory(card_gib: float, gpu_ids: list[int]) -> MemoryCap:
         torch.cuda.set_per_process_memory_fraction(cap.fraction, i)
         caps.append(cap)
     return max(caps, key=lambda c: c.outside_allocator_bytes)  # the tightest GPU is the one reported
+
+
+def process_data_bytes() -> int:
+    """This process's private writable memory (Linux ``VmData``): what ``RLIMIT_DATA`` limits."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmData line")
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+
+
+def fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """glibc: blocks of ``threshold`` bytes and more are mmap'd alone and given back when freed.
+
+    Setting it turns glibc's adaptive threshold off.  Returns False where there is no glibc.
+    """
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def cap_process_memory(card_gib: float) -> MemoryCap:
+    """On CPU: cap this process's private writable memory at ``card_gib`` GiB in all (``RLIMIT_DATA``).
+
+    DataLoader workers forked later inherit the cap, each for itself.  glibc's malloc is told to
+    map every large block on its own and unmap it when freed, so the limit meets what the run
+    holds, not what the C heap kept back: with its default, adaptive threshold the same probe fit
+    in one run and failed in the next.
+    """
+    fixed_mmap_threshold()
+    card = int(card_gib * GIB)
+    held = process_data_bytes()
+    if card <= held:
+        raise ValueError(f"devices.memory_limit_gb: {card_gib:g} GiB leaves nothing for the run: this process "
+                         f"holds {held / GIB:.2f} GiB already (Python and torch count on a CPU)")
+    resource.setrlimit(resource.RLIMIT_DATA, (card, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return MemoryCap(card, ram, held, card - held, on_gpu=False)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's, the CPU allocator's (under a cap) or Python's own."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)  # DefaultCPUAllocator
 
 
 def set_tf32(allowed: bool) -> None:
@@ -179,8 +235,10 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
         return "train.backend", "nccl needs CUDA GPUs; use gloo (or auto) on CPU"
     if t.mode == "ddp" and t.sync_bn and not on_gpu:
         return "train.sync_bn", "SyncBatchNorm needs CUDA GPUs; set it to false on CPU"
-    if dev.memory_limit_gb is not None and not on_gpu:
-        return "devices.memory_limit_gb", "emulates a GPU's memory, but this run is on CPU; set it to null"
+    if dev.memory_limit_gb is not None and not on_gpu and dev.memory_limit_gb * GIB <= process_data_bytes():
+        return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds already "
+                                           f"({process_data_bytes() / GIB:.2f} GiB): on a CPU the cap counts "
+                                           "Python and torch too")
     if cfg.data.loader == "dali":
         try:
             import nvidia.dali  # noqa: F401

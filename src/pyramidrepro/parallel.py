@@ -274,14 +274,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, grace_s: float = 10.0) -> int:
+def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, grace_s: float = 10.0,
+                 rank_args: list[str] | None = None) -> int:
     """Run ``cfg`` as ``nproc`` DDP ranks on this machine (each ``python -m pyramidrepro run``).
 
     The ranks read the config from a file beside the run folder (the folder is rank 0's to write
     once it owns it).  When a rank fails or is killed, the launcher says which, gives the others
     ``grace_s`` seconds, then terminates them.  SIGTERM or Ctrl-C to the launcher reaches every
     rank (their runs end interrupted); if the launcher itself is killed, the kernel kills the ranks.
-    Returns 0 when every rank exits 0, else the first failing rank's code.
+    Returns 0 when every rank exits 0, else the first failing rank's code.  ``rank_args`` go on
+    each rank's ``run`` command line.
     """
     import tempfile
 
@@ -290,7 +292,7 @@ def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, gra
     fd, config_file = tempfile.mkstemp(prefix=f".{run_dir.name}.", suffix=".yaml", dir=run_dir.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(cfg.to_yaml())
-    argv = ["run", config_file, "--run-dir", str(run_dir)] + ([] if progress else ["--no-progress"])
+    argv = ["run", config_file, "--run-dir", str(run_dir), *(rank_args or [])] + ([] if progress else ["--no-progress"])
     port = free_port()
     procs = []
     forwarded: list[int] = []

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .measure import Estimate, compare, mean_ci
 from .runs import RunRecord, load_runs
-from .schema import Status
+from .schema import BOUND_FIELDS, Status, Summary
 
 PAPER_ERROR = {(110, 48.0): 4.62, (110, 270.0): 3.73}  # Han et al. 2017, CIFAR-10 top-1 error %
 PAPER_OOM_BATCH = 512
@@ -84,6 +84,7 @@ class Point:
     runs: int
     devices: str
     ci: float = 0.0  # half-width of the 95 % interval: over repeats, or the one run's own
+    bounds: dict[str, Any] = field(default_factory=dict)  # the latest completed run's (bounds.py)
 
     @property
     def estimate(self) -> Estimate:
@@ -91,8 +92,11 @@ class Point:
 
 
 def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
+    """Per line and batch, the throughput point (boundary probes left out: too short to measure)."""
     groups: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
     for r in records:
+        if r.boundary_probe:
+            continue
         groups[(r.line, r.batch_size)].append(r)
     table: dict[str, dict[int, Point]] = defaultdict(dict)
     for (line, batch), runs in sorted(groups.items()):
@@ -103,11 +107,11 @@ def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
                 done[0].images_per_s, done[0].images_per_s_ci or 0.0)
             ips, ci = est.images_per_s, est.ci
             best = max(done, key=lambda r: r.finished_at)
-            status, peaks = Status.COMPLETED, best.peak_memory
+            status, peaks, bounds = Status.COMPLETED, best.peak_memory, best.bounds
         else:
             latest = max(runs, key=lambda r: r.finished_at)
-            ips, status, peaks = None, latest.status, latest.peak_memory
-        table[line][batch] = Point(line, batch, status, ips, peaks, len(runs), runs[0].device_name, ci)
+            ips, status, peaks, bounds = None, latest.status, latest.peak_memory, {}
+        table[line][batch] = Point(line, batch, status, ips, peaks, len(runs), runs[0].device_name, ci, bounds)
     return table
 
 
@@ -298,29 +302,43 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
     return _save(fig, out_dir, "fig5_throughput")
 
 
-def largest_fitting_batch(table: dict[str, dict[int, Point]]) -> dict[str, tuple[int | None, int | None]]:
-    """Per line: (largest completed batch, smallest batch that ran out of memory)."""
+@dataclass
+class Fit:
+    """What ran under the memory cap on one line: the largest batch that completed, the smallest
+    that ran out of memory, and how many of the runs were boundary probes (``boundary`` command)."""
+
+    largest: int | None
+    first_oom: int | None
+    probes: int
+
+
+def largest_fitting_batch(records: list[RunRecord]) -> dict[str, Fit]:
+    """Per line, from every run there: measured points and boundary probes alike."""
+    by_line: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        by_line[r.line].append(r)
     out = {}
-    for line, pts in table.items():
-        done = [b for b, p in pts.items() if p.status == Status.COMPLETED]
-        oom = [b for b, p in pts.items() if p.status == Status.OOM]
-        out[line] = (max(done) if done else None, min(oom) if oom else None)
+    for line, runs in by_line.items():
+        done = [r.batch_size for r in runs if r.status == Status.COMPLETED]
+        oom = [r.batch_size for r in runs if r.status == Status.OOM]
+        out[line] = Fit(max(done) if done else None, min(oom) if oom else None, sum(r.boundary_probe for r in runs))
     return out
 
 
-def plot_fitting(table: dict[str, dict[int, Point]], out_dir: Path) -> list[Path]:
+def plot_fitting(records: list[RunRecord], out_dir: Path) -> list[Path]:
     """Bar chart: the largest batch each remedy / mode ran under the memory cap."""
-    fits = {k: v for k, v in largest_fitting_batch(table).items() if v[0]}
-    if not any(v[1] for v in largest_fitting_batch(table).values()):
+    fits = largest_fitting_batch(records)
+    if not any(f.first_oom for f in fits.values()):
         return []  # no OOM anywhere: the limit was not reached, nothing to show
-    lines = sorted(fits, key=lambda k: fits[k][0])
+    fits = {k: f for k, f in fits.items() if f.largest}
+    lines = sorted(fits, key=lambda k: fits[k].largest or 0)
     fig, ax = _new_axes((7, 0.5 * len(lines) + 1.5))
-    ax.barh(lines, [fits[k][0] for k in lines],
+    ax.barh(lines, [fits[k].largest for k in lines],
             color=[_STYLE.get(k.split("+")[0], ("tab:gray", ""))[0] for k in lines])
     for i, k in enumerate(lines):
-        oom = fits[k][1]
-        ax.text(fits[k][0], i, f" {fits[k][0]}" + (f" (OOM at {oom})" if oom else " (no OOM seen)"),
-                va="center", fontsize=8)
+        f = fits[k]
+        ax.text(f.largest, i, f" {f.largest}" + (f" (OOM at {f.first_oom})" if f.first_oom else " (no OOM seen)")
+                + (f", searched: {f.probes} probes" if f.probes else ""), va="center", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("largest global batch that ran under the memory cap")
     return _save(fig, out_dir, "largest_batch")
@@ -484,6 +502,14 @@ def _fmt_mem(peaks: list[int]) -> str:
     return f"master {gib[0]:.2f} / others max {max(gib[1:]):.2f}"
 
 
+def _fmt_bounds(bounds: dict[str, Any]) -> str:
+    """``**compute**: 850 / 57,000 / -``: the label, then each part's images/s alone."""
+    if not bounds.get(Summary.BOUND):
+        return "-"
+    figures = [bounds.get(k) for k in BOUND_FIELDS[1:]]
+    return f"**{bounds[Summary.BOUND]}**: " + " / ".join("-" if v is None else f"{v:,.0f}" for v in figures)
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  command: str = "") -> dict[str, Any]:
     """Write report.md and the figures; returns {'report': path, 'claims': [...], 'runs': n}."""
@@ -512,27 +538,32 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     if synthetic:
         title += " (synthetic data)"
     figs = plot_fig5(table, title, out)
-    fit_figs = plot_fitting(table, out)
-    acc_figs = plot_accuracy(records, out)
-    rows = scaling_rows(records)
+    fit_figs = plot_fitting(records, out)
+    measured = [r for r in records if not r.boundary_probe]
+    acc_figs = plot_accuracy(measured, out)
+    rows = scaling_rows(measured)
     scale_figs = plot_scaling(rows, out)
     running = [r for r in records if r.status == Status.RUNNING]
 
     lines = [f"# Reproduction report{' (synthetic data)' if synthetic else ''}", ""]
     if command:
         lines += [f"Produced by: `{command}`", ""]
+    probes = len(records) - len(measured)
     lines += [f"Runs read: {len(records)} from `{results_dir}`"
-              + (f" ({len(running)} still running, marked below)" if running else ""), ""]
+              + (f" ({len(running)} still running, marked below)" if running else "")
+              + (f"; {probes} of them boundary probes, used for the largest batch and C1 only" if probes else ""), ""]
     lines += ["## Figure 5: throughput vs batch size", "", f"![Figure 5]({figs[0].name})", ""]
     lines += ["## The paper's claims", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
     lines += [f"| {c.text} | **{c.verdict}** | {c.evidence} |" for c in claims]
     lines += ["", "## Runs: images/s by mode and batch", "",
-              "| line | batch | status | images/s (± 95 % CI) | peak memory (GiB) | repeats |",
-              "| --- | ---: | --- | ---: | --- | ---: |"]
+              "| line | batch | status | images/s (± 95 % CI) | bound: compute / input / all-reduce alone (images/s) "
+              "| peak memory (GiB) | repeats |",
+              "| --- | ---: | --- | ---: | --- | --- | ---: |"]
     for line, pts in sorted(table.items()):
         for b, p in sorted(pts.items()):
             ips = _fmt(p.estimate) if p.images_per_s else "-"
-            lines.append(f"| {line} | {b} | {p.status} | {ips} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
+            lines.append(f"| {line} | {b} | {p.status} | {ips} | {_fmt_bounds(p.bounds)} | {_fmt_mem(p.peak_memory)} "
+                         f"| {p.runs} |")
     paper_batches = [b for b in (64, 128, 256, 512) if any(b in pts for pts in table.values())]
     if len(table) > 1 and paper_batches:
         lines += ["", "## Images/s at the paper's batch sizes", "",
@@ -546,8 +577,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
             lines.append(f"| {line} | " + " | ".join(cells) + " |")
     if fit_figs:
         lines += ["", "## Largest batch under the memory cap", "", f"![largest batch]({fit_figs[0].name})", ""]
-        for line, (fit, oom) in sorted(largest_fitting_batch(table).items()):
-            lines.append(f"- {line}: fits {fit if fit else '-'}" + (f", out of memory at {oom}" if oom else ""))
+        for line, f in sorted(largest_fitting_batch(records).items()):
+            oom = f", out of memory at {f.first_oom}" if f.first_oom else ""
+            lines.append(f"- {line}: fits {f.largest or '-'}{oom}"
+                         + (f" (boundary search: {f.probes} probes)" if f.probes else ""))
     if acc_figs:
         lines += ["", "## Accuracy", "", f"![accuracy]({acc_figs[0].name})", "",
                   "| model | epochs | final test error | Han et al. 2017 |", "| --- | ---: | ---: | ---: |"]

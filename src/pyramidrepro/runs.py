@@ -22,7 +22,7 @@ import yaml
 
 from .config import SAFE_COMPONENT, ExperimentConfig
 from .metrics import read_metrics
-from .schema import FINISHED, Attr, Status, Summary
+from .schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from .storage import write_atomically
 
 CONFIG_NAME = "config.yaml"
@@ -158,6 +158,8 @@ class RunRecord:
     backend: str = ""  # the process group's (DDP)
     images_per_s_ci: float | None = None  # half-width of the run's 95 % interval (measure.throughput)
     system: dict[str, Any] = field(default_factory=dict)  # the system described from inside the job
+    bounds: dict[str, Any] = field(default_factory=dict)  # what bounds the point: Summary.BOUND and its figures
+    boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
 
 
 def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
@@ -256,6 +258,8 @@ def load_run(path: str | Path) -> RunRecord:
         backend=str(a.get(Attr.BACKEND, "")),
         images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
         system=_json(a.get(Attr.SYSTEM), {}),
+        boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
+        bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
     )
 
 

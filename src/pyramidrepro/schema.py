@@ -88,6 +88,7 @@ class Attr(StrEnum):
     FINISHED_AT = "finished_at"
     ERROR = "error"
     OOM_BATCH_SIZE = "oom_batch_size"
+    BOUNDARY_SEARCH = "boundary_search"  # a boundary probe: the line searched, as JSON (boundary.py)
     NAN_STEP = "nan_step"
     STOP_RANK = "stop_rank"
 
@@ -110,8 +111,15 @@ class Summary(StrEnum):
     METRICS_WRITE_S = "metrics_write_s"
     METRICS_OVERHEAD = "metrics_overhead"
     FINAL_TEST_ACC = "final_test_acc"
+    # what bounds the point (bounds.py): global images/s each part alone allows, and the lowest's name
+    COMPUTE_IMAGES_PER_S = "compute_images_per_s"
+    INPUT_IMAGES_PER_S = "input_images_per_s"
+    ALLREDUCE_IMAGES_PER_S = "allreduce_images_per_s"
+    BOUND = "bound"  # compute | input | communication
 
 
+#: the bound label and the three figures behind it, in the order the report shows them
+BOUND_FIELDS = (Summary.BOUND, Summary.COMPUTE_IMAGES_PER_S, Summary.INPUT_IMAGES_PER_S, Summary.ALLREDUCE_IMAGES_PER_S)
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "step_time_s", "data_time_s")
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
 #: datasets of the ``ranks`` group: step_time_s [rank, step] and the peaks per rank or GPU

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .autotune import Choice, resolve_auto
+from .bounds import measure_bounds
 from .checkpoint import Checkpoints, Position
 from .config import ExperimentConfig
 from .data import DataError, load_splits, per_rank_batch
@@ -34,8 +35,10 @@ from .devices import (
     MemoryCap,
     allocator_settings,
     cap_gpu_memory,
+    cap_process_memory,
     capability,
     device_name,
+    is_out_of_memory,
     request_allocator_settings,
     set_tf32,
 )
@@ -123,6 +126,8 @@ def build_training(cfg: ExperimentConfig, ctx: RunContext) -> Training:
         if cfg.devices.memory_limit_gb is not None:
             ids = list(range(torch.cuda.device_count())) if t.mode.startswith("dp") else [device.index]
             memory_cap = cap_gpu_memory(cfg.devices.memory_limit_gb, ids)
+    elif cfg.devices.memory_limit_gb is not None:
+        memory_cap = cap_process_memory(cfg.devices.memory_limit_gb)
     splits = load_splits(cfg.data, cfg.model.num_classes, t.seed)
     m = cfg.model
     model: nn.Module = PyramidNet(m.depth, m.alpha, m.block, m.widening, m.num_classes,
@@ -291,18 +296,19 @@ class Trainer:
                 self.loop.save_if_between_steps()
             self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
             raise
-        except torch.OutOfMemoryError as exc:
-            status, info = self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
-                                                   Attr.ERROR: str(exc).splitlines()[0]})
         except BaseException as exc:
-            peer = self.stop_channel.peer_record() if self.stop_channel is not None else None
-            if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                # this rank failed: say so to the peers and in metrics.h5, then let the error out
-                self._finish(*self._stop(Status.FAILED, {Attr.ERROR: f"{type(exc).__name__}: {exc}"}))
-                if not isinstance(exc, SystemExit):
-                    self._leave()
-                raise
-            status, info = peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
+            if is_out_of_memory(exc):  # CUDA's, or the CPU allocator's under an emulated cap
+                status, info = self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
+                                                       Attr.ERROR: (str(exc).splitlines() or [repr(exc)])[0]})
+            else:
+                peer = self.stop_channel.peer_record() if self.stop_channel is not None else None
+                if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    # this rank failed: say so to the peers and in metrics.h5, then let the error out
+                    self._finish(*self._stop(Status.FAILED, {Attr.ERROR: f"{type(exc).__name__}: {exc}"}))
+                    if not isinstance(exc, SystemExit):
+                        self._leave()
+                    raise
+                status, info = peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
         self._finish(status, info)
         if status == Status.COMPLETED:
             if self.stop_channel is not None:
@@ -345,7 +351,13 @@ class Trainer:
             self.recorder.rewind(start.step, start.epoch)
             attrs[Attr.RESUMED_FROM_STEP] = start.step
         self.recorder.set_attrs(flush=True, **attrs)
-        return self.loop.run(start)
+        status, info = self.loop.run(start)
+        if status == Status.COMPLETED and self.cfg.train.measure_bounds:
+            t = self.cfg.train
+            bounds = measure_bounds(training.executor, training.train_loader, t.batch_size, training.grad_bytes,
+                                    t.bucket_cap_mb, ctx.env.world_size if t.mode == "ddp" else 1)
+            self.recorder.set_summary(**bounds.summary())
+        return status, info
 
     def _stop(self, status: str, info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """This rank ends the run with ``status``: tell every peer (multi-rank); the outcome in force."""
