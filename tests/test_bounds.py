@@ -66,7 +66,8 @@ def test_the_lowest_rate_names_the_bound_and_missing_parts_are_left_out():
 
 def test_a_ddp_run_records_all_three_and_the_report_shows_them(tmp_path):
     done = run_cli("run", str(SMOKE), "--set", "devices.device=cpu", "--set", "train.mode=ddp", "--nproc", "2",
-                   "--set", "train.bucket_cap_mb=0.01", "--set", "train.measure_bounds=true", "--out", str(tmp_path), "--run-id", "ddp", "--no-progress")
+                   "--set", "train.bucket_cap_mb=0.01", "--set", "train.measure_bounds=true", "--out", str(tmp_path),
+                   "--run-id", "ddp", "--no-progress")
     assert done.returncode == 0, done.stderr
     summary = read_metrics(tmp_path / "smoke" / "ddp" / "metrics.h5")["summary"]
     rates = {k: float(summary[k]) for k in (Summary.COMPUTE_IMAGES_PER_S, Summary.INPUT_IMAGES_PER_S,

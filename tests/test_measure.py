@@ -73,3 +73,23 @@ def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
     assert line_style("single+bf16")["linestyle"] == "--" and line_style("single+ckpt")["linestyle"] == ":"
     assert line_style("single+accum2") == {**line_style("single"), "linestyle": "-."}
     assert set(figure5_lines({"single": {}, "single+1thread": {}, "ddp+accum2": {}})) == {"single", "ddp+accum2"}
+
+
+def test_pooled_repeats_equal_the_interval_over_all_their_windows():
+    from pyramidrepro.measure import pool
+
+    runs = [[101.0, 99.5, 100.2, 98.7, 100.9], [104.0, 103.1, 105.2, 104.4, 103.8], [97.0, 98.2, 96.5, 97.9, 98.8]]
+    pooled = pool([mean_ci(w) for w in runs])
+    direct = mean_ci([v for w in runs for v in w])
+    assert pooled.images_per_s == pytest.approx(direct.images_per_s)
+    assert pooled.ci == pytest.approx(direct.ci) and pooled.samples == 15
+
+
+def test_pooling_narrows_agreeing_repeats_and_widens_for_disagreeing_ones():
+    from pyramidrepro.measure import pool
+
+    one = Estimate(100.0, 4.0, 5)
+    assert pool([one]) == one
+    assert pool([one, one]).ci < one.ci
+    apart = pool([Estimate(100.0, 1.0, 5), Estimate(120.0, 1.0, 5)])
+    assert apart.images_per_s == pytest.approx(110.0) and apart.ci > 5 * 1.0  # the runs' spread, not their own

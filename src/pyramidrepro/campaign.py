@@ -4,6 +4,10 @@ Every sweep point is submitted through submitit's local executor (:mod:`.dispatc
 job a Slurm array runs, and waited for before the next starts, so each point has the machine to
 itself and a crash or an out-of-memory point ends that point only.  Points whose run is done
 (:func:`.runs.is_done`) are skipped, so an interrupted campaign picks up where it stopped.
+
+A point whose images/s interval is wider than ``ci_target`` (a fraction of the mean) is run again,
+as ``<run id>-r2``, ``-r3`` ..., until the repeats pooled (:func:`.measure.pool`) are narrow
+enough or ``max_repeats`` runs exist.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import TextIO
 
 from . import dispatch
 from .config import ExperimentConfig, expand_sweep
-from .runs import is_done, run_dir_for, status_of
+from .measure import Estimate, pool
+from .runs import is_done, load_run, run_dir_for, status_of
 from .schema import EXIT_CODES, FINISHED, Status
 
 
@@ -27,9 +32,33 @@ def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
     return dataclasses.replace(cfg, cluster=cluster)
 
 
+def repeat_id(run_id: str, repeat: int) -> str:
+    """The run id of a point's ``repeat``-th run (the first keeps the point's own)."""
+    return run_id if repeat == 1 else f"{run_id}-r{repeat}"
+
+
+def point_estimate(out: str | Path, experiment: str, run_id: str, repeats: int) -> Estimate | None:
+    """The pooled images/s of a point's completed runs so far; None when none has a figure."""
+    runs = []
+    for n in range(1, repeats + 1):
+        metrics = run_dir_for(out, experiment, repeat_id(run_id, n)) / "metrics.h5"
+        if status_of(metrics.parent) == Status.COMPLETED:
+            record = load_run(metrics)
+            if record.images_per_s:
+                runs.append(record.estimate())
+    return pool(runs) if runs else None
+
+
+def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
+    return (ci_target is not None and estimate is not None
+            and estimate.ci > ci_target * estimate.images_per_s)
+
+
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
-                 stream: TextIO = sys.stdout) -> list[tuple[str, str, float]]:
-    """Run every sweep point here, in turn; returns (run id, outcome, seconds) per point.
+                 stream: TextIO = sys.stdout, ci_target: float | None = None,
+                 max_repeats: int = 1) -> list[tuple[str, str, float]]:
+    """Run every sweep point here, in turn (repeated while its interval is too wide); returns
+    (run id, outcome, seconds) per run.
 
     The outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
     """
@@ -37,27 +66,45 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
     results = []
     total_t0 = time.monotonic()
     for i, (run_id, point_cfg) in enumerate(points, 1):
-        folder = run_dir_for(out, cfg.name, run_id)
-        label = f"[{i}/{len(points)}] {run_id}"
-        if is_done(folder):
-            print(f"{label}: already done, skipped", file=stream, flush=True)
-            results.append((run_id, "skipped", 0.0))
-            continue
-        print(f"{label}: running ...", file=stream, flush=True)
-        t0 = time.monotonic()
-        job = dispatch.submit(cfg, source, out, stream=io.StringIO(),
-                              points=[(run_id, local_point(point_cfg, ddp_ranks))])[0]
-        error = ""
-        try:
-            job.results()
-        except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
-            error = "\n".join(str(exc).strip().splitlines()[-5:])
-        status = status_of(folder) or Status.FAILED
-        code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
-        outcome = status if code == 0 else f"{status} (exit {code})"
-        print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
-              f"(elapsed {time.monotonic() - total_t0:.0f} s)", file=stream, flush=True)
-        if error:
-            print(f"    {error}", file=stream, flush=True)
-        results.append((run_id, outcome, time.monotonic() - t0))
+        for repeat in range(1, max_repeats + 1):
+            if repeat > 1:
+                estimate = point_estimate(out, cfg.name, run_id, repeat - 1)
+                if not needs_repeat(estimate, ci_target):
+                    break
+                assert estimate is not None
+                print(f"[{i}/{len(points)}] {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s "
+                      f"(± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (ci_target or 0):g} %): "
+                      f"repeat {repeat} of at most {max_repeats}", file=stream, flush=True)
+            outcome = run_point(cfg, source, out, repeat_id(run_id, repeat), point_cfg, ddp_ranks,
+                                f"[{i}/{len(points)}]", stream, total_t0)
+            results.append(outcome)
+            if outcome[1] != Status.COMPLETED and outcome[1] != "skipped":
+                break  # an oom, nan or failed point is not measured again
     return results
+
+
+def run_point(cfg: ExperimentConfig, source: str, out: str | Path, run_id: str, point_cfg: ExperimentConfig,
+              ddp_ranks: int, counter: str, stream: TextIO, total_t0: float) -> tuple[str, str, float]:
+    """One run of one point through the local executor (skipped when its folder says done)."""
+    folder = run_dir_for(out, cfg.name, run_id)
+    label = f"{counter} {run_id}"
+    if is_done(folder):
+        print(f"{label}: already done, skipped", file=stream, flush=True)
+        return run_id, "skipped", 0.0
+    print(f"{label}: running ...", file=stream, flush=True)
+    t0 = time.monotonic()
+    job = dispatch.submit(cfg, source, out, stream=io.StringIO(),
+                          points=[(run_id, local_point(point_cfg, ddp_ranks))])[0]
+    error = ""
+    try:
+        job.results()
+    except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
+        error = "\n".join(str(exc).strip().splitlines()[-5:])
+    status = status_of(folder) or Status.FAILED
+    code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
+    outcome = status if code == 0 else f"{status} (exit {code})"
+    print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
+          f"(elapsed {time.monotonic() - total_t0:.0f} s)", file=stream, flush=True)
+    if error:
+        print(f"    {error}", file=stream, flush=True)
+    return run_id, outcome, time.monotonic() - t0

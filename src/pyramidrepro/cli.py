@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -226,11 +227,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
           + f", DDP with {ranks} ranks, results in {args.out}", flush=True)
     t0 = time.monotonic()
-    results = run_campaign(cfg, experiment, args.out, ranks)
+    if not 0 < args.ci_target <= 100:
+        raise ConfigError("reproduce", "--ci-target", f"must be a percentage in (0, 100], got {args.ci_target:g}")
+    if not 1 <= args.max_repeats <= 20:
+        raise ConfigError("reproduce", "--max-repeats", f"must be between 1 and 20, got {args.max_repeats}")
+    results = run_campaign(cfg, experiment, args.out, ranks, ci_target=args.ci_target / 100,
+                           max_repeats=args.max_repeats)
     out_dir = Path(args.out) / cfg.name
     report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}")
     failed = [r for r in results if "exit" in r[1]]
-    print(f"reproduce: {len(results)} points in {time.monotonic() - t0:.0f} s, {len(failed)} failed")
+    print(f"reproduce: {len(results)} runs of {len({re.sub(r'-r[0-9]+$', '', r[0]) for r in results})} points in "
+          f"{time.monotonic() - t0:.0f} s, {len(failed)} failed")
     for c in report["claims"]:
         print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
     print(f"reproduce: report at {report['report']}")
@@ -498,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="campaign file (default: chosen by the hardware)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--nproc", type=int, help="DDP ranks (default: GPUs present, or 2 on CPU)")
+    p.add_argument("--ci-target", type=float, default=2.0, metavar="PERCENT",
+                   help="repeat a point while its images/s 95 %% interval is wider than +-PERCENT of the mean "
+                        "(default: 2)")
+    p.add_argument("--max-repeats", type=int, default=3, help="runs of one point at most (default: 3)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

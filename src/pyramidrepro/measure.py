@@ -60,6 +60,31 @@ def mean_ci(values: Sequence[float]) -> Estimate:
                     len(vals))
 
 
+def windows_of(measured_steps: int) -> int:
+    """How many contiguous windows a run's interval is taken over (1: too few steps for one)."""
+    k = min(WINDOWS, measured_steps // 2)
+    return k if k >= 2 else 1
+
+
+def pool(runs: Sequence[Estimate]) -> Estimate:
+    """Repeats of one point as one estimate: every run's windows pooled.
+
+    The mean weights each run by its windows; the interval is Student-t over all windows, its
+    variance the windows' spread within each run plus the runs' spread about the mean, so runs
+    that disagree widen it.  Each run's window spread is recovered from its own interval.
+    """
+    runs = [r for r in runs if r.images_per_s and math.isfinite(r.images_per_s)]
+    if len(runs) <= 1:
+        return runs[0] if runs else Estimate(float("nan"), 0.0, 0)
+    n = sum(r.samples for r in runs)
+    mean = sum(r.samples * r.images_per_s for r in runs) / n
+    within = sum((r.samples - 1) * (r.ci * math.sqrt(r.samples) / t95(r.samples - 1)) ** 2
+                 for r in runs if r.samples > 1)
+    between = sum(r.samples * (r.images_per_s - mean) ** 2 for r in runs)
+    sd = math.sqrt((within + between) / (n - 1))
+    return Estimate(mean, t95(n - 1) * sd / math.sqrt(n), n)
+
+
 def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Estimate, int, int]:
     """A run's images/s: total images / total time over the settled steps, with a 95 % interval from
     WINDOWS contiguous windows (each its own total / total).
@@ -75,7 +100,7 @@ def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Est
     measured = times[start:]
     first = timed[start] if timed else len(step_times)
     rate = batch * len(measured) / sum(measured)
-    k = min(WINDOWS, len(measured) // 2)
+    k = windows_of(len(measured))
     if k < 2:
         return Estimate(rate, 0.0, 1), first, len(measured)
     size = len(measured) // k

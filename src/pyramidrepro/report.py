@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .measure import Estimate, compare, mean_ci
+from .measure import Estimate, compare, pool
 from .runs import RunRecord, load_runs
 from .schema import BOUND_FIELDS, Status, Summary
 
@@ -102,9 +102,8 @@ def summarise(records: list[RunRecord]) -> dict[str, dict[int, Point]]:
     for (line, batch), runs in sorted(groups.items()):
         done = [r for r in runs if r.status == Status.COMPLETED and r.images_per_s]
         ci = 0.0
-        if done:  # repeats: their mean and interval; one run: its own (measure.throughput)
-            est = mean_ci([r.images_per_s for r in done]) if len(done) > 1 else Estimate(
-                done[0].images_per_s, done[0].images_per_s_ci or 0.0)
+        if done:  # one run: its own estimate; repeats: their windows pooled (measure.pool)
+            est = pool([r.estimate() for r in done])
             ips, ci = est.images_per_s, est.ci
             best = max(done, key=lambda r: r.finished_at)
             status, peaks, bounds = Status.COMPLETED, best.peak_memory, best.bounds

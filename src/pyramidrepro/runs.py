@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .config import SAFE_COMPONENT, ExperimentConfig
+from .measure import Estimate, windows_of
 from .metrics import read_metrics
 from .schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from .storage import write_atomically
@@ -158,8 +159,14 @@ class RunRecord:
     backend: str = ""  # the process group's (DDP)
     images_per_s_ci: float | None = None  # half-width of the run's 95 % interval (measure.throughput)
     system: dict[str, Any] = field(default_factory=dict)  # the system described from inside the job
+    measured_steps: int = 0  # steps behind images_per_s (its interval's windows: measure.windows_of)
     bounds: dict[str, Any] = field(default_factory=dict)  # what bounds the point: Summary.BOUND and its figures
     boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
+
+    def estimate(self) -> Estimate:
+        """Its images/s with the interval and the windows behind it (measure.throughput)."""
+        return Estimate(self.images_per_s or float("nan"), self.images_per_s_ci or 0.0,
+                        windows_of(self.measured_steps))
 
 
 def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool,
@@ -259,6 +266,7 @@ def load_run(path: str | Path) -> RunRecord:
         images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
         system=_json(a.get(Attr.SYSTEM), {}),
         boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
+        measured_steps=int(_num(s.get(Summary.MEASURED_STEPS)) or 0),
         bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
     )
 
