@@ -167,3 +167,23 @@ def test_remedy_lines_and_largest_batch_figure(tmp_path):
     assert "- single+accum4: fits 1024" in text
     assert "## Images/s at the paper's batch sizes" in text
     assert (tmp_path / "rep" / "largest_batch.png").stat().st_size > 1000
+
+
+def test_c1_is_decided_from_the_boundary_a_search_found(tmp_path):
+    """Probes between 256 and 512 refine the boundary; they count for C1 and stay out of the
+    throughput table."""
+    for i, (batch, status) in enumerate([(384, "oom"), (320, "completed"), (352, "oom"), (336, "oom")]):
+        fake_run(tmp_path / "runs", f"probe{i}", "single", batch, status, 100.0 if status == "completed" else None,
+                 boundary_search="{}")
+    claims = build(tmp_path, PAPER_LIKE)
+    assert claims["C1"].verdict == "PASS"
+    assert "completed 320, smallest out of memory 336 (boundary search: 4 probes)" in claims["C1"].evidence
+    build_report(tmp_path / "runs", tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| single | 320 |" not in text and "- single: fits 320, out of memory at 336" in text
+
+
+def test_c1_fails_when_the_boundary_lies_below_the_papers_256(tmp_path):
+    rows = [("single", 128, "completed", 300), ("single", 256, "oom", None), ("single", 512, "oom", None)]
+    claims = build(tmp_path, rows)
+    assert claims["C1"].verdict == "FAIL" and "completed 128, smallest out of memory 256" in claims["C1"].evidence
