@@ -22,9 +22,16 @@ TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=10000", "--set", "data.synthetic_train_size=4096"]
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default disposition: a suite started in the background (``cmd &``) has SIGINT
+    ignored, and a child would inherit that and never see the Ctrl-C the tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--no-progress", *TINY, *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def _wait_steps(path: Path, n: int, timeout: float = 120) -> None:

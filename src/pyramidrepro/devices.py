@@ -14,8 +14,8 @@ segments, PyramidNet-110 at batch 256 failed under the TITAN Xp's cap on an H100
 reserved but unused, so CUDA runs ask for expandable segments (``devices.expandable_segments``).
 
 On a CPU the same setting caps the process's private writable memory (``RLIMIT_DATA``) at the
-card's size, what Python and torch hold already counted as a GPU's context is: an allocation past
-it fails as a full card's would, which is what makes the OOM boundary search testable here.
+card's size, counting what Python and torch already hold as a card counts its CUDA context: an
+allocation past it fails as a full card's would, which makes the OOM boundary search testable here.
 """
 
 from __future__ import annotations
@@ -235,10 +235,12 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
         return "train.backend", "nccl needs CUDA GPUs; use gloo (or auto) on CPU"
     if t.mode == "ddp" and t.sync_bn and not on_gpu:
         return "train.sync_bn", "SyncBatchNorm needs CUDA GPUs; set it to false on CPU"
-    if dev.memory_limit_gb is not None and not on_gpu and dev.memory_limit_gb * GIB <= process_data_bytes():
-        return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds already "
-                                           f"({process_data_bytes() / GIB:.2f} GiB): on a CPU the cap counts "
-                                           "Python and torch too")
+    if dev.memory_limit_gb is not None and not on_gpu:
+        held = process_data_bytes()
+        if dev.memory_limit_gb * GIB <= held:
+            return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds "
+                                               f"already ({held / GIB:.2f} GiB): on a CPU the cap counts Python "
+                                               "and torch too")
     if cfg.data.loader == "dali":
         try:
             import nvidia.dali  # noqa: F401

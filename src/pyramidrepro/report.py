@@ -263,7 +263,10 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # noqa: ANN001
     return paths
 
 
-def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> list[Path]:
+def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path,
+              fits: dict[str, Fit] | None = None) -> list[Path]:
+    """Images/s against batch per line with error bars; ✕ where a point ran out of memory and, for a
+    line a ``boundary`` search covered, at the first batch the search saw fail."""
     fig, ax = _new_axes((7, 4.5))
     table = figure5_lines(table)
     all_ips = [p.images_per_s for pts in table.values() for p in pts.values() if p.images_per_s]
@@ -276,13 +279,16 @@ def plot_fig5(table: dict[str, dict[int, Point]], title: str, out_dir: Path) -> 
         if xs:
             ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], label=line,
                         capsize=3, **style)
-        for b, p in pts.items():
-            if p.status == Status.OOM:
-                ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
-                           label=None if oom_labelled else "out of memory")
-                ax.annotate("OOM", (b, floor), textcoords="offset points", xytext=(0, 7),
-                            ha="center", fontsize=8, color=color)
-                oom_labelled = True
+        oom = {b: "OOM" for b, p in pts.items() if p.status == Status.OOM}
+        searched = (fits or {}).get(line)
+        if searched and searched.probes and searched.first_oom:
+            oom[searched.first_oom] = f"OOM from {searched.first_oom}"
+        for b, text in oom.items():
+            ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
+                       label=None if oom_labelled else "out of memory")
+            ax.annotate(text, (b, floor), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=8, color=color)
+            oom_labelled = True
     ax.set_xscale("log", base=2)
     batches = sorted({b for pts in table.values() for b in pts})
     if batches:
@@ -533,7 +539,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     title = "Throughput vs batch size: " + ", ".join(models)
     if synthetic:
         title += " (synthetic data)"
-    figs = plot_fig5(table, title, out)
+    figs = plot_fig5(table, title, out, largest_fitting_batch(records))
     fit_figs = plot_fitting(records, out)
     measured = [r for r in records if not r.boundary_probe]
     acc_figs = plot_accuracy(measured, out)

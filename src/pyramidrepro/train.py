@@ -353,6 +353,7 @@ class Trainer:
         self.recorder.set_attrs(flush=True, **attrs)
         status, info = self.loop.run(start)
         if status == Status.COMPLETED and self.cfg.train.measure_bounds:
+            self.loop.between_steps = False  # the timed steps move the weights: no checkpoint from here
             t = self.cfg.train
             bounds = measure_bounds(training.executor, training.train_loader, t.batch_size, training.grad_bytes,
                                     t.bucket_cap_mb, ctx.env.world_size if t.mode == "ddp" else 1)
