@@ -127,26 +127,28 @@ def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_one
 
 
 def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
-    """A 0.01 % target cannot be met: the point runs --max-repeats times, the report pools them;
-    a 100 % target is met at once; a rerun finds every repeat done."""
+    """A 0.01 % target cannot be met: each point runs --max-repeats times, in passes (a point's repeat
+    comes after every point's first run), and the report pools them; a 100 % target is met at once;
+    a rerun finds every repeat done."""
     import yaml
 
     from conftest import run_cli
 
     exp = yaml.safe_load(SMOKE.read_text())
-    exp.update(name="rep", model={"depth": 8, "alpha": 4, "block": "basic"}, sweep={"train.max_steps": [12]})
+    exp.update(name="rep", model={"depth": 8, "alpha": 4, "block": "basic"}, sweep={"train.max_steps": [12, 14]})
     path = tmp_path / "rep.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out"
     args = ["reproduce", "--experiment", str(path), "--out", str(out), "--max-repeats", "2"]
     r = run_cli(*args, "--ci-target", "0.01")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "repeat 2 of at most 2" in r.stdout and "2 runs of 1 points" in r.stdout
-    folders = sorted(p.parent.name for p in out.glob("rep/*/metrics.h5"))
-    assert len(folders) == 2 and folders[1] == folders[0] + "-r2"
+    assert "repeat 2 of at most 2" in r.stdout and "4 runs of 2 points" in r.stdout
+    started = [line.split()[1].rstrip(":") for line in r.stdout.splitlines() if line.endswith(": running ...")]
+    first, second = sorted(p.parent.name for p in out.glob("rep/*/metrics.h5") if "-r" not in p.parent.name)
+    assert started == [first, second, first + "-r2", second + "-r2"]
     row = next(line for line in (out / "rep" / "report.md").read_text().splitlines() if line.startswith("| single |"))
-    assert row.rstrip().endswith("| 2 |")  # the repeats column
+    assert row.rstrip().endswith("| 4 |")  # the repeats column: both points are one line at one batch
     again = run_cli(*args, "--ci-target", "0.01")
-    assert again.stdout.count("already done, skipped") == 2, again.stdout
+    assert again.stdout.count("already done, skipped") == 4, again.stdout
     wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "3", "--ci-target", "100")
-    assert wide.returncode == 0 and "repeat 2 of" not in wide.stdout and "1 runs of 1 points" in wide.stdout
+    assert wide.returncode == 0 and "repeat 2 of" not in wide.stdout and "2 runs of 2 points" in wide.stdout

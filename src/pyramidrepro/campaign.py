@@ -6,8 +6,8 @@ itself and a crash or an out-of-memory point ends that point only.  Points whose
 (:func:`.runs.is_done`) are skipped, so an interrupted campaign picks up where it stopped.
 
 A point whose images/s interval is wider than ``ci_target`` (a fraction of the mean) is run again,
-as ``<run id>-r2``, ``-r3`` ..., until the repeats pooled (:func:`.measure.pool`) are narrow
-enough or ``max_repeats`` runs exist.
+as ``<run id>-r2``, ``-r3`` ..., in a later pass over the points, until the repeats pooled
+(:func:`.measure.pool`) are narrow enough or ``max_repeats`` runs exist.
 """
 
 from __future__ import annotations
@@ -57,29 +57,32 @@ def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
                  stream: TextIO = sys.stdout, ci_target: float | None = None,
                  max_repeats: int = 1) -> list[tuple[str, str, float]]:
-    """Run every sweep point here, in turn (repeated while its interval is too wide); returns
-    (run id, outcome, seconds) per run.
+    """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
 
-    The outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
+    The first pass runs every point; each later pass runs again the points whose pooled interval
+    is still wider than ``ci_target``.  A point's repeats are thus a pass apart, not back to back,
+    so a slow drift of the machine shows in their spread instead of in one point alone.  The
+    outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
     """
     points = expand_sweep(cfg, source)
     results = []
+    stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
     total_t0 = time.monotonic()
-    for i, (run_id, point_cfg) in enumerate(points, 1):
-        for repeat in range(1, max_repeats + 1):
+    for repeat in range(1, max_repeats + 1):
+        for i, (run_id, point_cfg) in enumerate(points, 1):
+            counter = f"[{i}/{len(points)}]"
             if repeat > 1:
                 estimate = point_estimate(out, cfg.name, run_id, repeat - 1)
-                if not needs_repeat(estimate, ci_target):
-                    break
-                assert estimate is not None
-                print(f"[{i}/{len(points)}] {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s "
+                if run_id in stopped or estimate is None or not needs_repeat(estimate, ci_target):
+                    continue
+                print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s "
                       f"(± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (ci_target or 0):g} %): "
                       f"repeat {repeat} of at most {max_repeats}", file=stream, flush=True)
-            outcome = run_point(cfg, source, out, repeat_id(run_id, repeat), point_cfg, ddp_ranks,
-                                f"[{i}/{len(points)}]", stream, total_t0)
+            outcome = run_point(cfg, source, out, repeat_id(run_id, repeat), point_cfg, ddp_ranks, counter,
+                                stream, total_t0)
             results.append(outcome)
-            if outcome[1] != Status.COMPLETED and outcome[1] != "skipped":
-                break  # an oom, nan or failed point is not measured again
+            if outcome[1] not in (Status.COMPLETED, "skipped"):
+                stopped.add(run_id)
     return results
 
 
