@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from .executor import StepExecutor
 from .loaders.base import BatchLoader
+from .scaling import slowest_rank
 from .schema import Summary
 
 #: timed repeats of each part, after one untimed
@@ -52,15 +53,6 @@ class Bounds:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _slowest(seconds: float) -> float:
-    """The slowest rank's seconds (every rank calls this)."""
-    if dist.is_initialized():
-        box = torch.tensor([seconds], dtype=torch.float64)
-        dist.all_reduce(box, op=dist.ReduceOp.MAX)
-        return float(box.item())
-    return seconds
 
 
 def compute_seconds(executor: StepExecutor, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -122,9 +114,10 @@ def measure_bounds(executor: StepExecutor, loader: BatchLoader, global_batch: in
     """The three figures for a run whose global batch is ``global_batch`` (every rank calls this)."""
     executor.train()
     per_batch, x, y = input_seconds(loader, executor.device)
-    input_s = _slowest(per_batch)
-    compute_s = _slowest(compute_seconds(executor, x, y))
+    input_s = slowest_rank(per_batch, executor.device)
+    compute_s = slowest_rank(compute_seconds(executor, x, y), executor.device)
     comm = None
     if ddp_ranks > 1 and dist.is_initialized():
-        comm = global_batch / _slowest(allreduce_seconds(grad_bytes, bucket_cap_mb, executor.device))
+        comm = global_batch / slowest_rank(allreduce_seconds(grad_bytes, bucket_cap_mb, executor.device),
+                                           executor.device)
     return Bounds(global_batch / compute_s, global_batch / input_s, comm)

@@ -203,11 +203,22 @@ def measure_link(device: torch.device, sizes: tuple[int, ...] = (128 * 1024, 102
                 torch.cuda.synchronize(device)
             if i:
                 samples.append((time.perf_counter() - t0) / inner)
-        t = torch.tensor([statistics.median(samples)], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times.append(float(t))
+        times.append(slowest_rank(statistics.median(samples), device))
     bandwidth, latency = fit_ring(sizes, times, n)
     return Link(f"measured ({dist.get_backend()}, {n} ranks)", bandwidth / 1e9, latency * 1e6)
+
+
+def slowest_rank(seconds: float, device: torch.device) -> float:
+    """The largest of every rank's ``seconds`` (every rank calls this); a tensor on ``device``, as
+    NCCL needs.  Without a process group, ``seconds`` itself."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return seconds
+    box = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return float(box.item())
 
 
 def fit_ring(sizes: tuple[int, ...] | list[int], times: list[float], n: int) -> tuple[float, float]:
