@@ -106,7 +106,8 @@ step dp_thread_bf16 60 $PROBE dp-thread "$DEV"
 # 4. DDP: NCCL with world size 1 under torchrun; two gloo ranks on the one device
 if [ "$DEV" = cuda ]; then BACKEND=nccl; else BACKEND=gloo; fi
 run_status ddp_${BACKEND}_ws1 120 completed "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
-    -m pyramidrepro run "${SMOKE[@]}" --set train.mode=ddp --set train.backend=$BACKEND
+    -m pyramidrepro run "${SMOKE[@]}" --set train.mode=ddp --set train.backend=$BACKEND \
+    --set train.measure_bounds=true  # its slowest-rank reduction must run on the device (NCCL)
 run_status ddp_gloo_2ranks 120 completed "${RUN[@]}" "${SMOKE[@]}" --nproc 2 --set train.mode=ddp \
     --set train.backend=gloo
 
