@@ -9,6 +9,7 @@ in one host sync, all-reduced across ranks, and written with the window's step t
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -279,15 +280,17 @@ class TrainingLoop:
             summary[Summary.IMAGES_PER_S_CI] = estimate.ci
             summary[Summary.MEASURED_FROM_STEP] = start + 1
             summary[Summary.MEASURED_STEPS] = measured
-        gathered: list[Any] = [(self.step_times, peaks)]
+        mine = (self.step_times, peaks, socket.gethostname())
+        gathered: list[Any] = [mine]
         if dist.is_initialized():
             gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, (self.step_times, peaks))
+            dist.all_gather_object(gathered, mine)
         if not self.recorder.is_main:
             return
         n = min(len(g[0]) for g in gathered)
         rank_peaks = {key: np.array([p for g in gathered for p in g[1][key]], dtype=np.int64) for key in peaks}
-        self.recorder.set_ranks(step_time_s=np.array([g[0][:n] for g in gathered], dtype=np.float64), **rank_peaks)
+        self.recorder.set_ranks(step_time_s=np.array([g[0][:n] for g in gathered], dtype=np.float64),
+                                hostname=np.array([g[2] for g in gathered], dtype=bytes), **rank_peaks)
         summary.update({key: int(values.max()) for key, values in rank_peaks.items()})
         rank_totals = [float(np.nansum(g[0][start:n])) for g in gathered]
         if len(rank_totals) > 1 and min(rank_totals) > 0:  # a straggler: one rank's measured time apart

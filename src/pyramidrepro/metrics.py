@@ -7,7 +7,7 @@ Layout (documented in the README; every name is defined in :mod:`.schema`):
 * group ``steps``: equal-length 1-D datasets ``schema.STEP_FIELDS``;
 * group ``epochs``: ``schema.EPOCH_FIELDS``;
 * group ``summary`` (attributes, ``schema.Summary``): ``images_per_s``, ``peak_memory_bytes`` ...;
-* group ``ranks``: ``step_time_s`` [rank, step], ``peak_memory_bytes`` [rank or GPU].
+* group ``ranks``: ``step_time_s`` [rank, step], ``hostname`` [rank], ``peak_memory_bytes`` [rank or GPU].
 
 Rows are buffered in memory and appended every ``flush_interval_s`` seconds by opening the file,
 extending the resizable datasets and closing it again.  Between flushes the file on disk is
@@ -196,6 +196,11 @@ class MetricsWriter:
             self.flush(force=True)
 
 
+def _decoded(values: np.ndarray) -> np.ndarray | list[str]:
+    """A dataset as read; byte strings (the ranks' host names) as ``str``."""
+    return [v.decode() for v in values] if values.dtype.kind == "S" else values
+
+
 def read_metrics(path: str | Path, retries: int = 5) -> dict[str, Any]:
     """Read a metrics file (possibly of a run still going) into plain Python/numpy objects."""
     last_exc: Exception | None = None
@@ -207,7 +212,7 @@ def read_metrics(path: str | Path, retries: int = 5) -> dict[str, Any]:
                     out["attrs"][k] = v.decode() if isinstance(v, bytes) else v
                 for group in ("steps", "epochs", "ranks"):
                     if group in f:
-                        out[group] = {k: f[group][k][()] for k in f[group]}
+                        out[group] = {k: _decoded(f[group][k][()]) for k in f[group]}
                 for group in ("steps", "epochs"):  # a read during an append: the rows every field has
                     if out.get(group):
                         n = min(len(v) for v in out[group].values())

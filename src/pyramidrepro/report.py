@@ -484,11 +484,11 @@ def scaling_section(rows: list[ScalingRow], figs: list[Path]) -> list[str]:
         return lines + ["Not drawn: needs a completed multi-rank DDP run with a measured link and a completed "
                         "one-device run at its per-rank batch (same model, precision and, on CPU, threads).", ""]
     lines += [f"![scaling]({figs[0].name})", "",
-              "| DDP run | devices | batch per device | one device (img/s) | link | predicted (img/s) | "
-              "measured (img/s) | error |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
-    for w in sorted(rows, key=lambda w: (w.ddp.local_batch_size, w.ddp.world_size)):
+              "| DDP run | nodes | devices | batch per device | one device (img/s) | link | predicted (img/s) | "
+              "measured (img/s) | error |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for w in sorted(rows, key=lambda w: (w.ddp.local_batch_size, w.ddp.nodes, w.ddp.world_size)):
         name, bw, lat = w.ddp.link
-        lines.append(f"| {w.ddp.line} | {w.ddp.world_size} | {w.ddp.local_batch_size} | "
+        lines.append(f"| {w.ddp.line} | {w.ddp.nodes} | {w.ddp.world_size} | {w.ddp.local_batch_size} | "
                      f"{w.base_images_per_s:,.0f} | {bw:.2f} GB/s, {lat:.0f} us | {w.predicted.images_per_s:,.0f} | "
                      f"{w.ddp.images_per_s:,.0f} | {100 * w.error:+.1f}% |")
     worst = max(abs(w.error) for w in rows)

@@ -162,6 +162,7 @@ class RunRecord:
     measured_steps: int = 0  # steps behind images_per_s (its interval's windows: measure.windows_of)
     bounds: dict[str, Any] = field(default_factory=dict)  # what bounds the point: Summary.BOUND and its figures
     boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
+    nodes: int = 1  # hosts its ranks ran on (the ranks' host names)
 
     def estimate(self) -> Estimate:
         """Its images/s with the interval and the windows behind it (measure.throughput)."""
@@ -268,6 +269,7 @@ def load_run(path: str | Path) -> RunRecord:
         boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
         measured_steps=int(_num(s.get(Summary.MEASURED_STEPS)) or 0),
         bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
+        nodes=max(1, len(set(m.get("ranks", {}).get("hostname", [])))),
     )
 
 

@@ -122,8 +122,8 @@ class Summary(StrEnum):
 BOUND_FIELDS = (Summary.BOUND, Summary.COMPUTE_IMAGES_PER_S, Summary.INPUT_IMAGES_PER_S, Summary.ALLREDUCE_IMAGES_PER_S)
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "step_time_s", "data_time_s")
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
-#: datasets of the ``ranks`` group: step_time_s [rank, step] and the peaks per rank or GPU
-RANK_FIELDS = ("step_time_s", Summary.PEAK_MEMORY_BYTES.value, Summary.PEAK_RESERVED_BYTES.value)
+#: datasets of the ``ranks`` group: step_time_s [rank, step], the host of each rank and the peaks per rank or GPU
+RANK_FIELDS = ("step_time_s", "hostname", Summary.PEAK_MEMORY_BYTES.value, Summary.PEAK_RESERVED_BYTES.value)
 
 
 def check_names(names: object, allowed: type[StrEnum], where: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .devices import cpu_model
+from .schema import Attr
 
 ENV_PREFIXES = ("NCCL_", "CUDA_", "SLURM_JOB_", "OMP_", "MKL_")
 #: NCCL's shared-memory transport wants more than the 64 MiB a container's /dev/shm defaults to
@@ -40,6 +41,17 @@ def _ranges(cpus: list[int]) -> str:
             out.append(f"{start}-{c}" if c != start else f"{c}")
             start = None
     return ",".join(out)
+
+
+def slurm_attributes(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The Slurm job a process runs in (empty outside Slurm): job id (an array's parent id), array
+    task and node list, as every run records them however it was launched (submitit or sbatch)."""
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    return {Attr.SLURM_JOB_ID: env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"],
+            Attr.SLURM_ARRAY_TASK_ID: env.get("SLURM_ARRAY_TASK_ID", ""),
+            Attr.SLURM_NODELIST: env.get("SLURM_JOB_NODELIST", "")}
 
 
 def describe_system(device: torch.device, local_world_size: int = 1,

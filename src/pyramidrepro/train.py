@@ -53,7 +53,7 @@ from .recorder import RunRecorder
 from .runs import METRICS_NAME, RunFolderError, RunLock, new_run_id, run_dir_for
 from .scaling import Link, grad_bytes_of, measure_link
 from .schema import EXIT_CODES, Attr, Status
-from .system import describe_system
+from .system import describe_system, slurm_attributes
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.ALLOCATOR_SETTINGS: allocator_settings() if ctx.device.type == "cuda" else "",
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
         Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
-        **extra,
+        **slurm_attributes(), **extra,
     }
 
 
