@@ -117,7 +117,7 @@ def test_help_explains_commands():
     (["cluster.executor=pbs"], "cluster.executor", "one of"),
     (["cluster.nodes=0"], "cluster.nodes", "must be > 0"),
     (["container.image=/x/image.tar"], "container.image", ".sif"),
-    (["sweep={cluster.nodes: [1, 2]}"], "sweep.cluster.nodes", "dotted keys"),
+    (["sweep={cluster.partition: [a, b]}"], "sweep.cluster.partition", "dotted keys"),
     (["sweep={train.batch_size: []}"], "sweep.train.batch_size", "non-empty"),
     (["cluster.nodes=2"], "cluster.nodes", "train.mode: ddp"),
 ])

@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
-from pyramidrepro.parallel import ModelWithLoss, detect_dist_env, expand_nodelist, port_from_job_id
+from pyramidrepro.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
+from pyramidrepro.slurm_state import expand_nodelist
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 

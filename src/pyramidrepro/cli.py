@@ -231,8 +231,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError("reproduce", "--ci-target", f"must be a percentage in (0, 100], got {args.ci_target:g}")
     if not 1 <= args.max_repeats <= 20:
         raise ConfigError("reproduce", "--max-repeats", f"must be between 1 and 20, got {args.max_repeats}")
+    if not 1 <= args.min_repeats <= args.max_repeats:
+        raise ConfigError("reproduce", "--min-repeats", f"must be between 1 and --max-repeats ({args.max_repeats}), "
+                                                         f"got {args.min_repeats}")
     results = run_campaign(cfg, experiment, args.out, ranks, ci_target=args.ci_target / 100,
-                           max_repeats=args.max_repeats)
+                           max_repeats=args.max_repeats, min_repeats=args.min_repeats)
     out_dir = Path(args.out) / cfg.name
     report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}")
     failed = [r for r in results if "exit" in r[1]]
@@ -280,10 +283,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.cluster:
         overrides.append(f"cluster.executor={args.cluster}")
     cfg = load_config(args.experiment, overrides)
-    jobs = dispatch.submit(cfg, args.experiment, args.out, dry_run=args.dry_run)
+    jobs = dispatch.submit(cfg, args.experiment, args.out, dry_run=args.dry_run, check_nodes=not args.no_preflight)
     if args.dry_run or not args.wait:
         return 0
-    bad = dispatch.wait(jobs, poll_s=args.poll)
+    bad = dispatch.wait(jobs, poll_s=args.poll, on_never=args.never_starts)
     print(f"submit: {len(jobs) - bad}/{len(jobs)} job(s) completed")
     return 1 if bad else 0
 
@@ -470,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and points; submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between state checks with --wait")
+    p.add_argument("--never-starts", choices=["cancel", "keep"], default="cancel",
+                   help="with --wait, a Slurm job pending for a reason that never clears (PartitionConfig, "
+                        "a per-job limit, its nodes down, more than any node has) ends the wait with the "
+                        "reason: cancel it (default) or keep it queued")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="submit even what sinfo says no node can hold (by default that is refused, exit 2)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("boundary", help="the largest batch that fits under the memory cap, by search",
@@ -509,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat a point while its images/s 95 %% interval is wider than +-PERCENT of the mean "
                         "(default: 2)")
     p.add_argument("--max-repeats", type=int, default=3, help="runs of one point at most (default: 3)")
+    p.add_argument("--min-repeats", type=int, default=3,
+                   help="runs of every point at least, a pass apart: one run's interval cannot see how much "
+                        "the machine drifts between runs (default: 3)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

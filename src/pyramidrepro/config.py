@@ -30,6 +30,8 @@ class ConfigError(ValueError):
         super().__init__(where + message)
 
 
+#: the job layout a sweep may vary (submit gives each layout its own job array)
+SWEEPABLE_CLUSTER_KEYS = ("cluster.nodes", "cluster.tasks_per_node")
 #: torch.compile modes (``train.compile_mode``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -418,9 +420,11 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
             if not values:
                 raise ConfigError(source, f"{where}.{key}", "needs a non-empty list of values")
             section = key.split(".")[0]
-            if section not in ("model", "data", "train", "devices", "metrics") or "." not in key:
+            if (section not in ("model", "data", "train", "devices", "metrics") or "." not in key) \
+                    and key not in SWEEPABLE_CLUSTER_KEYS:
                 raise ConfigError(source, f"{where}.{key}",
-                                  "sweeps take dotted keys of model, data, train, devices or metrics")
+                                  "sweeps take dotted keys of model, data, train, devices or metrics, or "
+                                  + " / ".join(SWEEPABLE_CLUSTER_KEYS))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

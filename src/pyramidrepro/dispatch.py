@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
-import os
+import re
 import shlex
 import sys
 import time
@@ -22,6 +22,16 @@ from typing import Any
 from .config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
 from .runs import CONFIG_NAME, run_dir_for
 from .schema import FINISHED, Attr, Status
+from .slurm_state import (
+    Request,
+    SlurmQueryError,
+    failed_tasks,
+    job_request,
+    never_starts,
+    node_sizes,
+    pending_reasons,
+    unsatisfiable,
+)
 
 TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "INTERRUPTED"}
@@ -92,7 +102,31 @@ def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
         # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
         # rank's step gets one CPU
         params["slurm_setup"] = [f"export SRUN_CPUS_PER_TASK={c.cpus_per_task}", *c.setup]
+        # one rank lost (killed, its node gone) ends the others at once instead of leaving them
+        # blocked in a collective until the job's time limit
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     return params
+
+
+def request_of(cfg: ExperimentConfig) -> Request:
+    """What one point of ``cfg`` asks of each Slurm node."""
+    c = cfg.cluster
+    return Request(nodes=c.nodes, tasks_per_node=tasks_per_node(cfg), cpus_per_task=c.cpus_per_task,
+                   gpus_per_node=c.gpus_per_node, mem_mb=int(c.mem_gb * 1024) if c.mem_gb else 0,
+                   partition=c.partition or "")
+
+
+def preflight(cfg: ExperimentConfig, source: str) -> None:
+    """Refuse (ConfigError) a Slurm request that no node of the cluster can ever hold."""
+    req = request_of(cfg)
+    try:
+        nodes = node_sizes()
+    except SlurmQueryError as exc:
+        raise ConfigError(source, "cluster.executor", f"slurm: cannot read the cluster's nodes ({exc})") from None
+    why = unsatisfiable(req, nodes)
+    if why:
+        raise ConfigError(source, "cluster", f"no node can run {req.describe()}: {why} "
+                                             "(sinfo -N lists the nodes; --no-preflight submits anyway)")
 
 
 def _layout(cfg: ExperimentConfig) -> tuple:
@@ -117,10 +151,7 @@ class JobRunner:
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
             return {"status": "skipped", "rank": job_env.global_rank}
-        attrs = {
-            Attr.SLURM_JOB_ID: os.environ.get("SLURM_ARRAY_JOB_ID") or job_env.job_id,
-            Attr.SLURM_ARRAY_TASK_ID: os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-            Attr.SLURM_NODELIST: os.environ.get("SLURM_JOB_NODELIST", job_env.hostname),
+        attrs = {  # the Slurm job itself: system.slurm_attributes, recorded by every run
             Attr.SUBMITIT_JOB_ID: job_env.job_id,
             Attr.CONTAINER_IMAGE: self.image,
             Attr.CONTAINER_DIGEST: self.digest,
@@ -146,6 +177,12 @@ class JobRunner:
         if self.trainer is not None:
             self.trainer.save_if_between_steps()
         return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir, self.image, self.digest))
+
+
+try:
+    from submitit.core.utils import FailedJobError
+except ImportError:  # pragma: no cover - submitit is a dependency; keep --help working without it
+    FailedJobError = RuntimeError  # type: ignore[misc,assignment]
 
 
 def make_executor(cfg: ExperimentConfig, folder: Path, bind_paths: list[str]):  # noqa: ANN201
@@ -178,8 +215,11 @@ def sbatch_preview(cfg: ExperimentConfig, folder: Path, bind_paths: list[str], a
 
 
 def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
-           stream=sys.stdout, points: list[tuple[str, ExperimentConfig]] | None = None) -> list[Any]:  # noqa: ANN001
-    """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run)."""
+           stream=sys.stdout, points: list[tuple[str, ExperimentConfig]] | None = None,  # noqa: ANN001
+           check_nodes: bool = True) -> list[Any]:
+    """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run).
+
+    On Slurm, each layout's request is first compared with the cluster's nodes (``check_nodes``)."""
     out = Path(out).resolve()
     points = expand_sweep(cfg, source) if points is None else points
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -194,6 +234,9 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
           f"{out / cfg.name}", file=stream)
     for run_id, point_cfg in points:
         validate_dispatch(point_cfg, f"{source} ({run_id})")
+    if check_nodes and not dry_run and cfg.cluster.executor == "slurm":
+        for members in groups.values():
+            preflight(members[0][1], f"{source} ({members[0][0]})")
     jobs: list[Any] = []
     for layout, members in groups.items():
         first = members[0][1]
@@ -208,8 +251,13 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
                              digest) for run_id, point_cfg in members]
         folder.mkdir(parents=True, exist_ok=True)
         executor = make_executor(first, folder, bind_paths)
-        with executor.batch():
-            batch_jobs = [executor.submit(r) for r in runners]
+        try:
+            with executor.batch():
+                batch_jobs = [executor.submit(r) for r in runners]
+        except FailedJobError as exc:  # sbatch refused the request: its own words, not a traceback
+            said = [ln.removeprefix("sbatch: error: ") for ln in str(exc).strip().splitlines()] or ["refused"]
+            raise ConfigError(f"{source} ({members[0][0]})", "cluster",
+                              f"sbatch refused {request_of(first).describe()}: {'; '.join(said)}") from None
         for job, (run_id, _) in zip(batch_jobs, members):
             print(f"submitted {job.job_id}: {run_dir_for(out, cfg.name, run_id)}", file=stream)
         jobs += batch_jobs
@@ -223,10 +271,70 @@ def job_state(job: Any) -> str:
         return "UNKNOWN"
 
 
-def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout) -> int:  # noqa: ANN001
-    """Follow the jobs until all end; prints progress; returns the number that did not complete."""
+def where_it_failed(job: Any, settle_s: float = 5.0) -> str:
+    """`` on node3 (task 2: Killed)``: the first task srun reported failing in the job's log, or ''.
+
+    srun writes its lines as the job step ends, which can be just after rank 0's result: the log
+    is read again for up to ``settle_s`` while the job has not ended."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            failed = failed_tasks(Path(job.paths.stderr).read_text(errors="replace"))
+        except (OSError, AttributeError):
+            failed = []
+        if failed or time.monotonic() > deadline or job_state(job) in TERMINAL_BAD | {"COMPLETED"}:
+            break
+        time.sleep(0.5)
+    if not failed:
+        return ""
+    node, task, what = failed[0]
+    others = sorted({n for n, _, _ in failed[1:]} - {node})
+    return f" on {node} (task {task}: {what})" + (f"; also {', '.join(others)}" if others else "")
+
+
+def error_line(text: str) -> str:
+    """The line that says what went wrong in a job's exception text (``ValueError: ...``), else its last."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", ln)]
+    return (said or lines or [""])[-1]
+
+
+class NeverStartWatch:
+    """Finds Slurm jobs PENDING for a reason that never clears, after it held for ``confirm_s``."""
+
+    def __init__(self, confirm_s: float = 4.0) -> None:
+        self.confirm_s = confirm_s
+        self.first_seen: dict[str, float] = {}
+        self.requests: dict[str, Request] = {}  # a queued job's request does not change: ask once
+
+    def check(self, jobs: dict[str, Any]) -> dict[str, str]:
+        """{job id: why it never starts, with its request} for the jobs confirmed so."""
+        try:
+            queued = {jid: sr for jid, sr in pending_reasons(list(jobs)).items() if sr[0] == "PENDING"}
+            nodes = node_sizes() if queued else []
+            found: dict[str, str] = {}
+            for jid, (_, reason) in queued.items():
+                req = self.requests.get(jid) or self.requests.setdefault(jid, job_request(jid))
+                why = never_starts(reason, req, nodes)
+                if why is None:
+                    self.first_seen.pop(jid, None)
+                elif time.monotonic() - self.first_seen.setdefault(jid, time.monotonic()) >= self.confirm_s:
+                    found[jid] = f"{why}; request: {req.describe()}"
+            return found
+        except SlurmQueryError:  # the controller busy or restarting: look again at the next poll
+            return {}
+
+
+def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
+    """Follow the jobs until all end; prints progress; returns the number that did not complete.
+
+    A Slurm job that can never start (:class:`NeverStartWatch`) ends the wait for it with the reason
+    and its request; ``on_never`` says whether it is cancelled ("cancel") or left queued ("keep")."""
+    from submitit.slurm.slurm import SlurmJob
+
     pending = {j.job_id: j for j in jobs}
     outcome: dict[str, str] = {}
+    watch = NeverStartWatch()
     last = ""
     while pending:
         for jid, job in list(pending.items()):
@@ -238,9 +346,15 @@ def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout) -> int:  # noq
                     outcome[jid] = "COMPLETED" if status == Status.COMPLETED else (
                         f"COMPLETED ({status})" if status in FINISHED else f"FAILED ({status})")
                 except Exception as exc:  # noqa: BLE001 - report, do not crash the waiter
-                    first = str(exc).strip().splitlines()
-                    outcome[jid] = f"{state if state in TERMINAL_BAD else 'FAILED'}: {first[-1] if first else ''}"
+                    outcome[jid] = (f"{state if state in TERMINAL_BAD else 'FAILED'}{where_it_failed(job)}: "
+                                    f"{error_line(str(exc))}")
                 del pending[jid]
+        queued = {jid: j for jid, j in pending.items() if isinstance(j, SlurmJob)}
+        for jid, why in watch.check(queued).items():
+            if on_never == "cancel":
+                pending[jid].cancel(check=False)
+            outcome[jid] = f"NEVER STARTS ({'cancelled' if on_never == 'cancel' else 'left queued'}): {why}"
+            del pending[jid]
         states: dict[str, int] = {}
         for job in pending.values():
             s = job_state(job).replace("UNKNOWN", "SUBMITTED")

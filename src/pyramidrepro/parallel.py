@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .slurm_state import expand_nodelist
+
 
 @dataclass
 class DistEnv:
@@ -42,25 +44,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.launcher != "none"
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Expand a Slurm node list such as ``gpu[01-03,07],login1`` into host names."""
-    hosts: list[str] = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
-        if not m:
-            hosts.append(part)
-            continue
-        prefix, ranges, suffix = m.groups()
-        for r in ranges.split(","):
-            if "-" in r:
-                lo, hi = r.split("-", 1)
-                width = len(lo)
-                hosts.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1))
-            else:
-                hosts.append(f"{prefix}{r}{suffix}")
-    return hosts
 
 
 def port_from_job_id(job_id: str | int) -> int:

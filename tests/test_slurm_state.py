@@ -1,0 +1,44 @@
+"""What the package reads from Slurm's answers: node sizes, never-starting pending reasons, failed tasks."""
+
+from pyramidrepro.slurm_state import Node, Request, expand_nodelist, failed_tasks, never_starts, unsatisfiable
+
+NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "idle", ("debug",)),
+         Node("big1", 64, 8, 512000, "drain", ("big",))]
+
+
+def test_a_request_that_fits_some_node_passes():
+    assert unsatisfiable(Request(nodes=2, tasks_per_node=2, cpus_per_task=1, gpus_per_node=2), NODES) is None
+    assert unsatisfiable(Request(1, 8, 8, 8, partition="big"), NODES) is None  # drained, yet it exists
+
+
+def test_what_no_node_holds_is_named():
+    why = unsatisfiable(Request(1, 2, 2, partition="debug"), NODES)
+    assert why == "needs 4 CPUs, 0 GPU(s) and 0 MB on one node; the largest node has 2 CPUs, 2 GPUs, 23000 MB"
+    assert unsatisfiable(Request(3, 1, 1, partition="debug"), NODES) == (
+        "needs 3 node(s) of that size; the cluster has 2 of 2")
+    assert unsatisfiable(Request(1, 1, 1, gpus_per_node=4, partition="debug"), NODES).startswith("needs 1 CPUs, 4 GPU")
+    assert unsatisfiable(Request(1, 1, 1, partition="gpu"), NODES) == "no node is in partition 'gpu'"
+
+
+def test_never_starting_reasons():
+    req = Request(1, 1, 1)
+    assert never_starts("PartitionConfig", req, NODES) == "PartitionConfig"
+    assert never_starts("QOSMaxCpuPerJobLimit", req, NODES) == "QOSMaxCpuPerJobLimit"
+    assert never_starts("Priority", req, NODES) is None
+    assert never_starts("QOSMaxJobsPerUserLimit", req, NODES) is None  # clears when the user's jobs end
+    assert never_starts("Resources", req, NODES) is None
+    assert never_starts("Resources", Request(1, 4, 4), NODES).startswith("Resources: needs 16 CPUs")
+    # a required node that is drained does not come back by itself; one that is idle may free up
+    assert "none coming back" in never_starts("ReqNodeNotAvail, UnavailableNodes:big1", req, NODES)
+    assert never_starts("ReqNodeNotAvail, UnavailableNodes:node[1-2]", req, NODES) is None
+
+
+def test_failed_tasks_from_srun_lines():
+    log = ("step 3 loss 2.1\nsrun: error: node3: task 2: Killed\nsrun: Terminating StepId=130.0\n"
+           "srun: error: node1: tasks 0-1: Terminated\n")
+    assert failed_tasks(log) == [("node3", "2", "Killed"), ("node1", "0-1", "Terminated")]
+    assert failed_tasks("all good\n") == []
+
+
+def test_node_lists_expand():
+    assert expand_nodelist("node[1-3]") == ["node1", "node2", "node3"]
