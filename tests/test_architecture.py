@@ -115,14 +115,16 @@ def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_one
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out"
-    r = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1")
+    r = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+                "--min-repeats", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[1/3]" in r.stdout and ": completed in" in r.stdout and ": nan in" in r.stdout
     folders = sorted(p.parent for p in out.glob("tiny/*/metrics.h5"))
     assert [status_of(f) for f in folders] == ["completed", "completed", "nan"]
     assert list((out / ".submitit").iterdir())  # the jobs were submitit's
     assert (out / "tiny" / "report.md").is_file()
-    again = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1")
+    again = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+                "--min-repeats", "1")
     assert again.returncode == 0 and again.stdout.count("already done, skipped") == 3, again.stdout
 
 
@@ -139,7 +141,7 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
     path = tmp_path / "rep.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out"
-    args = ["reproduce", "--experiment", str(path), "--out", str(out), "--max-repeats", "2"]
+    args = ["reproduce", "--experiment", str(path), "--out", str(out), "--max-repeats", "2", "--min-repeats", "1"]
     r = run_cli(*args, "--ci-target", "0.01")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "repeat 2 of at most 2" in r.stdout and "4 runs of 2 points" in r.stdout
@@ -150,5 +152,11 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
     assert row.rstrip().endswith("| 4 |")  # the repeats column: both points are one line at one batch
     again = run_cli(*args, "--ci-target", "0.01")
     assert again.stdout.count("already done, skipped") == 4, again.stdout
-    wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "3", "--ci-target", "100")
-    assert wide.returncode == 0 and "repeat 2 of" not in wide.stdout and "2 runs of 2 points" in wide.stdout
+    # a 100 % target is met by the first runs: only --min-repeats makes each point run twice, not three times
+    wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "3", "--min-repeats", "2", "--ci-target", "100")
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    assert wide.stdout.count("(repeat 2 of at least 2)") == 2 and "repeat 3" not in wide.stdout
+    assert "4 runs of 2 points" in wide.stdout
+    bad = run_cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
+    assert bad.returncode == 2 and "--min-repeats: must be between 1 and --max-repeats (2), got 3" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -2,6 +2,7 @@
 that call a difference inside the intervals noise."""
 
 import math
+import statistics
 
 import pytest
 
@@ -75,14 +76,20 @@ def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
     assert set(figure5_lines({"single": {}, "single+1thread": {}, "ddp+accum2": {}})) == {"single", "ddp+accum2"}
 
 
-def test_pooled_repeats_equal_the_interval_over_all_their_windows():
+def test_pooled_repeats_take_the_wider_of_the_window_and_the_run_intervals():
     from pyramidrepro.measure import pool
 
-    runs = [[101.0, 99.5, 100.2, 98.7, 100.9], [104.0, 103.1, 105.2, 104.4, 103.8], [97.0, 98.2, 96.5, 97.9, 98.8]]
-    pooled = pool([mean_ci(w) for w in runs])
-    direct = mean_ci([v for w in runs for v in w])
+    # runs that agree: the interval over all their windows
+    agree = [[101.0, 99.5, 100.2, 98.7, 100.9], [100.4, 99.1, 101.2, 100.4, 99.8], [99.0, 101.2, 100.5, 99.9, 100.8]]
+    pooled = pool([mean_ci(w) for w in agree])
+    direct = mean_ci([v for w in agree for v in w])
     assert pooled.images_per_s == pytest.approx(direct.images_per_s)
     assert pooled.ci == pytest.approx(direct.ci) and pooled.samples == 15
+    # runs that drift apart, each narrow on its own: Student-t over the three runs (2 degrees of freedom)
+    drift = [[101.0, 99.5, 100.2, 98.7, 100.9], [110.0, 109.1, 111.2, 110.4, 109.8], [91.0, 92.2, 90.5, 91.9, 92.8]]
+    pooled = pool([mean_ci(w) for w in drift])
+    over_runs = mean_ci([statistics.fmean(w) for w in drift])
+    assert pooled.ci == pytest.approx(over_runs.ci) and pooled.ci > 2 * mean_ci([v for w in drift for v in w]).ci
 
 
 def test_pooling_narrows_agreeing_repeats_and_widens_for_disagreeing_ones():

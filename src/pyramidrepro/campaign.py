@@ -5,9 +5,11 @@ job a Slurm array runs, and waited for before the next starts, so each point has
 itself and a crash or an out-of-memory point ends that point only.  Points whose run is done
 (:func:`.runs.is_done`) are skipped, so an interrupted campaign picks up where it stopped.
 
-A point whose images/s interval is wider than ``ci_target`` (a fraction of the mean) is run again,
-as ``<run id>-r2``, ``-r3`` ..., in a later pass over the points, until the repeats pooled
-(:func:`.measure.pool`) are narrow enough or ``max_repeats`` runs exist.
+Every point runs at least ``min_repeats`` times (one run's interval cannot see how much the
+machine drifts between runs), and a point whose images/s interval is still wider than ``ci_target``
+(a fraction of the mean) runs again, as ``<run id>-r2``, ``-r3`` ..., each repeat in a later pass
+over the points, until the repeats pooled (:func:`.measure.pool`) are narrow enough or
+``max_repeats`` runs exist.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
 
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
                  stream: TextIO = sys.stdout, ci_target: float | None = None,
-                 max_repeats: int = 1) -> list[tuple[str, str, float]]:
+                 max_repeats: int = 1, min_repeats: int = 1) -> list[tuple[str, str, float]]:
     """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
 
-    The first pass runs every point; each later pass runs again the points whose pooled interval
-    is still wider than ``ci_target``.  A point's repeats are thus a pass apart, not back to back,
+    The first ``min_repeats`` passes run every point; each later pass runs again the points whose
+    pooled interval is still wider than ``ci_target``.  A point's repeats are thus a pass apart, not back to back,
     so a slow drift of the machine shows in their spread instead of in one point alone.  The
     outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
     """
@@ -73,11 +75,17 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
             counter = f"[{i}/{len(points)}]"
             if repeat > 1:
                 estimate = point_estimate(out, cfg.name, run_id, repeat - 1)
-                if run_id in stopped or estimate is None or not needs_repeat(estimate, ci_target):
+                if run_id in stopped or estimate is None:
                     continue
-                print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s "
-                      f"(± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (ci_target or 0):g} %): "
-                      f"repeat {repeat} of at most {max_repeats}", file=stream, flush=True)
+                if repeat <= min_repeats:
+                    why = f"repeat {repeat} of at least {min_repeats}"
+                elif needs_repeat(estimate, ci_target):
+                    why = (f"± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (ci_target or 0):g} %: "
+                           f"repeat {repeat} of at most {max_repeats}")
+                else:
+                    continue
+                print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s ({why})",
+                      file=stream, flush=True)
             outcome = run_point(cfg, source, out, repeat_id(run_id, repeat), point_cfg, ddp_ranks, counter,
                                 stream, total_t0)
             results.append(outcome)

@@ -69,9 +69,12 @@ def windows_of(measured_steps: int) -> int:
 def pool(runs: Sequence[Estimate]) -> Estimate:
     """Repeats of one point as one estimate: every run's windows pooled.
 
-    The mean weights each run by its windows; the interval is Student-t over all windows, its
-    variance the windows' spread within each run plus the runs' spread about the mean, so runs
-    that disagree widen it.  Each run's window spread is recovered from its own interval.
+    The mean weights each run by its windows.  The interval is the wider of two: Student-t over
+    all windows (its variance the windows' spread within each run plus the runs' spread about the
+    mean; each run's window spread is recovered from its own interval), and Student-t over the
+    runs' own figures.  Windows of one run share the machine's state at that time, so when the
+    machine drifts between runs only the runs are independent samples, and the second interval,
+    with runs - 1 degrees of freedom, is the honest one.
     """
     runs = [r for r in runs if r.images_per_s and math.isfinite(r.images_per_s)]
     if len(runs) <= 1:
@@ -82,7 +85,8 @@ def pool(runs: Sequence[Estimate]) -> Estimate:
                  for r in runs if r.samples > 1)
     between = sum(r.samples * (r.images_per_s - mean) ** 2 for r in runs)
     sd = math.sqrt((within + between) / (n - 1))
-    return Estimate(mean, t95(n - 1) * sd / math.sqrt(n), n)
+    over_runs = mean_ci([r.images_per_s for r in runs]).ci
+    return Estimate(mean, max(t95(n - 1) * sd / math.sqrt(n), over_runs), n)
 
 
 def throughput(step_times: Sequence[float], batch: int, floor: int) -> tuple[Estimate, int, int]:
