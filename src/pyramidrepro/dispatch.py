@@ -29,7 +29,7 @@ from .slurm_state import (
     job_request,
     never_starts,
     node_sizes,
-    pending_reasons,
+    queue_states,
     unsatisfiable,
 )
 
@@ -292,6 +292,18 @@ def where_it_failed(job: Any, settle_s: float = 5.0) -> str:
     return f" on {node} (task {task}: {what})" + (f"; also {', '.join(others)}" if others else "")
 
 
+def result_written(job: Any, grace_s: float = 3.0) -> bool:
+    """Whether the job's rank 0 wrote its result file, allowing ``grace_s`` for a slow file system.
+
+    submitit itself waits 15-30 s for a result that a killed job will never write."""
+    deadline = time.monotonic() + grace_s
+    while not Path(job.paths.result_pickle).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def error_line(text: str) -> str:
     """The line that says what went wrong in a job's exception text (``ValueError: ...``), else its last."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
@@ -307,13 +319,14 @@ class NeverStartWatch:
         self.first_seen: dict[str, float] = {}
         self.requests: dict[str, Request] = {}  # a queued job's request does not change: ask once
 
-    def check(self, jobs: dict[str, Any]) -> dict[str, str]:
-        """{job id: why it never starts, with its request} for the jobs confirmed so."""
+    def check(self, queue: dict[str, tuple[str, str]]) -> dict[str, str]:
+        """{job id: why it never starts, with its request} for the jobs of ``queue`` (queue_states)
+        confirmed so."""
+        queued = {jid: reason for jid, (state, reason) in queue.items() if state == "PENDING"}
         try:
-            queued = {jid: sr for jid, sr in pending_reasons(list(jobs)).items() if sr[0] == "PENDING"}
             nodes = node_sizes() if queued else []
             found: dict[str, str] = {}
-            for jid, (_, reason) in queued.items():
+            for jid, reason in queued.items():
                 req = self.requests.get(jid) or self.requests.setdefault(jid, job_request(jid))
                 why = never_starts(reason, req, nodes)
                 if why is None:
@@ -325,21 +338,43 @@ class NeverStartWatch:
             return {}
 
 
+def slurm_queue(jobs: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The controller's (state, reason) of the Slurm jobs among ``jobs`` ({} if it cannot say).
+
+    submitit's own state comes from sacct at intervals that grow with the job's age (up to a
+    minute), so an ended job is seen here first."""
+    from submitit.slurm.slurm import SlurmJob
+
+    ids = [jid for jid, job in jobs.items() if isinstance(job, SlurmJob)]
+    try:
+        return queue_states(ids)
+    except SlurmQueryError:
+        return {}
+
+
 def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
     """Follow the jobs until all end; prints progress; returns the number that did not complete.
 
     A Slurm job that can never start (:class:`NeverStartWatch`) ends the wait for it with the reason
     and its request; ``on_never`` says whether it is cancelled ("cancel") or left queued ("keep")."""
-    from submitit.slurm.slurm import SlurmJob
-
     pending = {j.job_id: j for j in jobs}
     outcome: dict[str, str] = {}
     watch = NeverStartWatch()
     last = ""
     while pending:
+        queue = slurm_queue(pending)
         for jid, job in list(pending.items()):
-            state = job_state(job)
-            if state in TERMINAL_BAD or job.done():
+            state = queue.get(jid, ("", ""))[0] or job_state(job)
+            ended = state in TERMINAL_BAD or state == "COMPLETED"
+            if ended or job.done():
+                if ended:
+                    job.done(force_check=True)  # let submitit see it too before asking for results
+                else:  # submitit saw the end first (the controller may still say COMPLETING)
+                    state = job_state(job)
+                if state in TERMINAL_BAD and not result_written(job):
+                    outcome[jid] = f"{state}{where_it_failed(job)}: the job ended before rank 0 returned a result"
+                    del pending[jid]
+                    continue
                 try:
                     result = job.results()[0]  # rank 0's answer (the one that wrote metrics)
                     status = result.get("status", "?") if isinstance(result, dict) else str(result)
@@ -349,15 +384,14 @@ def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str 
                     outcome[jid] = (f"{state if state in TERMINAL_BAD else 'FAILED'}{where_it_failed(job)}: "
                                     f"{error_line(str(exc))}")
                 del pending[jid]
-        queued = {jid: j for jid, j in pending.items() if isinstance(j, SlurmJob)}
-        for jid, why in watch.check(queued).items():
+        for jid, why in watch.check({j: q for j, q in queue.items() if j in pending}).items():
             if on_never == "cancel":
                 pending[jid].cancel(check=False)
             outcome[jid] = f"NEVER STARTS ({'cancelled' if on_never == 'cancel' else 'left queued'}): {why}"
             del pending[jid]
         states: dict[str, int] = {}
-        for job in pending.values():
-            s = job_state(job).replace("UNKNOWN", "SUBMITTED")
+        for jid, job in pending.items():
+            s = (queue.get(jid, ("", ""))[0] or job_state(job)).replace("UNKNOWN", "SUBMITTED")
             states[s] = states.get(s, 0) + 1
         line = (f"[wait] {len(outcome)}/{len(jobs)} done"
                 + "".join(f", {n} {s.lower()}" for s, n in sorted(states.items())))

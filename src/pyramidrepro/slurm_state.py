@@ -3,7 +3,7 @@
 * :func:`node_sizes` and :func:`unsatisfiable` are the pre-flight: before submitting, the request
   (nodes x tasks per node x CPUs per task, GPUs and memory per node) is compared with the nodes
   ``sinfo`` lists, and what no node can hold is refused.
-* :func:`pending_reasons` and :func:`never_starts` let ``submit --wait`` notice a job that sits
+* :func:`queue_states` and :func:`never_starts` let ``submit --wait`` notice a job that sits
   PENDING for a reason that does not pass with time (``PartitionConfig``, ``BadConstraints``,
   per-job QOS/association limits, required nodes that are down or drained, resources beyond every
   node) instead of waiting forever.
@@ -136,12 +136,13 @@ def unsatisfiable(req: Request, nodes: list[Node]) -> str | None:
     return f"needs {req.nodes} node(s) of that size; the cluster has {len(fits)} of {len(pool)}"
 
 
-def pending_reasons(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (state, reason)} for the jobs squeue still has (array elements as ``ID_TASK``)."""
+def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, reason)} for the jobs the controller still holds, ended ones included
+    (array elements as ``ID_TASK``); one squeue call, fresher than sacct's accounting."""
     if not job_ids:
         return {}
     out: dict[str, tuple[str, str]] = {}
-    for line in _slurm("squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%r").splitlines():
+    for line in _slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r").splitlines():
         jid, state, reason = line.split("|", 2)
         out[jid] = (state, reason)
     return out
