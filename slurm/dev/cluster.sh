@@ -82,7 +82,8 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd/%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
