@@ -34,6 +34,23 @@ def cifar_root(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path / "cifar", sums
 
 
+def slurm_unavailable(min_nodes: int = 1) -> str | None:
+    """Why the Slurm test cluster (slurm/dev/cluster.sh, started by `make test`) cannot serve, or None."""
+    import shutil
+
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set (start it: bash slurm/dev/cluster.sh start; eval $(... env))"
+    if not shutil.which("sbatch"):
+        return "Slurm client tools are not installed"
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True)
+    up = {line.split()[0] for line in r.stdout.splitlines() if line.split()[-1] in ("idle", "mix", "alloc")}
+    if r.returncode != 0 or not up:
+        return f"the local Slurm cluster does not answer ({r.stderr.strip()})"
+    if len(up) < min_nodes:
+        return f"the local Slurm cluster has {len(up)} node(s) up, these tests need {min_nodes}"
+    return None
+
+
 def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:
     """Wait until a run below ``out`` has written its metrics file; returns the files found."""
     import time

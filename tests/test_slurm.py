@@ -1,29 +1,16 @@
-"""Dispatch on a real one-node Slurm cluster (slurm/dev/cluster.sh, started by `make test`)."""
+"""Dispatch on the real Slurm test cluster (slurm/dev/cluster.sh, started by `make test`); one node per job here,
+multi-node jobs in test_multinode.py."""
 
-import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, wait_for_metrics
+from conftest import ROOT, SMOKE, run_cli, slurm_unavailable, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
 
-
-def _cluster_up() -> str | None:
-    if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set (start it: bash slurm/dev/cluster.sh start; eval $(... env))"
-    if not shutil.which("sbatch"):
-        return "Slurm client tools are not installed"
-    r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    if r.returncode != 0 or "idle" not in r.stdout and "mix" not in r.stdout and "alloc" not in r.stdout:
-        return f"the local Slurm cluster does not answer ({r.stderr.strip()})"
-    return None
-
-
-reason = _cluster_up()
+reason = slurm_unavailable()
 if reason:
     print(f"test_slurm: skipped: {reason}", file=sys.stderr)
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]

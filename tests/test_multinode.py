@@ -1,0 +1,191 @@
+"""Multi-node jobs on the real Slurm test cluster: 3 nodes, each a network namespace with its own
+hostname and address (slurm/dev/cluster.sh, started by `make test`), gloo DDP across them."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SMOKE, run_cli, slurm_unavailable, wait_for_metrics
+from pyramidrepro.metrics import read_metrics
+from pyramidrepro.runs import load_run
+from pyramidrepro.slurm_state import expand_nodelist
+
+reason = slurm_unavailable(min_nodes=3)
+if reason:
+    print(f"test_multinode: skipped: {reason}", file=sys.stderr)
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+CLUSTER = ["bash", str(ROOT / "slurm" / "dev" / "cluster.sh")]
+TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1",
+        "--set", "cluster.time_min=10", "--set", "train.threads=1"]
+DDP_ACROSS = ["--set", "train.mode=ddp", "--set", "train.batch_size=32"]
+
+
+def _only_metrics(out: Path) -> dict:
+    (path,) = out.glob("*/*/metrics.h5")
+    return read_metrics(path)
+
+
+def _ranks_in(node: str, marker: str) -> list[int]:
+    """PIDs inside a test-cluster node whose command line contains ``marker``."""
+    pids = subprocess.run([*CLUSTER, "node-pids", node], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and "slurmstepd" not in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_ddp_across_two_nodes(tmp_path, per_node):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *TINY, *DDP_ACROSS,
+                "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _only_metrics(tmp_path)
+    a = m["attrs"]
+    assert a["status"] == "completed" and a["backend"] == "gloo"
+    assert a["world_size"] == 2 * per_node
+    assert expand_nodelist(a["slurm_nodelist"]) == ["node1", "node2"]
+    assert m["ranks"]["hostname"] == ["node1"] * per_node + ["node2"] * per_node  # rank order: node by node
+    step_times = m["ranks"]["step_time_s"]
+    assert step_times.shape[0] == 2 * per_node and (step_times > 0).all()  # every rank on both nodes timed
+    assert a["link_bandwidth_GBps"] > 0  # the ring's link, measured across the nodes
+    assert load_run(m["path"]).nodes == 2
+
+
+def test_plain_sbatch_template_lands_the_same_result(tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),
+               RUN_DIR=str(run_dir))
+    r = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
+                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+                        str(ROOT / "slurm" / "ddp_multinode.sbatch"), *TINY, "--set", "train.batch_size=32"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert r.returncode == 0, r.stdout + r.stderr + logs
+    m = read_metrics(run_dir / "metrics.h5")
+    a = m["attrs"]
+    assert a["status"] == "completed" and a["mode"] == "ddp" and a["world_size"] == 2
+    assert expand_nodelist(a["slurm_nodelist"]) == ["node1", "node2"]
+    assert m["ranks"]["hostname"] == ["node1", "node2"]
+    assert a["slurm_job_id"] and a["link_bandwidth_GBps"] > 0
+
+
+def test_a_rank_killed_on_one_node_ends_the_job_fast(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path),
+         "--wait", "--poll", "1", *TINY, "--set", "train.mode=ddp", "--set", "train.batch_size=48",
+         "--set", "cluster.nodes=3", "--set", "cluster.tasks_per_node=1",
+         "--set", "train.max_steps=100000", "--set", "train.epochs=1000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_metrics(tmp_path, "smoke/*/metrics.h5", timeout=120)  # rank 0 set up: every rank is in
+        victims = _ranks_in("node3", "submitit.core._submit")
+        assert victims, "no rank found in node3"
+        for pid in victims:
+            os.kill(pid, 9)
+        t0 = time.monotonic()
+        while any(_ranks_in(n, "submitit.core._submit") for n in ("node1", "node2", "node3")):
+            assert time.monotonic() - t0 < 30, "ranks outlived the killed one by 30 s"
+            time.sleep(0.2)
+        ranks_gone = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=90)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"kill -9 of node3's rank: every rank gone after {ranks_gone:.1f} s, --wait returned "
+          f"{proc.returncode} after {elapsed:.1f} s")
+    assert proc.returncode != 0, out
+    assert "FAILED on node3" in out, out
+    assert elapsed < 60
+
+
+def test_requeue_across_nodes_resumes_with_contiguous_steps(tmp_path):
+    code = f"""
+import glob, time
+from pyramidrepro.config import load_config
+from pyramidrepro import dispatch
+from pyramidrepro.metrics import read_metrics
+cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'train.epochs=4', 'model.depth=8', 'model.alpha=4',
+    'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1',
+    'train.mode=ddp', 'train.batch_size=32', 'train.threads=1', 'cluster.nodes=2', 'cluster.tasks_per_node=1'])
+(job,) = dispatch.submit(cfg, 'smoke', {str(tmp_path)!r})
+deadline = time.time() + 180
+while time.time() < deadline:
+    files = glob.glob({str(tmp_path)!r} + '/smoke/*/metrics.h5')
+    if files and len(read_metrics(files[0])['steps']['step']) >= 20:
+        break
+    time.sleep(0.3)
+job._interrupt()
+print('interrupted', flush=True)
+print('RESULT', job.results()[0])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESULT {'status': 'completed'" in r.stdout
+    m = _only_metrics(tmp_path)
+    steps = list(m["steps"]["step"])
+    assert m["attrs"]["status"] == "completed" and m["attrs"]["world_size"] == 2
+    assert int(m["attrs"]["resumed_from_step"]) > 0  # it did resume from rank 0's checkpoint
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4 * 16  # no gap, no duplicate step
+    assert m["ranks"]["hostname"] == ["node1", "node2"]
+
+
+UNSATISFIABLE = [*TINY, "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", "--set",
+                 "cluster.cpus_per_task=2"]  # 4 CPUs on one node; every node has 2
+
+
+def _queued(name: str = "smoke") -> list[str]:
+    r = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True, check=True)
+    return r.stdout.splitlines()
+
+
+def test_preflight_refuses_what_no_node_can_hold(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *UNSATISFIABLE)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cluster" in r.stderr and "no node can run 1 node(s) x 2 task(s) x 2 CPU(s)" in r.stderr
+    assert "needs 4 CPUs" in r.stderr and "the largest node has 2 CPUs" in r.stderr
+    assert not list(tmp_path.glob("smoke/*")) and _queued() == []  # nothing submitted
+
+
+def test_a_request_sbatch_refuses_is_one_clear_line(tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--no-preflight",
+                *UNSATISFIABLE)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cluster: sbatch refused 1 node(s) x 2 task(s) x 2 CPU(s): " in r.stderr
+    assert "Requested node configuration is not available" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("smoke/*")) and _queued() == []
+
+
+#: accepted by sbatch, then pending for ever: the short partition allows 5 minutes a job
+OVER_THE_LIMIT = [*TINY, "--set", "cluster.partition=short", "--set", "cluster.time_min=10"]
+
+
+@pytest.mark.parametrize("choice", ["cancel", "keep"])
+def test_a_job_that_can_never_start_ends_the_wait(tmp_path, choice):
+    t0 = time.monotonic()
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
+                "--never-starts", choice, *OVER_THE_LIMIT, timeout=120)
+    elapsed = time.monotonic() - t0
+    print(f"request over the partition's limit ({choice}): --wait exited {r.returncode} after {elapsed:.1f} s")
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = next((x for x in r.stdout.splitlines() if "NEVER STARTS" in x), r.stdout)
+    assert "PartitionTimeLimit; request: 1 node(s) x 1 task(s) x 1 CPU(s)" in line and "partition short" in line
+    job_id = line.split(":")[0]
+    queued = [q for q in _queued() if q.startswith(job_id + " ")]
+    if choice == "cancel":
+        assert "(cancelled)" in line and not queued
+    else:
+        assert "(left queued)" in line and queued == [f"{job_id} PENDING"]
+        subprocess.run(["scancel", job_id], check=True)
+    assert elapsed < 20
