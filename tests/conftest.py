@@ -51,6 +51,32 @@ def slurm_unavailable(min_nodes: int = 1) -> str | None:
     return None
 
 
+def preempt_and_resume(out: Path, overrides: list[str], after_steps: int = 20) -> subprocess.CompletedProcess:
+    """Submit the smoke experiment to Slurm with ``overrides``, preempt it (submitit's test hook
+    ``job._interrupt()``: SIGTERM, then USR2) once its metrics hold ``after_steps`` steps, and wait
+    for the requeued job's answer, printed as ``RESULT {...}``."""
+    code = f"""
+import glob, time
+from pyramidrepro.config import load_config
+from pyramidrepro import dispatch
+from pyramidrepro.metrics import read_metrics
+cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'model.depth=8', 'model.alpha=4',
+    'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1',
+    *{overrides!r}])
+(job,) = dispatch.submit(cfg, 'smoke', {str(out)!r})
+deadline = time.time() + 180
+while time.time() < deadline:
+    files = glob.glob({str(out)!r} + '/smoke/*/metrics.h5')
+    if files and len(read_metrics(files[0])['steps']['step']) >= {after_steps}:
+        break
+    time.sleep(0.3)
+job._interrupt()
+print('interrupted', flush=True)
+print('RESULT', job.results()[0])
+"""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+
+
 def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:
     """Wait until a run below ``out`` has written its metrics file; returns the files found."""
     import time

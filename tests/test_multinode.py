@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, slurm_unavailable, wait_for_metrics
+from conftest import ROOT, SMOKE, preempt_and_resume, run_cli, slurm_unavailable, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.runs import load_run
 from pyramidrepro.slurm_state import expand_nodelist
@@ -111,26 +111,8 @@ def test_a_rank_killed_on_one_node_ends_the_job_fast(tmp_path):
 
 
 def test_requeue_across_nodes_resumes_with_contiguous_steps(tmp_path):
-    code = f"""
-import glob, time
-from pyramidrepro.config import load_config
-from pyramidrepro import dispatch
-from pyramidrepro.metrics import read_metrics
-cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'train.epochs=4', 'model.depth=8', 'model.alpha=4',
-    'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1',
-    'train.mode=ddp', 'train.batch_size=32', 'train.threads=1', 'cluster.nodes=2', 'cluster.tasks_per_node=1'])
-(job,) = dispatch.submit(cfg, 'smoke', {str(tmp_path)!r})
-deadline = time.time() + 180
-while time.time() < deadline:
-    files = glob.glob({str(tmp_path)!r} + '/smoke/*/metrics.h5')
-    if files and len(read_metrics(files[0])['steps']['step']) >= 20:
-        break
-    time.sleep(0.3)
-job._interrupt()
-print('interrupted', flush=True)
-print('RESULT', job.results()[0])
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    r = preempt_and_resume(tmp_path, ["train.epochs=4", "train.mode=ddp", "train.batch_size=32", "train.threads=1",
+                                      "cluster.nodes=2", "cluster.tasks_per_node=1"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "RESULT {'status': 'completed'" in r.stdout
     m = _only_metrics(tmp_path)

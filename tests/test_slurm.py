@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, slurm_unavailable, wait_for_metrics
+from conftest import ROOT, SMOKE, preempt_and_resume, run_cli, slurm_unavailable, wait_for_metrics
 from pyramidrepro.metrics import read_metrics
 
 reason = slurm_unavailable()
@@ -77,26 +77,7 @@ def test_scancel_is_reported_quickly(tmp_path):
 
 
 def test_preempted_job_is_requeued_and_metrics_continue(tmp_path):
-    code = f"""
-import sys, time, glob
-sys.argv = ['x']
-from pyramidrepro.config import load_config
-from pyramidrepro import dispatch
-from pyramidrepro.metrics import read_metrics
-cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'train.epochs=8', 'model.depth=8', 'model.alpha=4',
-    'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1'])
-(job,) = dispatch.submit(cfg, 'smoke', {str(tmp_path)!r})
-deadline = time.time() + 120
-while time.time() < deadline:
-    files = glob.glob({str(tmp_path)!r} + '/smoke/*/metrics.h5')
-    if files and len(read_metrics(files[0])['steps']['step']) >= 20:
-        break
-    time.sleep(0.3)
-job._interrupt()
-print('interrupted', flush=True)
-print('RESULT', job.results()[0])
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    r = preempt_and_resume(tmp_path, ["train.epochs=8"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "RESULT {'status': 'completed'" in r.stdout
     (m,) = _runs(tmp_path).values()
