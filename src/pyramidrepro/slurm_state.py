@@ -57,7 +57,10 @@ class SlurmQueryError(RuntimeError):
 def _slurm(*cmd: str) -> str:
     if shutil.which(cmd[0]) is None:
         raise SlurmQueryError(f"{cmd[0]} not found: Slurm's client tools are needed")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise SlurmQueryError(f"{' '.join(cmd)}: no answer in 30 s") from None
     if r.returncode != 0:
         raise SlurmQueryError(f"{' '.join(cmd)}: {r.stderr.strip() or f'exit {r.returncode}'}")
     return r.stdout
