@@ -1,6 +1,14 @@
 """What the package reads from Slurm's answers: node sizes, never-starting pending reasons, failed tasks."""
 
-from pyramidrepro.slurm_state import Node, Request, expand_nodelist, failed_tasks, never_starts, unsatisfiable
+from pyramidrepro.slurm_state import (
+    Node,
+    Request,
+    expand_nodelist,
+    failed_tasks,
+    never_starts,
+    parse_job_request,
+    unsatisfiable,
+)
 
 NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "idle", ("debug",)),
          Node("big1", 64, 8, 512000, "drain", ("big",))]
@@ -42,3 +50,11 @@ def test_failed_tasks_from_srun_lines():
 
 def test_node_lists_expand():
     assert expand_nodelist("node[1-3]") == ["node1", "node2", "node3"]
+
+
+def test_a_queued_job_request_is_read_from_scontrol_output():
+    text = ("JobId=212 JobName=smoke Partition=short NumNodes=2-2 NumCPUs=4 NumTasks=4 CPUs/Task=1 "
+            "MinMemoryNode=4G TresPerNode=gres:gpu:2 Reason=PartitionTimeLimit")
+    assert parse_job_request(text) == Request(2, 2, 1, gpus_per_node=2, mem_mb=4096, partition="short")
+    bare = parse_job_request("JobId=7 NumNodes=1 NumTasks=1 CPUs/Task=2 MinMemoryNode= Partition=debug")
+    assert bare == Request(1, 1, 2, partition="debug")  # an empty memory field is no memory request

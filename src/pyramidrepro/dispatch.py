@@ -327,7 +327,9 @@ class NeverStartWatch:
             nodes = node_sizes() if queued else []
             found: dict[str, str] = {}
             for jid, reason in queued.items():
-                req = self.requests.get(jid) or self.requests.setdefault(jid, job_request(jid))
+                if jid not in self.requests:
+                    self.requests[jid] = job_request(jid)
+                req = self.requests[jid]
                 why = never_starts(reason, req, nodes)
                 if why is None:
                     self.first_seen.pop(jid, None)

@@ -151,15 +151,23 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+#: memory suffixes scontrol prints, in MB
+_MB = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
 def job_request(job_id: str) -> Request:
     """The request of a queued job, as the controller holds it (``scontrol show job``)."""
-    text = _slurm("scontrol", "-o", "show", "job", job_id)
+    return parse_job_request(_slurm("scontrol", "-o", "show", "job", job_id))
+
+
+def parse_job_request(text: str) -> Request:
+    """A job's request from ``scontrol -o show job`` output."""
     fields = dict(re.findall(r"(\S+?)=(\S*)", text))
     nodes = int(fields.get("NumNodes", "1").split("-")[0] or 1)
     tasks = int(fields.get("NumTasks", "1") or 1)
     gres = fields.get("TresPerNode", "")
-    mem = fields.get("MinMemoryNode", "0")
-    mem_mb = int(float(mem[:-1]) * (1024 if mem.endswith("G") else 1)) if mem[-1:] in "MG" else int(mem or 0)
+    mem = re.fullmatch(r"([\d.]+)([MGT]?)", fields.get("MinMemoryNode", "0"))
+    mem_mb = int(float(mem.group(1)) * _MB[mem.group(2)]) if mem else 0
     return Request(nodes=nodes, tasks_per_node=max(1, tasks // nodes),
                    cpus_per_task=int(fields.get("CPUs/Task", "1") or 1),
                    gpus_per_node=_gpu_count(gres.replace("gres:", "").replace("gres/", "")),
