@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Build the Apptainer image on a machine that has Apptainer (a login or build node):
-#   bash containers/build.sh [OUTPUT.sif]
-# then:  apptainer run --nv pyramidrepro.sif run experiments/smoke.yaml
+#   bash containers/build.sh [OUTPUT.sif]          (DEF=containers/pyramidrepro-ngc.def for the NGC base)
+# then:  pyramidrepro submit EXPERIMENT --container OUTPUT.sif   or   apptainer run --nv OUTPUT.sif run ...
+# The same recipe (containers/install.sh) as containers/build-local.sh, which builds it without Apptainer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-pyramidrepro.sif}"
-command -v apptainer >/dev/null || { echo "build.sh: apptainer not found (https://apptainer.org)" >&2; exit 2; }
+def="${DEF:-containers/pyramidrepro.def}"
+command -v apptainer >/dev/null || { echo "build.sh: apptainer not found (https://apptainer.org); without it: make image" >&2; exit 2; }
+[ -f "$def" ] || { echo "build.sh: DEF=$def: no such definition" >&2; exit 2; }
 # the image has no .git: bake the commit into the package it copies, and take it out afterwards
 bash containers/bake_commit.sh src/pyramidrepro
 trap 'rm -f src/pyramidrepro/BUILD_COMMIT' EXIT
-apptainer build --fakeroot "$out" containers/pyramidrepro.def
+apptainer build --fakeroot "$out" "$def"
 apptainer test "$out"
 sha256sum "$out"

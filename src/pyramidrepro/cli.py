@@ -25,8 +25,38 @@ def check_runnable(cfg, source: str) -> None:  # noqa: ANN001
         raise ConfigError(source, *problem)
 
 
+def container_override(args: argparse.Namespace) -> list[str]:
+    """``--container PATH`` as the override it stands for."""
+    return [f"container.image={args.container}"] if getattr(args, "container", None) else []
+
+
+def version_text() -> str:
+    """The package's version and commit, and, inside an image, what the image was built from."""
+    from . import __version__
+    from .container import image_info
+    from .provenance import git_commit
+
+    text = f"pyramidrepro {__version__} (commit {git_commit()}, Python {sys.executable})"
+    info = image_info()
+    if info:
+        text += (f"\nimage: commit {info.get('commit', '?')}, recipe {info.get('recipe', '?')}, "
+                 f"built {info.get('built', '?')}")
+    return text
+
+
+class VersionAction(argparse.Action):
+    """``--version``, worked out only when asked for (it runs git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, commit and image, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(version_text())
+        parser.exit()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.experiment, args.set)
+    cfg = load_config(args.experiment, [*args.set, *container_override(args)])
     if not 1 <= args.nproc <= MAX_LOCAL_RANKS:
         raise ConfigError("run", "--nproc", f"must be between 1 and {MAX_LOCAL_RANKS}, got {args.nproc}")
     if cfg.sweep:
@@ -46,9 +76,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("run", "--out", f"{args.out} is a file; give a folder for the results")
     check_runnable(cfg, args.experiment)
     from . import runs
-    from .train import Trainer
+    from .container import resolve, run_in_image
 
     check_data_available(cfg.data)
+    box = resolve(cfg, args.experiment)
+    if box:  # the same command, in the image (where container.image is the image it is in)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        paths = [args.out, cfg.data.root, Path(args.experiment).parent]
+        paths += [Path(args.run_dir).parent] if args.run_dir else []
+        return run_in_image(box, paths, ["-m", "pyramidrepro", *args.argv])
+    from .train import Trainer
+
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.run_id is not None:
         try:
@@ -209,7 +247,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     kind, n_gpus = _hardware()
     experiment = args.experiment or default_experiment(n_gpus)
-    overrides = list(args.set)
+    overrides = [*args.set, *container_override(args)]
     cfg = load_config(experiment, overrides)
     if cfg.data.source == "cifar10":
         try:
@@ -279,7 +317,7 @@ def cmd_boundary(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from . import dispatch
 
-    overrides = list(args.set)
+    overrides = [*args.set, *container_override(args)]
     if args.cluster:
         overrides.append(f"cluster.executor={args.cluster}")
     cfg = load_config(args.experiment, overrides)
@@ -357,7 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
             "DistributedDataParallel): run experiments, dispatch them to Slurm, report."
         ),
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_container_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--container", metavar="IMAGE",
+                       help="run inside this image (sets container.image): an Apptainer .sif, or a folder "
+                            "built by `make image`, run with Apptainer when installed, else bwrap")
 
     def add_model_args(p: argparse.ArgumentParser, depth: int, alpha: float, what: str = "the PyramidNet") -> None:
         p.add_argument("--depth", type=int, default=depth, help=f"depth of {what} (default {depth})")
@@ -381,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1,
                    help="spawn N DDP ranks on this machine (train.mode must be ddp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_container_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="validate an experiment and print the resolved config")
@@ -479,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reason: cancel it (default) or keep it queued")
     p.add_argument("--no-preflight", action="store_true",
                    help="submit even what sinfo says no node can hold (by default that is refused, exit 2)")
+    add_container_arg(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("boundary", help="the largest batch that fits under the memory cap, by search",
@@ -521,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-repeats", type=int, default=3,
                    help="runs of every point at least, a pass apart: one run's interval cannot see how much "
                         "the machine drifts between runs (default: 3)")
+    add_container_arg(p)
     p.set_defaults(func=cmd_reproduce)
     return parser
 
@@ -529,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     """The CLI; a problem the user can fix is one line on stderr (bad input: exit 2), never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -34,6 +34,7 @@ class ConfigError(ValueError):
 SWEEPABLE_CLUSTER_KEYS = ("cluster.nodes", "cluster.tasks_per_node")
 #: torch.compile modes (``train.compile_mode``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CONTAINER_RUNTIMES = ("auto", "apptainer", "bwrap")
 
 
 @dataclass
@@ -154,9 +155,11 @@ class ClusterConfig:
 
 @dataclass
 class ContainerConfig:
-    """Apptainer image the jobs run in (optional)."""
+    """The image runs execute in (optional): an Apptainer .sif or a root-filesystem folder."""
 
     image: Optional[str] = None
+    #: auto: Apptainer when installed, else bwrap for a folder image (container.py)
+    runtime: str = "auto"
     binds: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     apptainer: str = "apptainer"
@@ -395,6 +398,9 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
             "train.accumulation_steps",
             f"batch_size {t.batch_size} does not divide into {t.accumulation_steps} micro batches",
         )
+    if cfg.container.runtime not in CONTAINER_RUNTIMES:
+        raise ConfigError(source, "container.runtime",
+                          f"one of {', '.join(CONTAINER_RUNTIMES)}, got {cfg.container.runtime!r}")
     if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
         raise ConfigError(source, "train.compile_mode",
                           f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import hashlib
 import re
 import shlex
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
+from .container import resolve
 from .runs import CONFIG_NAME, run_dir_for
 from .schema import FINISHED, Attr, Status
 from .slurm_state import (
@@ -35,35 +35,6 @@ from .slurm_state import (
 
 TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "INTERRUPTED"}
-
-
-def image_digest(image: str | None) -> str:
-    """sha256 of the container image file (first 64 MiB + size, so huge images hash quickly)."""
-    if not image:
-        return ""
-    p = Path(image)
-    if not p.is_file():
-        return "missing"
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        h.update(fh.read(64 << 20))
-    h.update(str(p.stat().st_size).encode())
-    return "sha256:" + h.hexdigest()
-
-
-def container_python(cfg: ExperimentConfig, bind_paths: list[str]) -> str | None:
-    """The ``python`` command for submitit: ``apptainer exec --nv --bind ... IMAGE python``."""
-    c = cfg.container
-    if not c.image:
-        return None
-    binds = list(dict.fromkeys([*c.binds, *bind_paths]))
-    parts = [c.apptainer, "exec", "--nv"]
-    for b in binds:
-        parts += ["--bind", b if ":" in b else f"{b}:{b}"]
-    for k, v in sorted(c.env.items()):
-        parts += ["--env", f"{k}={v}"]
-    parts += [c.image, "python"]
-    return " ".join(shlex.quote(p) for p in parts)
 
 
 def tasks_per_node(cfg: ExperimentConfig) -> int:
@@ -136,8 +107,8 @@ def _layout(cfg: ExperimentConfig) -> tuple:
 class JobRunner:
     """The callable a job runs: one sweep point, one run folder; requeueable."""
 
-    def __init__(self, cfg_dict: dict[str, Any], run_dir: str, image: str = "", digest: str = "") -> None:
-        self.cfg_dict, self.run_dir, self.image, self.digest = cfg_dict, run_dir, image, digest
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str) -> None:
+        self.cfg_dict, self.run_dir = cfg_dict, run_dir
         self.trainer = None
 
     def __call__(self) -> dict[str, Any]:
@@ -151,11 +122,9 @@ class JobRunner:
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
             return {"status": "skipped", "rank": job_env.global_rank}
-        attrs = {  # the Slurm job itself: system.slurm_attributes, recorded by every run
-            Attr.SUBMITIT_JOB_ID: job_env.job_id,
-            Attr.CONTAINER_IMAGE: self.image,
-            Attr.CONTAINER_DIGEST: self.digest,
-        }
+        # the Slurm job itself (system.slurm_attributes) and the image (container.container_attributes)
+        # are recorded by every run
+        attrs = {Attr.SUBMITIT_JOB_ID: job_env.job_id}
         self.trainer = Trainer(cfg, self.run_dir, extra_attrs=attrs, progress=False)
         status = self.trainer.run()
         if job_env.num_tasks > 1:
@@ -176,7 +145,7 @@ class JobRunner:
 
         if self.trainer is not None:
             self.trainer.save_if_between_steps()
-        return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir, self.image, self.digest))
+        return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir))
 
 
 try:
@@ -185,27 +154,27 @@ except ImportError:  # pragma: no cover - submitit is a dependency; keep --help 
     FailedJobError = RuntimeError  # type: ignore[misc,assignment]
 
 
-def make_executor(cfg: ExperimentConfig, folder: Path, bind_paths: list[str]):  # noqa: ANN201
+def make_executor(cfg: ExperimentConfig, folder: Path, python: str | None = None):  # noqa: ANN201
+    """submitit's executor for ``cfg``; ``python`` starts each task's interpreter (a container's)."""
     import submitit
 
     kwargs: dict[str, Any] = {}
     cluster = cfg.cluster.executor
     if cluster == "slurm":
         kwargs["slurm_max_num_timeout"] = cfg.cluster.max_requeues
-        python = container_python(cfg, bind_paths)
-        if python:
-            kwargs["slurm_python"] = python
+    if python and cluster in ("slurm", "local"):
+        kwargs[f"{cluster}_python"] = python
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster, **kwargs)
     executor.update_parameters(**slurm_parameters(cfg))
     return executor
 
 
-def sbatch_preview(cfg: ExperimentConfig, folder: Path, bind_paths: list[str], array_size: int) -> str:
+def sbatch_preview(cfg: ExperimentConfig, folder: Path, python: str | None, array_size: int) -> str:
     """The sbatch script submitit would write for this layout (nothing is submitted)."""
     from submitit.slurm import slurm
 
     as_slurm = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, executor="slurm"))
-    executor = make_executor(as_slurm, folder, bind_paths)
+    executor = make_executor(as_slurm, folder, python)
     inner = executor._executor
     params = dict(inner.parameters)
     if array_size > 1:
@@ -224,9 +193,8 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     points = expand_sweep(cfg, source) if points is None else points
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
-    data_root = str(Path(cfg.data.root).resolve())
-    bind_paths = [str(out), data_root] if cfg.container.image else []
-    digest = image_digest(cfg.container.image)
+    box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
+    python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
     groups: dict[tuple, list[tuple[str, ExperimentConfig]]] = {}
     for run_id, point_cfg in points:
         groups.setdefault(_layout(point_cfg), []).append((run_id, point_cfg))
@@ -245,12 +213,11 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
                   file=stream)
             for run_id, _ in members:
                 print(f"#   {run_dir_for(out, cfg.name, run_id)}", file=stream)
-            print(sbatch_preview(first, folder, bind_paths, len(members)), file=stream)
+            print(sbatch_preview(first, folder, python, len(members)), file=stream)
             continue
-        runners = [JobRunner(point_cfg.to_dict(), str(run_dir_for(out, cfg.name, run_id)), cfg.container.image or "",
-                             digest) for run_id, point_cfg in members]
+        runners = [JobRunner(p.to_dict(), str(run_dir_for(out, cfg.name, run_id))) for run_id, p in members]
         folder.mkdir(parents=True, exist_ok=True)
-        executor = make_executor(first, folder, bind_paths)
+        executor = make_executor(first, folder, python)
         try:
             with executor.batch():
                 batch_jobs = [executor.submit(r) for r in runners]
@@ -412,11 +379,9 @@ def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str 
 def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
     """Cluster/container checks that the schema alone cannot make."""
     c = cfg.cluster
-    if cfg.container.image and not str(cfg.container.image).endswith(".sif"):
-        raise ConfigError(source, "container.image", f"expected an Apptainer .sif image, got {cfg.container.image!r}")
     for i, b in enumerate(cfg.container.binds):
         if not b or b.count(":") > 2:
-            raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:OPTS]], got {b!r}")
+            raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:ro]], got {b!r}")
     if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
         raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
     if cfg.train.mode == "dp" and c.executor == "slurm" and c.gpus_per_node < 1:

@@ -595,7 +595,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     lines += scaling_section(rows, scale_figs)
     v = records[0].versions
     overheads = [r.metrics_overhead for r in records if r.metrics_overhead is not None]
-    images = sorted({r.container_image for r in records if r.container_image})
+    images = sorted({f"{r.container_image} ({r.container_digest or 'no digest'}, built from {r.image_commit or '?'})"
+                     for r in records if r.container_image})
     caps = sorted({(r.memory_limit_gb, r.allocator_cap_bytes) for r in records if r.memory_limit_gb})
     tf32 = sorted({"on" if r.allow_tf32 else "off" for r in records if r.allow_tf32 is not None})
     lines += ["", "## Provenance", "",

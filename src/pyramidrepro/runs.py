@@ -163,6 +163,8 @@ class RunRecord:
     bounds: dict[str, Any] = field(default_factory=dict)  # what bounds the point: Summary.BOUND and its figures
     boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
     nodes: int = 1  # hosts its ranks ran on (the ranks' host names)
+    container_digest: str = ""  # the image's sha256 (container.image_digest), with container_image
+    image_commit: str = ""  # the commit baked into that image
 
     def estimate(self) -> Estimate:
         """Its images/s with the interval and the windows behind it (measure.throughput)."""
@@ -243,6 +245,8 @@ def load_run(path: str | Path) -> RunRecord:
         git_commit=str(a.get(Attr.GIT_COMMIT, "")),
         versions=json.loads(versions) if isinstance(versions, str) and versions else {},
         container_image=str(a.get(Attr.CONTAINER_IMAGE, "")),
+        container_digest=str(a.get(Attr.CONTAINER_DIGEST, "")),
+        image_commit=str(a.get(Attr.IMAGE_COMMIT, "")),
         finished_at=str(a.get(Attr.FINISHED_AT, "")),
         model=str(a.get(Attr.MODEL, "")),
         accumulation_steps=accum,

@@ -84,6 +84,10 @@ class Attr(StrEnum):
     SUBMITIT_JOB_ID = "submitit_job_id"
     CONTAINER_IMAGE = "container_image"
     CONTAINER_DIGEST = "container_digest"
+    IMAGE_COMMIT = "image_commit"  # what the image says of itself (container.py): the commit baked in
+    IMAGE_RECIPE = "image_recipe"  # the hash of its recipe (containers/install.sh recipe-hash)
+    IMAGE_BUILT = "image_built"
+    PYTHON_EXECUTABLE = "python_executable"  # the interpreter that ran rank 0: the image's, in one
     # how it ended
     FINISHED_AT = "finished_at"
     ERROR = "error"

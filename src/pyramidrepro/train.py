@@ -30,6 +30,7 @@ from .autotune import Choice, resolve_auto
 from .bounds import measure_bounds
 from .checkpoint import Checkpoints, Position
 from .config import ExperimentConfig
+from .container import container_attributes
 from .data import DataError, load_splits, per_rank_batch
 from .devices import (
     MemoryCap,
@@ -197,7 +198,7 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.ALLOCATOR_SETTINGS: allocator_settings() if ctx.device.type == "cuda" else "",
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
         Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
-        **slurm_attributes(), **extra,
+        **slurm_attributes(), **container_attributes(), **extra,
     }
 
 

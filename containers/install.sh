@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The image's install steps, run INSIDE the image by both builders: the Apptainer definition's
+# %post (containers/pyramidrepro.def) and the local builder (containers/build-local.sh).
+#
+#   install.sh deps [--wheels DIR]   /opt/venv with every package of requirements.lock (from DIR
+#                                    offline, else from the package index), the launcher and the
+#                                    path to the package source
+#   install.sh package               check /opt/pyramidrepro/src and record what the image is in
+#                                    /opt/pyramidrepro/IMAGE_INFO.json (baked commit, recipe, date)
+#   install.sh recipe-hash           sha256 of the recipe (this script, packages.txt, the lock):
+#                                    the key a built image is cached under
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+venv=/opt/venv
+home=/opt/pyramidrepro
+
+recipe_hash() {
+    cat "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" | sha256sum | cut -c1-16
+}
+
+case "${1:-}" in
+recipe-hash)
+    recipe_hash
+    ;;
+deps)
+    shift
+    pip_source=()
+    if [ "${1:-}" = "--wheels" ]; then
+        [ -d "${2:-}" ] || { echo "install.sh: --wheels ${2:-}: no such folder" >&2; exit 2; }
+        pip_source=(--no-index --find-links "$2")
+    fi
+    python3 -m venv "$venv"
+    # --no-deps: the lock names every package; pip check below proves it complete
+    "$venv/bin/python" -m pip install -q --no-deps "${pip_source[@]}" -r "$here/requirements.lock"
+    "$venv/bin/python" -m pip check
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "$home/src" >"$site/pyramidrepro.pth"
+    printf '#!/bin/sh\nexec %s -m pyramidrepro "$@"\n' "$venv/bin/python" >"$venv/bin/pyramidrepro"
+    chmod 755 "$venv/bin/pyramidrepro"
+    ;;
+package)
+    [ -f "$home/src/pyramidrepro/__init__.py" ] || { echo "install.sh: no package under $home/src" >&2; exit 2; }
+    commit=$(cat "$home/src/pyramidrepro/BUILD_COMMIT" 2>/dev/null || echo unknown)
+    "$venv/bin/python" -m compileall -q "$home/src"
+    "$venv/bin/python" - "$commit" "$(recipe_hash)" "$home/IMAGE_INFO.json" <<'EOF'
+import json, sys, time
+commit, recipe, path = sys.argv[1:]
+info = {"commit": commit, "recipe": recipe, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+with open(path, "w") as fh:
+    json.dump(info, fh)
+EOF
+    "$venv/bin/pyramidrepro" --version
+    ;;
+*)
+    echo "usage: install.sh deps [--wheels DIR] | package | recipe-hash" >&2
+    exit 2
+    ;;
+esac

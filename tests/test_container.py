@@ -1,0 +1,191 @@
+"""The image, for real: built here from containers/ (cold when no image of the same recipe is
+cached), then runs inside it under bwrap, locally and through submit on the Slurm test cluster."""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SMOKE, run_cli, slurm_unavailable
+from pyramidrepro.config import load_config
+from pyramidrepro.container import IMAGE_MANIFEST, IMAGE_PYTHON, resolve
+from pyramidrepro.metrics import read_metrics
+from pyramidrepro.provenance import git_commit
+from pyramidrepro.slurm_state import expand_nodelist
+
+CONTAINERS = ROOT / "containers"
+TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]
+DDP = ["--set", "train.mode=ddp", "--set", "train.batch_size=32"]
+
+
+def _recipe_packages() -> list[str]:
+    return [ln.strip() for ln in (CONTAINERS / "packages.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+
+
+def test_apptainer_definition_builds_the_local_recipe():
+    """One recipe: the .def bootstraps the same Debian release with the same packages as the local
+    builder, and both install through containers/install.sh from the same lock file."""
+    definition = (CONTAINERS / "pyramidrepro.def").read_text()
+    header = dict(re.findall(r"^(\w+):\s*(.+)$", definition.split("%", 1)[0], re.M))
+    assert header["Bootstrap"] == "debootstrap" and header["OSVersion"] == "bookworm"
+    assert sorted(header["Include"].split()) == sorted(_recipe_packages())
+    local = (CONTAINERS / "build-local.sh").read_text()
+    assert "--variant=minbase" in local and " bookworm " in local and "packages.txt" in local
+    assert "install.sh deps --wheels" in local and "install.sh package" in local
+    post = definition.split("%post", 1)[1].split("\n%", 1)[0]
+    assert "install.sh deps" in post and "install.sh package" in post
+    for name in ("install.sh", "packages.txt", "requirements.lock"):
+        assert f"containers/{name} /opt/pyramidrepro/containers/{name}" in definition
+    lock = [ln for ln in (CONTAINERS / "requirements.lock").read_text().splitlines() if ln and ln[0] != "#"]
+    assert lock and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.+\-]+", ln) for ln in lock)  # every one pinned
+    assert {"torch", "nvidia-dali-cuda130", "h5py", "submitit"} <= {ln.split("==")[0] for ln in lock}
+
+
+def _bad_image_run(tmp_path: Path, *sets: str) -> subprocess.CompletedProcess:
+    out = tmp_path / "out"
+    r = run_cli("run", str(SMOKE), "--out", str(out), *TINY, *[x for s in sets for x in ("--set", s)])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
+    assert not out.exists() or not list(out.rglob("metrics.h5"))  # no run folder
+    return r
+
+
+def test_missing_image_is_one_line_naming_the_key(tmp_path):
+    r = _bad_image_run(tmp_path, f"container.image={tmp_path / 'nope.sif'}")
+    assert "container.image" in r.stderr and "no such image" in r.stderr and "make image" in r.stderr
+
+
+def test_image_without_the_package_is_refused(tmp_path):
+    fake = tmp_path / "rootfs"
+    (fake / "usr" / "bin").mkdir(parents=True)
+    r = _bad_image_run(tmp_path, f"container.image={fake}", "container.runtime=bwrap")
+    assert "container.image" in r.stderr and "no pyramidrepro package" in r.stderr
+
+
+def test_missing_runtime_is_refused(tmp_path):
+    sif = tmp_path / "img.sif"
+    sif.write_bytes(b"not really an image")
+    r = _bad_image_run(tmp_path, f"container.image={sif}", "container.apptainer=apptainer-not-installed")
+    assert "container.runtime" in r.stderr and "no container runtime" in r.stderr
+    r = _bad_image_run(tmp_path, f"container.image={sif}", "container.runtime=bwrap")
+    assert "container.runtime" in r.stderr and "a .sif needs Apptainer" in r.stderr
+    r = _bad_image_run(tmp_path, f"container.image={tmp_path}", "container.runtime=podman")
+    assert "container.runtime" in r.stderr and "one of auto, apptainer, bwrap" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    """The image folder of this checkout: containers/build-local.sh (cold ~7 min, cached seconds)."""
+    missing = [t for t in ("mmdebstrap", "bwrap") if subprocess.run(["which", t], capture_output=True).returncode]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"building the image needs root and {', '.join(missing) or 'mmdebstrap, bwrap'} "
+                    "(`make test` installs them)")
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(CONTAINERS / "build-local.sh")], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable), timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    path = Path(r.stdout.strip().splitlines()[-1])
+    said = [ln for ln in r.stderr.splitlines() if "dependencies" in ln or "image ready" in ln]
+    print(f"\nimage: {path} in {time.monotonic() - t0:.0f} s: {' | '.join(said)}", file=sys.stderr)
+    return path
+
+
+def _manifest_digest(image: Path) -> str:
+    return "sha256:" + hashlib.sha256((image / IMAGE_MANIFEST.lstrip("/")).read_bytes()).hexdigest()
+
+
+def _check_ran_in(image: Path, metrics: dict) -> None:
+    """The run's Python was the image's, and the run recorded which image, built from which commit."""
+    a = metrics["attrs"]
+    assert a["status"] == "completed"
+    assert a["python_executable"] == IMAGE_PYTHON != sys.executable
+    assert a["container_image"] == str(image)
+    assert a["container_digest"] == _manifest_digest(image)
+    assert a["image_commit"] == git_commit() == a["git_commit"]  # baked from this checkout
+    assert re.fullmatch(r"[0-9a-f]{16}", a["image_recipe"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", a["image_built"])
+
+
+def test_version_inside_the_image_says_what_it_was_built_from(image):
+    box = resolve(load_config(SMOKE, [f"container.image={image}"]), "test")
+    r = subprocess.run([*box.python([]), "-m", "pyramidrepro", "--version"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"Python {IMAGE_PYTHON}" in r.stdout and f"image: commit {git_commit()}" in r.stdout
+
+
+def test_smoke_run_inside_the_image(image, tmp_path):
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = tmp_path.glob("smoke/*/metrics.h5")
+    _check_ran_in(image, read_metrics(path))
+
+
+def test_two_rank_ddp_inside_the_image(image, tmp_path):
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), "--nproc", "2", *TINY, *DDP)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = tmp_path.glob("smoke/*/metrics.h5")
+    m = read_metrics(path)
+    _check_ran_in(image, m)
+    assert m["attrs"]["world_size"] == 2 and m["attrs"]["backend"] == "gloo"
+
+
+def test_submit_local_runs_in_the_image(image, tmp_path):
+    r = run_cli("submit", str(SMOKE), "--cluster", "local", "--wait", "--out", str(tmp_path),
+                "--container", str(image), *TINY, "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:],
+                "--set", "cluster.tasks_per_node=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = sorted(tmp_path.glob("smoke/*/metrics.h5"))
+    assert len(found) == 2
+    for path in found:
+        _check_ran_in(image, read_metrics(path))
+    r = run_cli("report", str(tmp_path / "smoke"))
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "smoke" / "report.md").read_text()
+    assert f"- container image: {image} ({_manifest_digest(image)}, built from {git_commit()})" in report
+
+
+SLURM_REASON = slurm_unavailable(min_nodes=2)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+def test_submit_to_slurm_runs_ranks_in_the_image_on_two_nodes(image, tmp_path):
+    """A single point and a 2-node DDP point through sbatch + srun: every rank in the image."""
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--wait", "--out", str(tmp_path),
+                "--container", str(image), *TINY, "--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10",
+                "--set", "sweep=[{train.mode: [single]}, {train.mode: [ddp], cluster.nodes: [2]}]", *DDP[2:],
+                "--set", "cluster.tasks_per_node=1", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = {m["attrs"]["mode"]: m for m in map(read_metrics, tmp_path.glob("smoke/*/metrics.h5"))}
+    assert set(runs) == {"single", "ddp"}
+    for m in runs.values():
+        _check_ran_in(image, m)
+        assert m["attrs"]["slurm_job_id"]
+    ddp = runs["ddp"]
+    assert ddp["attrs"]["world_size"] == 2 and expand_nodelist(ddp["attrs"]["slurm_nodelist"]) == ["node1", "node2"]
+    assert ddp["ranks"]["hostname"] == ["node1", "node2"]
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+def test_sbatch_template_runs_each_rank_in_the_image(image, tmp_path):
+    """slurm/ddp_multinode.sbatch with IMAGE set: srun starts one `pyramidrepro run --container` per node."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),
+               RUN_DIR=str(run_dir), IMAGE=str(image))
+    r = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
+                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+                        str(ROOT / "slurm" / "ddp_multinode.sbatch"), *TINY, "--set", "train.batch_size=32"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert r.returncode == 0, r.stdout + r.stderr + logs
+    m = read_metrics(run_dir / "metrics.h5")
+    _check_ran_in(image, m)
+    assert m["attrs"]["world_size"] == 2 and m["ranks"]["hostname"] == ["node1", "node2"]
