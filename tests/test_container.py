@@ -151,6 +151,17 @@ def test_submit_local_runs_in_the_image(image, tmp_path):
     assert f"- container image: {image} ({_manifest_digest(image)}, built from {git_commit()})" in report
 
 
+def test_reproduce_runs_every_point_in_the_image(image, tmp_path):
+    out = tmp_path / "new"  # not there yet: reproduce makes it before binding it into the image
+    r = run_cli("reproduce", "--experiment", str(SMOKE), "--out", str(out), "--container", str(image), *TINY,
+                "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:], "--min-repeats", "1", "--max-repeats", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = sorted(out.glob("smoke/*/metrics.h5"))
+    assert len(found) == 2
+    for path in found:
+        _check_ran_in(image, read_metrics(path))
+
+
 SLURM_REASON = slurm_unavailable(min_nodes=2)
 
 
