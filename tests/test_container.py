@@ -4,6 +4,7 @@ cached), then runs inside it under bwrap, locally and through submit on the Slur
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,19 @@ def test_missing_runtime_is_refused(tmp_path):
     assert "container.runtime" in r.stderr and "a .sif needs Apptainer" in r.stderr
     r = _bad_image_run(tmp_path, f"container.image={tmp_path}", "container.runtime=podman")
     assert "container.runtime" in r.stderr and "one of auto, apptainer, bwrap" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (`make test` installs it)")
+def test_debug_executor_cannot_run_in_an_image(tmp_path):
+    fake = tmp_path / "rootfs"
+    for part in ("opt/pyramidrepro/src/pyramidrepro", "opt/venv/bin"):
+        (fake / part).mkdir(parents=True)
+    (fake / "opt/pyramidrepro/src/pyramidrepro/__init__.py").write_text("")
+    (fake / "opt/venv/bin/python").write_text("")
+    r = run_cli("submit", str(SMOKE), "--cluster", "debug", "--out", str(tmp_path / "out"), "--container", str(fake),
+                "--set", "container.runtime=bwrap", *TINY)
+    assert r.returncode == 2 and "cluster.executor" in r.stderr and "use local or slurm" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

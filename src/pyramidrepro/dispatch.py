@@ -194,6 +194,9 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
     box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
+    if box and cfg.cluster.executor == "debug":
+        raise ConfigError(source, "cluster.executor", "debug runs the jobs in this process, which cannot run in "
+                                                      f"the image {box.image}: use local or slurm")
     if box and not dry_run:
         out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
     python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
