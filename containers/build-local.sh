@@ -43,6 +43,10 @@ in_image() {  # run a command inside the image, read-write, with no host environ
 
 if [ ! -f "$dir/base.complete" ]; then
     t0=$SECONDS
+    # the image (6.4 GB) and, while it installs, the wheelhouse (~4 GB); an older image is removed first
+    need_gb=11
+    free_gb=$(( $(df -Pk "$cache" | awk 'NR==2 {print $4}') / 1048576 + $(du -sk "$cache" | cut -f1) / 1048576 ))
+    [ "$free_gb" -ge "$need_gb" ] || fail "a cold build needs ${need_gb} GB free under $cache, there are ${free_gb} GB"
     shopt -s nullglob
     for old in "$cache"/*/; do  # an image is 6 GB: keep the current recipe's only
         [ "$old" = "$dir/" ] || { say "removing the image of an older recipe: $old"; rm -rf "$old"; }
