@@ -7,7 +7,7 @@
 #   bash containers/build-local.sh            build (or reuse) and print the image folder
 #   bash containers/build-local.sh --path     print where the image is (or would be); build nothing
 #
-# The dependency part (~6.4 GB; ~7 min cold on 2 cores) is cached under $PYRAMIDREPRO_IMAGE_CACHE
+# The dependency part (6.4 GB; 126-141 s cold on 2 cores with the wheels on a local disk) is cached under $PYRAMIDREPRO_IMAGE_CACHE
 # (default /var/tmp/pyramidrepro-images) by the recipe's hash, one recipe kept at a time; the
 # package itself is copied in anew on every call (seconds).  Needs root, mmdebstrap and bwrap.
 set -euo pipefail
@@ -53,16 +53,16 @@ if [ ! -f "$dir/base.complete" ]; then
     done
     rm -rf "$dir" && mkdir -p "$dir"
     packages=$(grep -v '^#' "$here/packages.txt" | paste -sd, -)
-    say "[1/3] Debian bookworm minbase + $packages (mmdebstrap, ~2 min)"
+    say "[1/3] Debian bookworm minbase + $packages (mmdebstrap)"
     mmdebstrap --quiet --variant=minbase --include="$packages" bookworm "$rootfs.new" "$mirror"
     # mmdebstrap copies this machine's resolver and apt sources: neither belongs in the image
     rm -f "$rootfs.new/etc/resolv.conf" "$rootfs.new/etc/apt/sources.list"
     find "$rootfs.new/etc/apt/sources.list.d" -type f -delete
     image_python=$(chroot "$rootfs.new" python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-    say "[2/3] wheels of containers/requirements.lock for Python $image_python (pip download, ~2 min)"
+    say "[2/3] wheels of containers/requirements.lock for Python $image_python (pip download)"
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version "$image_python" \
         -d "$dir/wheels" -r "$here/requirements.lock" 2> >(grep -v "is ignored: it is neither" >&2)
-    say "[3/3] /opt/venv from the wheels, inside the image (~4 min)"
+    say "[3/3] /opt/venv from the wheels, inside the image"
     mkdir -p "$rootfs.new/opt/pyramidrepro/containers"
     cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$rootfs.new/opt/pyramidrepro/containers/"
     in_image --ro-bind "$dir/wheels" /wheels --unshare-net --unshare-ipc --unshare-pid --clearenv \
