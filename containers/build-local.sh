@@ -7,9 +7,10 @@
 #   bash containers/build-local.sh            build (or reuse) and print the image folder
 #   bash containers/build-local.sh --path     print where the image is (or would be); build nothing
 #
-# The dependency part (6.4 GB; 126-141 s cold on 2 cores with the wheels on a local disk) is cached under $PYRAMIDREPRO_IMAGE_CACHE
-# (default /var/tmp/pyramidrepro-images) by the recipe's hash, one recipe kept at a time; the
-# package itself is copied in anew on every call (seconds).  Needs root, mmdebstrap and bwrap.
+# The dependency part (6.4 GB; 126-141 s cold on 2 cores with the wheels on a local disk) is
+# cached under $PYRAMIDREPRO_IMAGE_CACHE (default /var/tmp/pyramidrepro-images) by the recipe's
+# hash, one recipe kept at a time; the package itself is copied in anew on every call (under a
+# second).  Needs root, mmdebstrap and bwrap.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -20,7 +21,7 @@ say() { echo "build-local: $*" >&2; }
 fail() { say "$*"; exit 2; }
 
 case "${1:-}" in
--h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 --path|"") ;;
 *) fail "unknown option $1 (--path, --help)" ;;
 esac
@@ -43,7 +44,7 @@ in_image() {  # run a command inside the image, read-write, with no host environ
 
 if [ ! -f "$dir/base.complete" ]; then
     t0=$SECONDS
-    # the image (6.4 GB) and, while it installs, the wheelhouse (~4 GB); an older image is removed first
+    # the image (6.4 GB) and, while it installs, the wheelhouse (~3 GB); an older image is removed first
     need_gb=11
     free_gb=$(( $(df -Pk "$cache" | awk 'NR==2 {print $4}') / 1048576 + $(du -sk "$cache" | cut -f1) / 1048576 ))
     [ "$free_gb" -ge "$need_gb" ] || fail "a cold build needs ${need_gb} GB free under $cache, there are ${free_gb} GB"
