@@ -21,7 +21,7 @@ say() { echo "build-local: $*" >&2; }
 fail() { say "$*"; exit 2; }
 
 case "${1:-}" in
--h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 --path|"") ;;
 *) fail "unknown option $1 (--path, --help)" ;;
 esac
