@@ -94,3 +94,20 @@ def only_run_dir(out: Path) -> Path:
     dirs = [p for p in out.glob("*/*") if p.is_dir()]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def sbatch_multinode_template(tmp_path: Path, args: list[str], **env: str) -> dict:
+    """``sbatch --wait slurm/ddp_multinode.sbatch ARGS`` on 2 nodes x 1 task (``env`` added to the
+    job's environment); asserts it succeeded and returns the run's metrics."""
+    from pyramidrepro.metrics import read_metrics
+
+    run_dir = tmp_path / "run"
+    full_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),
+                    RUN_DIR=str(run_dir), **env)
+    r = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
+                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+                        str(ROOT / "slurm" / "ddp_multinode.sbatch"), *args],
+                       capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=300)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert r.returncode == 0, r.stdout + r.stderr + logs
+    return read_metrics(run_dir / "metrics.h5")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, slurm_unavailable
+from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable
 from pyramidrepro.config import load_config
 from pyramidrepro.container import IMAGE_MANIFEST, IMAGE_PYTHON, resolve
 from pyramidrepro.metrics import read_metrics
@@ -202,15 +202,6 @@ def test_submit_to_slurm_runs_ranks_in_the_image_on_two_nodes(image, tmp_path):
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
 def test_sbatch_template_runs_each_rank_in_the_image(image, tmp_path):
     """slurm/ddp_multinode.sbatch with IMAGE set: srun starts one `pyramidrepro run --container` per node."""
-    run_dir = tmp_path / "run"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),
-               RUN_DIR=str(run_dir), IMAGE=str(image))
-    r = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
-                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
-                        str(ROOT / "slurm" / "ddp_multinode.sbatch"), *TINY, "--set", "train.batch_size=32"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert r.returncode == 0, r.stdout + r.stderr + logs
-    m = read_metrics(run_dir / "metrics.h5")
+    m = sbatch_multinode_template(tmp_path, [*TINY, "--set", "train.batch_size=32"], IMAGE=str(image))
     _check_ran_in(image, m)
     assert m["attrs"]["world_size"] == 2 and m["ranks"]["hostname"] == ["node1", "node2"]

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, preempt_and_resume, run_cli, slurm_unavailable, wait_for_metrics
+from conftest import (
+    ROOT,
+    SMOKE,
+    preempt_and_resume,
+    run_cli,
+    sbatch_multinode_template,
+    slurm_unavailable,
+    wait_for_metrics,
+)
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.runs import load_run
 from pyramidrepro.slurm_state import expand_nodelist
@@ -62,16 +70,7 @@ def test_ddp_across_two_nodes(tmp_path, per_node):
 
 
 def test_plain_sbatch_template_lands_the_same_result(tmp_path):
-    run_dir = tmp_path / "run"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),
-               RUN_DIR=str(run_dir))
-    r = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
-                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
-                        str(ROOT / "slurm" / "ddp_multinode.sbatch"), *TINY, "--set", "train.batch_size=32"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert r.returncode == 0, r.stdout + r.stderr + logs
-    m = read_metrics(run_dir / "metrics.h5")
+    m = sbatch_multinode_template(tmp_path, [*TINY, "--set", "train.batch_size=32"])
     a = m["attrs"]
     assert a["status"] == "completed" and a["mode"] == "ddp" and a["world_size"] == 2
     assert expand_nodelist(a["slurm_nodelist"]) == ["node1", "node2"]
