@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable
 from pyramidrepro.config import load_config
-from pyramidrepro.container import IMAGE_MANIFEST, IMAGE_PYTHON, resolve
+from pyramidrepro.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
 from pyramidrepro.metrics import read_metrics
 from pyramidrepro.provenance import git_commit
 from pyramidrepro.slurm_state import expand_nodelist
@@ -91,6 +91,28 @@ def test_debug_executor_cannot_run_in_an_image(tmp_path):
                 "--set", "container.runtime=bwrap", *TINY)
     assert r.returncode == 2 and "cluster.executor" in r.stderr and "use local or slurm" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bwrap_command_lays_the_image_read_only_and_binds_host_paths_in_place(tmp_path):
+    fake = tmp_path / "rootfs"
+    for part in ("usr/bin", "etc", "home", "opt/venv/bin"):
+        (fake / part).mkdir(parents=True)
+    (fake / "etc" / "hosts").write_text("")
+    (fake / "bin").symlink_to("usr/bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    box = Container(image=str(fake), runtime="bwrap", executable="bwrap", digest="sha256:x",
+                    binds=("/srv/data:/data:ro",), env=(("OMP_NUM_THREADS", "1"),))
+    cmd = box.python([out, out / "inner", tmp_path / "missing"], cwd="/")
+    pairs = list(zip(cmd, cmd[1:], cmd[2:]))
+    assert ("--ro-bind", str(fake / "usr"), "/usr") in pairs and ("--symlink", "usr/bin", "/bin") in pairs
+    assert ("--dir", "/home") in zip(cmd, cmd[1:])  # empty: writable, so /home/<user>/... can be bound
+    assert ("--bind", str(out), str(out)) in pairs and ("--ro-bind", "/srv/data", "/data") in pairs
+    assert ("--ro-bind", "/etc/hosts", "/etc/hosts") in pairs  # the host's, where the image has one
+    assert str(out / "inner") not in cmd and str(tmp_path / "missing") not in cmd  # inside a bind / not there
+    assert ("--bind", "/", "/") not in pairs and ("--chdir", "/") in zip(cmd, cmd[1:])  # / never bound over
+    assert ("--unsetenv", "PYTHONPATH") in zip(cmd, cmd[1:]) and ("--setenv", ENV_DIGEST, "sha256:x") in pairs
+    assert ("--setenv", "OMP_NUM_THREADS", "1") in pairs and cmd[-1] == IMAGE_PYTHON
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ file's folder), the image itself read-only, and two variables that say which ima
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,8 +71,15 @@ def image_digest(image: str | Path) -> str:
     target = p / IMAGE_MANIFEST.lstrip("/") if p.is_dir() else p
     if not target.is_file():
         return ""
+    st = target.stat()
+    return _sha256_of(str(target.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - the cache key
+    """A file's sha256, once per version of it (a SIF is GBs; `reproduce` resolves it per point)."""
     h = hashlib.sha256()
-    with open(target, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(16 << 20):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
@@ -110,7 +118,7 @@ class Container:
             src, dest, read_only = parse_bind(b)
             cmd += ["--ro-bind" if read_only else "--bind", src, dest]
         cmd += ["--chdir", cwd, "--setenv", "PATH", "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"]
-        for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD"):
             cmd += ["--unsetenv", k]
         for k, v in env:
             cmd += ["--setenv", k, v]
@@ -143,9 +151,11 @@ def root_from(image: Path) -> list[str]:
 
 
 def same_place(paths: list[str | Path]) -> list[str]:
-    """The existing ``paths``, resolved, without duplicates or paths inside another one, parents first."""
+    """The existing ``paths``, resolved, without duplicates or paths inside another one, parents first;
+    never ``/`` (it would hide the image: a job started from ``/`` keeps the image's own)."""
     kept: list[Path] = []
-    for p in sorted({Path(p).resolve() for p in paths if Path(p).exists()}, key=lambda p: len(p.parts)):
+    found = {Path(p).resolve() for p in paths if Path(p).exists()} - {Path("/")}
+    for p in sorted(found, key=lambda p: len(p.parts)):
         if not any(p == k or k in p.parents for k in kept):
             kept.append(p)
     return [str(p) for p in kept]
