@@ -38,11 +38,14 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9  # one build at a time on this machine
 
-in_image() {  # run a command inside the image, read-write, with no host environment
-    bwrap --bind "$rootfs.new" / --dev /dev --proc /proc --tmpfs /tmp "$@"
+in_image() {  # in_image ROOT ARGS...: run in the image at ROOT, read-write, with no host environment
+    local root=$1
+    shift
+    bwrap --bind "$root" / --dev /dev --proc /proc --tmpfs /tmp --unshare-net --unshare-ipc --unshare-pid \
+        --clearenv --setenv PATH /usr/sbin:/usr/bin:/sbin:/bin --setenv HOME /root "$@"
 }
 
-if [ ! -f "$dir/base.complete" ]; then
+if [ ! -f "$dir/base.complete" ] || [ ! -d "$rootfs" ]; then
     t0=$SECONDS
     # the image (6.4 GB) and, while it installs, the wheelhouse (~3 GB); an older image is removed first
     need_gb=11
@@ -66,10 +69,9 @@ if [ ! -f "$dir/base.complete" ]; then
     say "[3/3] /opt/venv from the wheels, inside the image"
     mkdir -p "$rootfs.new/opt/pyramidrepro/containers"
     cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$rootfs.new/opt/pyramidrepro/containers/"
-    in_image --ro-bind "$dir/wheels" /wheels --unshare-net --unshare-ipc --unshare-pid --clearenv \
-        --setenv PATH /usr/sbin:/usr/bin:/sbin:/bin --setenv HOME /root \
-        bash /opt/pyramidrepro/containers/install.sh deps --wheels /wheels
-    rm -rf "$dir/wheels" && rmdir "$rootfs.new/wheels"  # and the mount point bwrap made
+    in_image "$rootfs.new" --ro-bind "$dir/wheels" /tmp/wheels \
+        bash /opt/pyramidrepro/containers/install.sh deps --wheels /tmp/wheels
+    rm -rf "$dir/wheels"
     say "hashing the image's files for its manifest"
     (cd "$rootfs.new" && {
         find . -path ./opt/pyramidrepro -prune -o -type f -print0 | xargs -0 -r -P 2 -n 256 sha256sum
@@ -94,13 +96,8 @@ for f in hosts resolv.conf; do  # empty files the runtimes bind the host's over
 done
 cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$pkg/containers/"
 commit=$(bash "$here/bake_commit.sh" "$pkg/src/pyramidrepro" "$repo")
-mv "$rootfs" "$rootfs.new"
-trap 'mv "$rootfs.new" "$rootfs" 2>/dev/null || true' EXIT
-in_image --unshare-net --clearenv --setenv PATH /usr/sbin:/usr/bin:/sbin:/bin --setenv HOME /root \
-    bash /opt/pyramidrepro/containers/install.sh package >&2
-(cd "$rootfs.new" && { cat "$dir/base.sha256"; find ./opt/pyramidrepro -type f -print0 | xargs -0 sha256sum; } \
-    | LC_ALL=C sort -k2 >"$rootfs.new/opt/pyramidrepro/MANIFEST.sha256")
-mv "$rootfs.new" "$rootfs"
-trap - EXIT
+in_image "$rootfs" bash /opt/pyramidrepro/containers/install.sh package >&2
+(cd "$rootfs" && { cat "$dir/base.sha256"; find ./opt/pyramidrepro -type f -print0 | xargs -0 sha256sum; } \
+    | LC_ALL=C sort -k2 >"$pkg/MANIFEST.sha256")
 say "image ready: commit $commit, recipe $recipe, manifest sha256:$(sha256sum "$pkg/MANIFEST.sha256" | cut -d' ' -f1)"
 echo "$rootfs"
