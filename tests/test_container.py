@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable
+from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable, wait_for_metrics
 from pyramidrepro.config import load_config
 from pyramidrepro.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
 from pyramidrepro.metrics import read_metrics
@@ -185,6 +186,22 @@ def test_submit_local_runs_in_the_image(image, tmp_path):
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "smoke" / "report.md").read_text()
     assert f"- container image: {image} ({_manifest_digest(image)}, built from {git_commit()})" in report
+
+
+def test_sigterm_reaches_the_run_inside_the_image(image, tmp_path):
+    """bwrap passes no signal on: `run --container` sends SIGTERM to the Python inside instead."""
+    proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--out", str(tmp_path),
+                             "--container", str(image), "--no-progress", *TINY, "--set", "train.max_steps=null",
+                             "--set", "train.epochs=200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (path,) = wait_for_metrics(tmp_path)
+    time.sleep(3)  # past setup, into the steps
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, output
+    m = read_metrics(path)
+    assert m["attrs"]["status"] == "interrupted" and m["attrs"]["python_executable"] == IMAGE_PYTHON
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes of the run still alive: {left}"
 
 
 def test_reproduce_runs_every_point_in_the_image(image, tmp_path):
