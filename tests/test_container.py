@@ -70,6 +70,13 @@ def test_image_without_the_package_is_refused(tmp_path):
     assert "container.image" in r.stderr and "no pyramidrepro package" in r.stderr
 
 
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (`make test` installs it)")
+def test_bind_of_a_missing_path_is_refused(tmp_path):
+    r = _bad_image_run(tmp_path, f"container.image={tmp_path}", "container.runtime=bwrap",
+                       f"container.binds=[{tmp_path / 'nope'}:/data]")
+    assert "container.binds[0]" in r.stderr and "no such path to bind" in r.stderr
+
+
 def test_missing_runtime_is_refused(tmp_path):
     sif = tmp_path / "img.sif"
     sif.write_bytes(b"not really an image")

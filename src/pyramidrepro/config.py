@@ -401,6 +401,9 @@ def _check_semantics(cfg: ExperimentConfig, source: str) -> None:
     if cfg.container.runtime not in CONTAINER_RUNTIMES:
         raise ConfigError(source, "container.runtime",
                           f"one of {', '.join(CONTAINER_RUNTIMES)}, got {cfg.container.runtime!r}")
+    for i, b in enumerate(cfg.container.binds):
+        if not b or b.count(":") > 2:
+            raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:ro]], got {b!r}")
     if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
         raise ConfigError(source, "train.compile_mode",
                           f"one of {', '.join(COMPILE_MODES)} or null, got {t.compile_mode!r} "

@@ -171,9 +171,9 @@ def resolve(cfg: ExperimentConfig, source: str, preview: bool = False) -> Contai
     if not c.image or inside():
         return None
     image = Path(c.image).expanduser()
+    own = {"binds": tuple(c.binds), "env": tuple(sorted(c.env.items()))}
     if preview and not image.exists() and c.runtime != "bwrap":
-        return Container(image=str(image), runtime="apptainer", executable=c.apptainer, digest="",
-                         binds=tuple(c.binds), env=tuple(sorted(c.env.items())))
+        return Container(image=str(image), runtime="apptainer", executable=c.apptainer, digest="", **own)
     if not image.exists():
         raise ConfigError(source, "container.image", f"{c.image}: no such image file or folder ({BUILD_HINT})")
     image = image.resolve()
@@ -199,15 +199,15 @@ def resolve(cfg: ExperimentConfig, source: str, preview: bool = False) -> Contai
             raise ConfigError(source, "container.runtime",
                               "a GPU run in a container needs Apptainer (exec --nv binds the driver); "
                               "bwrap runs CPU runs only")
-    for i, b in enumerate(c.binds):
-        if not b or b.count(":") > 2 or not Path(b.split(":")[0]).exists():
-            raise ConfigError(source, f"container.binds[{i}]", f"expected an existing SRC[:DEST[:ro]], got {b!r}")
+    for i, b in enumerate(c.binds):  # their form is checked with the config
+        if not Path(parse_bind(b)[0]).exists():
+            raise ConfigError(source, f"container.binds[{i}]", f"{parse_bind(b)[0]}: no such path to bind (from {b!r})")
     if not has_package(image, apptainer if runtime == "apptainer" else None):
         raise ConfigError(source, "container.image",
                           f"{image} holds no pyramidrepro package at {IMAGE_PACKAGE} with {IMAGE_PYTHON}: "
                           f"not an image of this recipe ({BUILD_HINT})")
     return Container(image=str(image), runtime=runtime, executable=apptainer if runtime == "apptainer" else bwrap,
-                     digest=image_digest(image), binds=tuple(c.binds), env=tuple(sorted(c.env.items())))
+                     digest=image_digest(image), **own)
 
 
 def has_package(image: Path, apptainer: str | None) -> bool:

@@ -384,9 +384,6 @@ def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str 
 def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
     """Cluster/container checks that the schema alone cannot make."""
     c = cfg.cluster
-    for i, b in enumerate(cfg.container.binds):
-        if not b or b.count(":") > 2:
-            raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:ro]], got {b!r}")
     if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
         raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
     if cfg.train.mode == "dp" and c.executor == "slurm" and c.gpus_per_node < 1:
