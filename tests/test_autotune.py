@@ -54,7 +54,23 @@ def test_the_chooser_leaves_out_an_option_its_trial_shows_slower():
     assert not bf16.kept and bf16.reason == "capability: no bf16 units" and bf16.ratio is None
     assert not any(c.precision == "bf16" for c in calls)  # ruled out by capability: never measured
     assert not cl.kept and "slower: left out" in cl.reason and cl.ratio < 0.7
-    assert calls.count(slowed) == 2 and calls.count(reference) == 2  # alternated, 2 rounds each
+    assert calls.count(slowed) == 1 and calls.count(reference) == 1  # alternated; a decisive round settles it
+
+
+def test_a_close_trial_gets_a_second_round_and_the_medians_decide():
+    reference = PathSpec(loader="torch", host_sync=False)
+    trial = replace(reference, channels_last=True)
+    rates = {reference: iter([100.0, 100.0]), trial: iter([105.0, 101.0])}  # 1.05x, then 1.01x
+    calls: list[PathSpec] = []
+
+    def measure(spec: PathSpec) -> float:
+        calls.append(spec)
+        return next(rates[spec])
+
+    choice = choose(reference, [Candidate("channels_last", "channels_last", True)], measure)
+    assert calls == [reference, trial, reference, trial]  # within 15 % after one round: a second one
+    d = choice.decisions[0]
+    assert d.kept and abs(d.ratio - 1.03) < 1e-9 and choice.spec == trial  # median 103 vs 100: kept
 
 
 def test_the_chooser_keeps_an_option_its_trial_shows_faster():

@@ -28,6 +28,7 @@ from .devices import capability
 from .paths import PathSpec
 
 MARGIN = 0.02  # a piece must win by more than this (2 %) to be kept: run-to-run noise is about that
+DECISIVE = 0.15  # a first round this far from 1.0x settles a trial (bf16, compile): no second round
 AUTO = "auto"
 
 
@@ -79,11 +80,13 @@ class Choice:
 
 def choose(reference: PathSpec, candidates: list[Candidate], measure: Callable[[PathSpec], float],
            rounds: int = 2, margin: float = MARGIN, skip: Callable[[Candidate], str | None] | None = None,
-           say: Callable[[str], None] = lambda msg: None) -> Choice:
+           say: Callable[[str], None] = lambda msg: None, decisive: float = DECISIVE) -> Choice:
     """Greedy forward selection of ``candidates`` from ``reference`` (see the module docstring).
 
     ``measure(spec)`` returns images/s of a short stretch of training on ``spec``; ``skip`` may
-    name a reason to leave a candidate untried (a time budget).
+    name a reason to leave a candidate untried (a time budget).  A trial stops after its first
+    round when that round is ``decisive`` (the ratio is further than that from 1.0x); otherwise
+    it runs ``rounds`` rounds and compares medians.
     """
     current = reference
     decisions: list[Decision] = []
@@ -99,6 +102,8 @@ def choose(reference: PathSpec, candidates: list[Candidate], measure: Callable[[
         for _ in range(rounds):
             without.append(measure(current))
             with_.append(measure(trial))
+            if abs(with_[0] / without[0] - 1) > decisive:
+                break
         a, b = statistics.median(without), statistics.median(with_)
         kept = b > a * (1 + margin)
         verdict = "kept" if kept else ("slower: left out" if b < a else f"within {100 * margin:.0f} %: left out")

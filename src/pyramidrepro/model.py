@@ -193,6 +193,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def count_convolutions(model: nn.Module) -> int:
+    """How many convolution layers the model has (what a compile's time grows with)."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def count_macs(model: nn.Module, image_size: int = 32) -> int:
     """Forward multiply-accumulates for one image, counted on convolutions and linear layers."""
     total = 0
