@@ -216,8 +216,9 @@ def bench_training(device: str = "cpu", depth: int = 32, alpha: float = 48, bloc
     arch = (depth, alpha, block)
     torch.manual_seed(0)
     init = PyramidNet(*arch).state_dict()
-    macs = count_macs(PyramidNet(*arch))
-    compile_need_s = compile_estimate_s(dev.type, count_convolutions(PyramidNet(*arch)))
+    probe = PyramidNet(*arch)  # counted on, never trained (count_macs runs a forward pass)
+    macs = count_macs(probe)
+    compile_need_s = compile_estimate_s(dev.type, count_convolutions(probe))
     splits = synthetic_splits(max(4096, batch_size * 64), 16)
     built: dict[PathSpec, TrainPath] = {}
 
