@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from pyramidrepro.benchmarks import machine  # noqa: E402
+from pyramidrepro.benchmarks import machine, training_tflops  # noqa: E402
 from pyramidrepro.data import synthetic_splits  # noqa: E402
 from pyramidrepro.devices import capability  # noqa: E402
 from pyramidrepro.model import PyramidNet, count_macs  # noqa: E402
@@ -87,7 +87,7 @@ def onednn_ms_per_step(path: TrainPath, steps: int) -> dict[str, float]:
     out = dict.fromkeys(ONEDNN_KINDS, 0.0)
     for line in text.splitlines():
         fields = line.split(",")
-        if len(fields) > 6 and fields[3] == "exec" and fields[4] == "cpu" and fields[5] == "convolution":
+        if len(fields) > 7 and fields[3] == "exec" and fields[4] == "cpu" and fields[5] == "convolution":
             kind = next((k for k in ONEDNN_KINDS if k in fields[7]), None)
             if kind and re.fullmatch(r"[0-9.]+", fields[-1]):
                 out[kind] += float(fields[-1]) / steps
@@ -112,7 +112,8 @@ def main() -> int:
     torch.manual_seed(0)
     reference = PyramidNet(*arch)
     init = reference.state_dict()
-    gflop_fwd = 2 * count_macs(reference) * args.batch_size / 1e9
+    macs = count_macs(reference)
+    gflop_fwd = 2 * macs * args.batch_size / 1e9  # one forward pass; each oneDNN kind does about that
     splits = synthetic_splits(max(args.batch_size * 8, 512), 16)
     optimized = replace(BASELINE, precision=args.precision, channels_last=True, loader="torch", host_sync=False,
                         compile_mode=None if args.compile == "off" else args.compile)
@@ -142,7 +143,8 @@ def main() -> int:
     for name, m in median.items():
         conv = m["conv forward"] + m["conv backward"]
         print(f"{name}: convolutions {conv:.0f} ms = {100 * conv / sum(m[g] for g in GROUPS):.0f} % of the "
-              f"profiled time; {3 * gflop_fwd * 1e3 / conv:.0f} GFLOP/s over the whole convolution work")
+              f"profiled time; {1e3 * training_tflops(macs, args.batch_size * 1e3 / conv):.0f} GFLOP/s over the "
+              "whole convolution work")
     best = median["optimized"]
     bound = median["baseline (seed-style)"]["step (wall)"] / (best["conv forward"] + best["conv backward"])
     print(f"bound: baseline step / optimized convolutions = {bound:.2f}x "
