@@ -66,6 +66,38 @@ def test_second_writer_is_refused_and_sigterm_ends_the_first_as_interrupted(tmp_
     assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
 
 
+@pytest.mark.parametrize("sig,stop_before,status,code", [
+    ("TERM", 12, "interrupted", 143),  # step 11 done, its row still on the device (rows go out in pairs)
+    ("TERM", 11, "interrupted", 143),  # step 10 done and its row out
+    ("KILL", 12, "running", -9),       # rows 9-10 out of the loop but not yet flushed (a 1000 s interval)
+])
+def test_a_stop_inside_a_logging_window_resumes_from_a_recorded_step(tmp_path, sig, stop_before, status, code):
+    """Wherever a stop lands in a logging window (``log_every`` 2), the checkpoint stands on a step
+    whose row is on disk, so the resumed run has every step once: 10 here, the last one recorded."""
+    args = ["run", str(SMOKE), "--out", str(tmp_path), "--run-id", "w", "--no-progress", *TINY,
+            "--set", "train.max_steps=null", "--set", "train.epochs=2", "--set", "train.checkpoint_every_s=1e-9",
+            "--set", "metrics.flush_interval_s=1000"]
+    stopped = run_cli(*args, env={"PYRAMIDREPRO_INJECT_SIGNAL": f"0:{stop_before}:{sig}"})
+    assert stopped.returncode == code, stopped.stderr
+    metrics = tmp_path / "smoke" / "w" / "metrics.h5"
+    assert read_metrics(metrics)["attrs"]["status"] == status
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    m = read_metrics(metrics)
+    assert m["attrs"]["status"] == "completed" and int(m["attrs"]["resumed_from_step"]) == 10
+    assert list(m["steps"]["step"]) == list(range(1, 17))  # 2 epochs of 8 steps: no gap, no step twice
+    assert list(m["epochs"]["epoch"]) == [0, 1]
+
+
+def test_a_malformed_signal_injection_is_refused_with_the_form_expected(tmp_path):
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY,
+                env={"PYRAMIDREPRO_INJECT_SIGNAL": "0:3:HUP"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("pyramidrepro: error: environment: PYRAMIDREPRO_INJECT_SIGNAL: '0:3:HUP': "
+                                "expected RANK:STEP:NAME, NAME one of TERM, INT, KILL")
+    assert not list(tmp_path.rglob("*"))  # refused before the run folder was made
+
+
 def test_rerun_without_checkpoint_starts_afresh_and_keeps_the_old_metrics(tmp_path):
     args = ["--out", str(tmp_path), "--run-id", "r", "--set", "train.checkpoint_every_s=null",
             "--set", "train.max_steps=4"]

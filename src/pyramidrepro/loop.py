@@ -115,8 +115,12 @@ def evaluate(executor: StepExecutor, loader: BatchLoader) -> tuple[float, float]
 class TrainingLoop:
     """Train ``executor`` on ``train_loader`` from a position to the end of the run.
 
-    ``position`` is where a resume would start (None before the first step); ``between_steps``
-    says whether the state is consistent right now (a preemption saves only then).
+    ``position`` is where a resume would start (None before the first step); ``checkpointable``
+    says whether a checkpoint at ``position`` may be taken right now: the loop is between steps and
+    every step up to it has reached the recorder.  A checkpoint ahead of the recorded rows would
+    leave a gap in the metrics of the run that resumes from it (the resume keeps rows up to the
+    checkpoint's step and continues after it), so a preemption arriving while a logging window
+    is still open on the device saves nothing and the resume starts from the last checkpoint.
     """
 
     def __init__(self, cfg: ExperimentConfig, executor: StepExecutor, train_loader: BatchLoader,
@@ -129,7 +133,7 @@ class TrainingLoop:
         self.world_size, self.progress = world_size, progress
         self.before_step = before_step or (lambda step: None)  # fault injection for tests
         self.position: Position | None = None
-        self.between_steps = True
+        self.checkpointable = True
         self.step_times: list[float] = []  # every step of this rank, in this process
         self.timer = StepTimer(self.device)
         self.write_s0 = 0.0
@@ -138,10 +142,20 @@ class TrainingLoop:
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
 
-    def save_if_between_steps(self) -> None:
-        """Checkpoint now if the loop is at a step boundary (a consistent state)."""
-        if self.position is not None and self.between_steps:
+    def save_if_checkpointable(self) -> None:
+        """Checkpoint now if the state is consistent and recorded (see the class docstring).
+
+        Called from signal handlers too, so it leaves the metrics writer alone (the main thread may
+        be inside it); the rows it stands on are flushed when the run records its outcome.
+        """
+        if self.position is not None and self.checkpointable:
             self.checkpoints.save(self.position)
+
+    def _save(self, at: Position) -> None:
+        """Checkpoint from the loop itself: the recorded rows reach the disk first, so a checkpoint
+        never claims a step whose row could still be lost with the process."""
+        self.recorder.flush()
+        self.checkpoints.save(at)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, start: Position) -> tuple[str, dict[str, Any]]:
@@ -158,7 +172,7 @@ class TrainingLoop:
                 step = self._epoch(epoch, step, skip, bar)
                 skip = 0
             if self.position is not None:  # the final state (saved unless the epoch end just did)
-                self.checkpoints.save(self.position)
+                self._save(self.position)
         except RunStopped as stop:
             return stop.status, stop.info
         finally:
@@ -186,9 +200,8 @@ class TrainingLoop:
         for batch, (x, y) in enumerate(self.train_loader, start=skip):
             data_time = time.perf_counter() - t_data
             self.before_step(step + 1)
-            self.between_steps = False
+            self.checkpointable = False  # until this step's row is drained to the recorder
             loss, n_correct = self.executor.train_step(x, y)
-            self.between_steps = True
             step += 1
             self.timer.mark()
             tally.loss_sum += loss.detach() * y.shape[0]
@@ -202,9 +215,11 @@ class TrainingLoop:
                 self._sync_check(False)
                 self._drain(pending, self.timer.durations(), bar)
                 pending = []
-                if t.checkpoint_every_s and time.monotonic() - last_ckpt > t.checkpoint_every_s:
-                    self.checkpoints.save(self.position)
-                    last_ckpt = time.monotonic()
+                if batch + 1 < steps_in_epoch:  # an epoch's last step waits for the epoch's row
+                    self.checkpointable = True
+                    if t.checkpoint_every_s and time.monotonic() - last_ckpt > t.checkpoint_every_s:
+                        self._save(self.position)
+                        last_ckpt = time.monotonic()
                 self._sync_check(step >= t.warmup_steps)
             if step >= self.total_steps:
                 break
@@ -214,7 +229,8 @@ class TrainingLoop:
             self._end_epoch(epoch, tally)
             # a finished epoch resumes at the next one, not at the end of this one
             self.position = Position(epoch + 1, step, 0)
-            self.checkpoints.save(self.position)
+            self.checkpointable = True
+            self._save(self.position)
         return step
 
     def _sync_check(self, on: bool) -> None:

@@ -61,6 +61,11 @@ class RunRecorder:
             if flush:
                 self.writer.flush(force=True)
 
+    def flush(self) -> None:
+        """Write the buffered rows now."""
+        if self.writer is not None:
+            self.writer.flush(force=True)
+
     def set_summary(self, **figures: Any) -> None:
         if self.writer is not None:
             self.writer.set_summary(**figures)

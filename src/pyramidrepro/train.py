@@ -29,7 +29,7 @@ from torch import nn
 from .autotune import Choice, resolve_auto
 from .bounds import measure_bounds
 from .checkpoint import Checkpoints, Position
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .container import container_attributes
 from .data import DataError, load_splits, per_rank_batch
 from .devices import (
@@ -44,7 +44,14 @@ from .devices import (
     set_tf32,
 )
 from .executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
-from .faults import StopChannel, StopRecord, injected_oom_step, raise_injected_oom
+from .faults import (
+    StopChannel,
+    StopRecord,
+    injected_oom_step,
+    injected_signal,
+    raise_injected_oom,
+    send_injected_signal,
+)
 from .loaders import BatchLoader, make_loader
 from .loop import TrainingLoop
 from .model import PyramidNet
@@ -263,10 +270,10 @@ class Trainer:
         """Whether this process is a rank of a process group (it then leaves through ``exit_rank``)."""
         return self.context is not None and self.context.backend is not None
 
-    def save_if_between_steps(self) -> None:
-        """Checkpoint now if the loop is at a step boundary (submitit's preemption hook)."""
+    def save_if_checkpointable(self) -> None:
+        """Checkpoint now if the loop's state is consistent and recorded (submitit's preemption hook)."""
         if self.loop is not None:
-            self.loop.save_if_between_steps()
+            self.loop.save_if_checkpointable()
 
     def run(self) -> str:
         """Run to the end; returns the status (``schema.Status``)."""
@@ -289,12 +296,12 @@ class Trainer:
             self.stop_channel = StopChannel(ctx.env.rank, ctx.env.world_size, self._on_peer_stop)
         try:
             status, info = self._train(ctx)
-        except (RunFolderError, DataError):  # not this run's folder, or no data: nothing was written
+        except (RunFolderError, DataError, ConfigError):  # not its folder, no data, bad input: nothing written
             self._leave()
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what is consistent, say interrupted
             if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
-                self.loop.save_if_between_steps()
+                self.loop.save_if_checkpointable()
             self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
             raise
         except BaseException as exc:
@@ -329,7 +336,7 @@ class Trainer:
 
     def _train(self, ctx: RunContext) -> tuple[str, dict[str, Any]]:
         assert self.recorder is not None
-        oom_at = injected_oom_step(ctx.env.rank)
+        oom_at, signal_at = injected_oom_step(ctx.env.rank), injected_signal(ctx.env.rank)
         if oom_at == "setup":
             raise_injected_oom("setup")
         training = build_training(self.cfg, ctx)  # writes nothing in the run folder
@@ -342,6 +349,8 @@ class Trainer:
         def before_step(step: int) -> None:
             if oom_at == step:
                 raise_injected_oom(f"step {step}")
+            if signal_at is not None and signal_at[0] == step:
+                send_injected_signal(signal_at[1])
 
         self.loop = TrainingLoop(self.cfg, training.executor, training.train_loader, training.test_loader,
                                  self.recorder, checkpoints, world_size=ctx.env.world_size,
@@ -354,7 +363,7 @@ class Trainer:
         self.recorder.set_attrs(flush=True, **attrs)
         status, info = self.loop.run(start)
         if status == Status.COMPLETED and self.cfg.train.measure_bounds:
-            self.loop.between_steps = False  # the timed steps move the weights: no checkpoint from here
+            self.loop.checkpointable = False  # the timed steps move the weights: no checkpoint from here
             t = self.cfg.train
             bounds = measure_bounds(training.executor, training.train_loader, t.batch_size, training.grad_bytes,
                                     t.bucket_cap_mb, ctx.env.world_size if t.mode == "ddp" else 1)
