@@ -223,6 +223,13 @@ start() {
     sacctmgr -i add cluster pyrtest >/dev/null 2>&1 || true
     slurmctld -f "$STATE/slurm.conf"
     wait_for 30 slurmctld scontrol ping
+    # slurmctld recovers the jobs of the cluster's last life (stopped mid-job); they would hold
+    # its nodes, so they are cancelled (job ids keep counting up, unlike with a wiped state)
+    local stale; stale=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
+    if [ -n "${stale// }" ]; then
+        # shellcheck disable=SC2086
+        scancel $stale && log "cancelled jobs left from the cluster's last run: $stale"
+    fi
     for i in $(seq "$NODES"); do start_slurmd "$i"; done
     wait_for 30 "slurmd (every node idle)" bash -c \
         "[ \"\$(sinfo -h -N -p debug -o '%N %t' | grep -c ' idle\$')\" = $NODES ]"
