@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -72,9 +73,30 @@ while time.time() < deadline:
     time.sleep(0.3)
 job._interrupt()
 print('interrupted', flush=True)
+statuses, t0 = [], time.time()  # how the run's status goes from the interrupt on (the requeue included)
+while not job.done():
+    try:
+        status = read_metrics(files[0], retries=1)['attrs']['status']
+    except OSError:
+        status = None
+    if status and (not statuses or statuses[-1][0] != status):
+        statuses.append((status, round(time.time() - t0, 2)))
+    time.sleep(0.05)
+print('STATUSES', statuses)
 print('RESULT', job.results()[0])
 """
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=400)
+
+
+def assert_requeue_recorded(r: subprocess.CompletedProcess, out: Path, resumed_from_step: int) -> None:
+    """Between the attempts of a ``preempt_and_resume`` job the run said ``interrupted`` (it resumes),
+    never ``failed``, and the first attempt's log says where the requeued one resumes."""
+    line = r.stdout.split("STATUSES ", 1)[1].splitlines()[0]
+    print("statuses from the interrupt on (status, seconds):", line)
+    statuses = [status for status, _ in ast.literal_eval(line)]
+    assert "interrupted" in statuses and "failed" not in statuses, line
+    logs = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.err"))
+    assert f"pyramidrepro: preempted or timed out: requeued, resumes from step {resumed_from_step}" in logs, logs
 
 
 def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:

@@ -12,6 +12,7 @@ import pytest
 from conftest import (
     ROOT,
     SMOKE,
+    assert_requeue_recorded,
     preempt_and_resume,
     run_cli,
     sbatch_multinode_template,
@@ -120,6 +121,7 @@ def test_requeue_across_nodes_resumes_with_contiguous_steps(tmp_path):
     assert int(m["attrs"]["resumed_from_step"]) > 0  # it did resume from rank 0's checkpoint
     assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4 * 16  # no gap, no duplicate step
     assert m["ranks"]["hostname"] == ["node1", "node2"]
+    assert_requeue_recorded(r, tmp_path, int(m["attrs"]["resumed_from_step"]))
 
 
 UNSATISFIABLE = [*TINY, "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", "--set",

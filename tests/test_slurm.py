@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from conftest import ROOT, SMOKE, preempt_and_resume, run_cli, slurm_unavailable, wait_for_metrics
+from conftest import (
+    ROOT,
+    SMOKE,
+    assert_requeue_recorded,
+    preempt_and_resume,
+    run_cli,
+    slurm_unavailable,
+    wait_for_metrics,
+)
 from pyramidrepro.metrics import read_metrics
 
 reason = slurm_unavailable()
@@ -86,6 +94,7 @@ def test_preempted_job_is_requeued_and_metrics_continue(tmp_path):
     assert int(m["attrs"]["resumed_from_step"]) > 0  # it did resume from a checkpoint
     assert steps == list(range(1, 8 * 8 + 1))  # no gap, no duplicate step
     assert list(m["epochs"]["epoch"]) == list(range(8))
+    assert_requeue_recorded(r, tmp_path, int(m["attrs"]["resumed_from_step"]))
 
 
 def test_dry_run_shows_the_generated_scripts(tmp_path):

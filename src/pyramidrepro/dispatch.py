@@ -136,7 +136,7 @@ class JobRunner:
         return {"status": status, "run_dir": self.run_dir, "rank": job_env.global_rank}
 
     def checkpoint(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - submitit API
-        """Rank 0 on preemption/timeout: save (when the state is consistent and recorded) and requeue this point.
+        """Rank 0 on preemption/timeout: checkpoint (``Trainer.prepare_requeue``) and requeue this point.
 
         The other ranks get no call; the requeue ends them with the job, they write nothing
         (only rank 0 writes), and on restart every rank resumes from rank 0's checkpoint.
@@ -144,7 +144,7 @@ class JobRunner:
         import submitit
 
         if self.trainer is not None:
-            self.trainer.save_if_checkpointable()
+            self.trainer.prepare_requeue()
         return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir))
 
 

@@ -264,14 +264,18 @@ class Trainer:
         self.identity: dict[str, Any] = {}
         self.handle_signals = handle_signals
         self.lock: RunLock | None = None
+        self.requeued = False  # set by prepare_requeue
 
     @property
     def distributed(self) -> bool:
         """Whether this process is a rank of a process group (it then leaves through ``exit_rank``)."""
         return self.context is not None and self.context.backend is not None
 
-    def save_if_checkpointable(self) -> None:
-        """Checkpoint now if the loop's state is consistent and recorded (submitit's preemption hook)."""
+    def prepare_requeue(self) -> None:
+        """submitit's preemption/timeout hook (rank 0, in a signal handler): checkpoint if the loop's
+        state is consistent and recorded; the exit submitit makes next records ``interrupted``, not
+        ``failed``, since the requeued job resumes the run."""
+        self.requeued = True
         if self.loop is not None:
             self.loop.save_if_checkpointable()
 
@@ -305,6 +309,13 @@ class Trainer:
             self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
             raise
         except BaseException as exc:
+            if self.requeued and isinstance(exc, SystemExit):  # submitit ends this attempt; the job goes on
+                saved = self.loop.checkpoints.saved if self.loop is not None else None
+                why = "preempted or timed out: requeued, " + (f"resumes from step {saved.step}" if saved is not None
+                                                               else "starts afresh")
+                self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: why}))
+                print(f"pyramidrepro: {why}", file=sys.stderr, flush=True)
+                raise
             if is_out_of_memory(exc):  # CUDA's, or the CPU allocator's under an emulated cap
                 status, info = self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
                                                        Attr.ERROR: (str(exc).splitlines() or [repr(exc)])[0]})
