@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pyramidrepro.boundary import BoundarySearch, find_boundaries  # noqa: E402
-from pyramidrepro.config import load_config  # noqa: E402
-from pyramidrepro.schema import Status  # noqa: E402
+from pyramidrepro.cluster.boundary import BoundarySearch, find_boundaries  # noqa: E402
+from pyramidrepro.spec.config import load_config  # noqa: E402
+from pyramidrepro.spec.schema import Status  # noqa: E402
 
 EXPERIMENT = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml")
 

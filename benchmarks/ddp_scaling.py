@@ -6,7 +6,7 @@
 Weak scaling, one thread per rank: each rank keeps the same local batch, so the 2-rank job trains
 twice the global batch per step.  Both runs go through the CLI (same model, data, warm-up) back to
 back, alternated over ``--repeats``; the figure is global images/s (median of measured steps,
-best repeat).  The prediction (``pyramidrepro.scaling.predict``) takes the 1-rank step time, the
+best repeat).  The prediction (``pyramidrepro.stats.scaling.predict``) takes the 1-rank step time, the
 model's gradient bytes and the link the 2-rank run measured on its own process group, and is
 compared with the measured 2-rank throughput.  Targets on 2 cores: ratio >= 1.85 for the default
 small case; prediction within 15 % of the measurement for every case.
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pyramidrepro.runs import RunRecord, load_run
+from pyramidrepro.records.runs import RunRecord, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, 
 
 
 def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extra: list[str]) -> dict:
-    from pyramidrepro.scaling import Link, default_overlap, predict
+    from pyramidrepro.stats.scaling import Link, default_overlap, predict
 
     one, two = [], []
     with tempfile.TemporaryDirectory() as tmp:

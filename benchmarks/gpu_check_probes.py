@@ -35,7 +35,7 @@ def env(out_json: str, device: str) -> int:
 
 
 def status(runs: str, run_id: str, expected: str) -> int:
-    from pyramidrepro.metrics import read_metrics
+    from pyramidrepro.records.metrics import read_metrics
 
     files = list(Path(runs).glob(f"*/{run_id}/metrics.h5"))
     if not files:
@@ -57,8 +57,8 @@ def dp_thread(device: str) -> int:
     import torch
     from torch.nn.parallel import parallel_apply
 
-    from pyramidrepro.model import PyramidNet
-    from pyramidrepro.parallel import wrap_model
+    from pyramidrepro.machine.parallel import wrap_model
+    from pyramidrepro.workload.model import PyramidNet
 
     dev = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
     model = PyramidNet(8, 4).to(dev)
@@ -79,10 +79,10 @@ def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, 
     """The optimized training path alone (eager): images/s and MFU, where the baseline cannot run."""
     import torch
 
-    from pyramidrepro.benchmarks import gpu_peak_tflops, machine, optimized_spec, training_tflops
-    from pyramidrepro.data import synthetic_splits
-    from pyramidrepro.model import PyramidNet, count_macs
-    from pyramidrepro.paths import TrainPath
+    from pyramidrepro.step.paths import TrainPath
+    from pyramidrepro.study.benchmarks import gpu_peak_tflops, machine, optimized_spec, training_tflops
+    from pyramidrepro.workload.data import synthetic_splits
+    from pyramidrepro.workload.model import PyramidNet, count_macs
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True

@@ -3,7 +3,7 @@
     python benchmarks/step_profile.py [--depth 32 --alpha 48 --batch-size 64] [--steps 3] [--repeats 3]
                                       [--compile max-autotune-no-cudagraphs|default|off] [--precision fp32]
 
-Two paths are built as ``bench`` builds them (:class:`pyramidrepro.paths.TrainPath`, same model,
+Two paths are built as ``bench`` builds them (:class:`pyramidrepro.step.paths.TrainPath`, same model,
 weights and synthetic data): the seed-style baseline and the optimized one given here (tensor
 loader, no host sync, channels_last, the compile mode, fp32 unless ``--precision``).  They are
 profiled in turn ``--repeats`` times (torch.profiler, self CPU time per op) and every op lands in
@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from pyramidrepro.benchmarks import machine, training_tflops  # noqa: E402
-from pyramidrepro.data import synthetic_splits  # noqa: E402
-from pyramidrepro.devices import capability  # noqa: E402
-from pyramidrepro.model import PyramidNet, count_macs  # noqa: E402
-from pyramidrepro.paths import BASELINE, TrainPath  # noqa: E402
+from pyramidrepro.machine.devices import capability  # noqa: E402
+from pyramidrepro.step.paths import BASELINE, TrainPath  # noqa: E402
+from pyramidrepro.study.benchmarks import machine, training_tflops  # noqa: E402
+from pyramidrepro.workload.data import synthetic_splits  # noqa: E402
+from pyramidrepro.workload.model import PyramidNet, count_macs  # noqa: E402
 
 GROUPS = ("conv forward", "conv backward", "everything else")
 ONEDNN_KINDS = ("forward_training", "backward_data", "backward_weights")

@@ -58,9 +58,9 @@ def preempt_and_resume(out: Path, overrides: list[str], after_steps: int = 20) -
     for the requeued job's answer, printed as ``RESULT {...}``."""
     code = f"""
 import glob, time
-from pyramidrepro.config import load_config
+from pyramidrepro.spec.config import load_config
 from pyramidrepro import dispatch
-from pyramidrepro.metrics import read_metrics
+from pyramidrepro.records.metrics import read_metrics
 cfg = load_config({str(SMOKE)!r}, ['train.max_steps=null', 'model.depth=8', 'model.alpha=4',
     'cluster.executor=slurm', 'cluster.cpus_per_task=1', 'cluster.time_min=10', 'train.checkpoint_every_s=1',
     *{overrides!r}])
@@ -121,7 +121,7 @@ def only_run_dir(out: Path) -> Path:
 def sbatch_multinode_template(tmp_path: Path, args: list[str], **env: str) -> dict:
     """``sbatch --wait slurm/ddp_multinode.sbatch ARGS`` on 2 nodes x 1 task (``env`` added to the
     job's environment); asserts it succeeded and returns the run's metrics."""
-    from pyramidrepro.metrics import read_metrics
+    from pyramidrepro.records.metrics import read_metrics
 
     run_dir = tmp_path / "run"
     full_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE),

@@ -175,7 +175,7 @@ def _file_at(rel: str, content: bytes = b"x") -> Callable[[Path], None]:
 def _bad_runs(kind: str) -> Callable[[Path], None]:
     """A results folder whose only run is broken in one way."""
     def setup(tmp: Path) -> None:
-        from pyramidrepro.metrics import MetricsWriter
+        from pyramidrepro.records.metrics import MetricsWriter
 
         good = tmp / "res" / "fz" / "r0"
         good.mkdir(parents=True)

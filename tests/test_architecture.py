@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SMOKE
-from pyramidrepro.config import load_config
-from pyramidrepro.metrics import MetricsWriter, read_metrics
-from pyramidrepro.runs import is_done, prepare, run_dir_for, status_of
-from pyramidrepro.schema import EXIT_CODES, FINISHED, Status
+from pyramidrepro.records.metrics import MetricsWriter, read_metrics
+from pyramidrepro.records.runs import is_done, prepare, run_dir_for, status_of
+from pyramidrepro.spec.config import load_config
+from pyramidrepro.spec.schema import EXIT_CODES, FINISHED, Status
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pyramidrepro"
 
@@ -39,9 +39,47 @@ def _import_graph() -> dict[str, set[str]]:
     return graph
 
 
+#: the package's layers, lowest first: a module may import its own group and the groups below it,
+#: never one above (``cli`` sits on top of all; groups on one line are peers that import neither)
+LAYERS = (("spec",), ("workload", "stats"), ("machine",), ("records",), ("step",), ("training",),
+          ("cluster",), ("study",), ("cli",))
+LEVEL = {group: level for level, groups in enumerate(LAYERS) for group in groups}
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_groups_import_only_their_own_layer_or_below():
+    graph = _import_graph()
+    groups = {_group(m) for m in graph} - {"", "_exports", "__main__"}
+    assert groups == set(LEVEL), f"a subpackage is missing from LAYERS: {sorted(groups ^ set(LEVEL))}"
+    assert len(groups) >= 6
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
+              if _group(m) in LEVEL and _group(d) in LEVEL and _group(d) != _group(m)
+              and LEVEL[_group(d)] >= LEVEL[_group(m)]]
+    assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
+
+
+def test_every_public_name_of_a_group_resolves_and_spec_stays_free_of_torch():
+    import importlib
+    import subprocess
+    import sys
+
+    for group in LEVEL:
+        package = importlib.import_module(f"pyramidrepro.{group}")
+        for name in getattr(package, "__all__", ()):
+            assert getattr(package, name) is not None, f"pyramidrepro.{group}.{name}"
+    code = ("import sys, pyramidrepro.spec.config as c, pyramidrepro.records.runs, pyramidrepro.stats.measure; "
+            "c.load_config(sys.argv[1]); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(SMOKE)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "checking a config imported torch"
+
+
 def test_no_import_cycles():
     graph = _import_graph()
-    assert "pyramidrepro.loaders.dali" in graph and graph["pyramidrepro.loaders.dali"]
+    assert "pyramidrepro.workload.loaders.dali" in graph and graph["pyramidrepro.workload.loaders.dali"]
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.autotune import Candidate, choose
-from pyramidrepro.config import load_config
-from pyramidrepro.data import synthetic_splits
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.model import PyramidNet
-from pyramidrepro.paths import PathSpec, TrainPath
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.spec.config import load_config
+from pyramidrepro.step.autotune import Candidate, choose
+from pyramidrepro.step.paths import PathSpec, TrainPath
+from pyramidrepro.workload.data import synthetic_splits
+from pyramidrepro.workload.model import PyramidNet
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 #: an AVX2-only CPU's instruction set, on whatever CPU runs the test: torch's kernels and oneDNN
@@ -112,7 +112,7 @@ def test_auto_values_validate_and_dp_never_compiles():
     cfg = load_config(SMOKE, ["train.precision=auto", "train.channels_last=auto", "train.compile=auto"])
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.compile) == ("auto", "auto", "auto")
     load_config(SMOKE, ["train.mode=dp", "train.compile=auto"])  # auto: the chooser rules compile out
-    from pyramidrepro.config import ConfigError
+    from pyramidrepro.spec.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load_config(SMOKE, ["train.channels_last=sometimes"])

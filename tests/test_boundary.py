@@ -8,10 +8,10 @@ import math
 import pytest
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.boundary import search
-from pyramidrepro.devices import is_out_of_memory
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.schema import Attr, Status
+from pyramidrepro.cluster.boundary import search
+from pyramidrepro.machine.devices import is_out_of_memory
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.spec.schema import Attr, Status
 
 
 def exhaustive(threshold: int, limit: int, resolution: int) -> tuple[int | None, int | None]:

@@ -7,11 +7,11 @@ import time
 import pytest
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.bounds import Bounds, measure_bounds
-from pyramidrepro.config import load_config
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.schema import Summary
-from pyramidrepro.train import build_training, open_context
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.spec.config import load_config
+from pyramidrepro.spec.schema import Summary
+from pyramidrepro.step.bounds import Bounds, measure_bounds
+from pyramidrepro.training.train import build_training, open_context
 
 
 class DelayedLoader:

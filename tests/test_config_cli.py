@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.config import ConfigError, expand_sweep, load_config
+from pyramidrepro.spec.config import ConfigError, expand_sweep, load_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:

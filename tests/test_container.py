@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable, wait_for_metrics
-from pyramidrepro.config import load_config
-from pyramidrepro.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.provenance import git_commit
-from pyramidrepro.slurm_state import expand_nodelist
+from pyramidrepro.machine.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
+from pyramidrepro.machine.provenance import git_commit
+from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.spec.config import load_config
 
 CONTAINERS = ROOT / "containers"
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]

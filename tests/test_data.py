@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cifar_format import write_cifar10
-from pyramidrepro.data import (
+from pyramidrepro.workload.data import (
     OFFICIAL_MD5,
     DataError,
     load_cifar10,
@@ -36,7 +36,7 @@ def test_rgb_planes_become_chw(tmp_path):
     blob = make_batch(img, np.array([3]), "x")
     d = pickle.loads(blob, encoding="bytes")
     assert d[b"data"][0, :1024].tolist() == [10] * 1024  # R plane first, as the format says
-    from pyramidrepro.data import _batch_arrays, _unpickle
+    from pyramidrepro.workload.data import _batch_arrays, _unpickle
 
     s = _batch_arrays(_unpickle(blob, "x"), "x")
     assert s.images[0, 0].max() == 10 and s.images[0, 2, 5, 7] == 200 and s.labels[0] == 3
@@ -91,7 +91,7 @@ def test_file_without_a_checksum_is_not_loaded_silently(tmp_path):
 
 
 def test_unpickler_refuses_foreign_globals(tmp_path):
-    from pyramidrepro.data import _unpickle
+    from pyramidrepro.workload.data import _unpickle
 
     with pytest.raises(DataError, match="not allowed"):
         _unpickle(pickle.dumps({"x": os.getcwd}), "evil")
@@ -114,7 +114,7 @@ def test_shards_are_disjoint_equal_and_cover_each_epoch():
 
 def test_training_runs_on_official_format_files(tmp_path, cifar_root):
     from conftest import SMOKE, only_run_dir, run_cli
-    from pyramidrepro.metrics import read_metrics
+    from pyramidrepro.records.metrics import read_metrics
 
     root, sums = cifar_root
     out = tmp_path / "out"

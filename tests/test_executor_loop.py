@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from conftest import SMOKE
-from pyramidrepro.checkpoint import Checkpoints, Position
-from pyramidrepro.config import load_config
-from pyramidrepro.data import synthetic_splits
-from pyramidrepro.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
-from pyramidrepro.loaders import make_loader
-from pyramidrepro.loop import TrainingLoop
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.model import PyramidNet
-from pyramidrepro.recorder import RunRecorder
-from pyramidrepro.runs import is_done, status_of
-from pyramidrepro.schema import Status
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.records.recorder import RunRecorder
+from pyramidrepro.records.runs import is_done, status_of
+from pyramidrepro.spec.config import load_config
+from pyramidrepro.spec.schema import Status
+from pyramidrepro.step.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
+from pyramidrepro.training.checkpoint import Checkpoints, Position
+from pyramidrepro.training.loop import TrainingLoop
+from pyramidrepro.workload.data import synthetic_splits
+from pyramidrepro.workload.loaders import make_loader
+from pyramidrepro.workload.model import PyramidNet
 
 CPU = torch.device("cpu")
 

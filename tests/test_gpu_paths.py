@@ -13,13 +13,19 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, run_cli
-from pyramidrepro.benchmarks import gpu_peak_tflops
-from pyramidrepro.config import ConfigError, load_config
-from pyramidrepro.devices import ALLOCATOR_ENV, EXPANDABLE_SEGMENTS, GIB, emulated_card_cap, request_allocator_settings
-from pyramidrepro.executor import resolve_optimizer_impl
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.model import PyramidNet
-from pyramidrepro.parallel import wrap_model
+from pyramidrepro.machine.devices import (
+    ALLOCATOR_ENV,
+    EXPANDABLE_SEGMENTS,
+    GIB,
+    emulated_card_cap,
+    request_allocator_settings,
+)
+from pyramidrepro.machine.parallel import wrap_model
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.spec.config import ConfigError, load_config
+from pyramidrepro.step.executor import resolve_optimizer_impl
+from pyramidrepro.study.benchmarks import gpu_peak_tflops
+from pyramidrepro.workload.model import PyramidNet
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 
@@ -137,7 +143,7 @@ def test_expandable_segments_are_asked_for_unless_the_environment_chose(monkeypa
 
 def test_the_allocator_reads_the_request_made_after_torch_is_imported():
     """The run asks after ``import torch`` and before CUDA's first use; PyTorch must still see it."""
-    code = ("import torch\nfrom pyramidrepro.devices import allocator_settings, request_allocator_settings\n"
+    code = ("import torch\nfrom pyramidrepro.machine.devices import allocator_settings, request_allocator_settings\n"
             "request_allocator_settings(True)\nprint(allocator_settings())")
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -187,8 +193,8 @@ def test_an_image_without_git_records_the_baked_commit(tmp_path):
     assert baked.startswith(head)
     env = {k: v for k, v in os.environ.items() if k != "PYRAMIDREPRO_GIT_COMMIT"}
     env["PYTHONPATH"] = str(pkg.parent)
-    out = subprocess.run([sys.executable, "-c", "from pyramidrepro.provenance import git_commit; print(git_commit())"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    code = "from pyramidrepro.machine.provenance import git_commit; print(git_commit())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == baked
     bad = subprocess.run(["bash", str(ROOT / "containers" / "bake_commit.sh"), str(tmp_path / "nope")],

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMOKE, run_cli, wait_for_metrics
-from pyramidrepro.config import load_config
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.runs import RunFolderError, RunLock, new_run_id
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.records.runs import RunFolderError, RunLock, new_run_id
+from pyramidrepro.spec.config import load_config
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=10000", "--set", "data.synthetic_train_size=4096"]
@@ -131,7 +131,8 @@ def test_default_run_ids_do_not_collide_within_a_second():
 
 
 def test_the_lock_is_released_when_its_owner_dies(tmp_path):
-    code = f"from pyramidrepro.runs import RunLock; RunLock({str(tmp_path)!r}).acquire(); import time; time.sleep(60)"
+    code = (f"from pyramidrepro.records.runs import RunLock; RunLock({str(tmp_path)!r}).acquire(); "
+            "import time; time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 30

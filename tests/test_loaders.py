@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, only_run_dir, run_cli
-from pyramidrepro.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet
-from pyramidrepro.loaders import make_loader
-from pyramidrepro.metrics import read_metrics
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.workload.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet
+from pyramidrepro.workload.loaders import make_loader
 
 LOADERS = ["torch", "torchvision", "dali"]
 CPU = torch.device("cpu")
@@ -117,7 +117,8 @@ def test_dali_missing_is_a_clear_error():
     code = (
         "import sys; sys.modules['nvidia.dali'] = None\n"
         "import torch\n"
-        "from pyramidrepro.data import synthetic_splits\nfrom pyramidrepro.loaders import make_loader\n"
+        "from pyramidrepro.workload.data import synthetic_splits\n"
+        "from pyramidrepro.workload.loaders import make_loader\n"
         "make_loader('dali', synthetic_splits(64, 8).train, 32, torch.device('cpu'))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from pyramidrepro.measure import Estimate, compare, mean_ci, settled_start, throughput
+from pyramidrepro.stats.measure import Estimate, compare, mean_ci, settled_start, throughput
 
 
 def test_warm_up_extends_past_slow_early_steps_and_never_below_the_floor():
@@ -49,14 +49,14 @@ def test_compare_calls_overlapping_intervals_noise():
 
 
 def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
-    from pyramidrepro.report import check_claims
-    from pyramidrepro.runs import load_runs
+    from pyramidrepro.records.runs import load_runs
+    from pyramidrepro.study.report import check_claims
     from test_report import fake_run
 
     rows = [("single", 64, 450, 10), ("single", 128, 436, 10), ("ddp", 64, 455, 12), ("ddp", 128, 470, 12)]
     for i, (mode, batch, ips, ci) in enumerate(rows):
         fake_run(tmp_path / "runs", f"r{i}", mode, batch, "completed", ips, gpu=False, cap=None)
-        from pyramidrepro.metrics import MetricsWriter
+        from pyramidrepro.records.metrics import MetricsWriter
 
         w = MetricsWriter(tmp_path / "runs" / f"r{i}" / "metrics.h5", flush_interval_s=0)
         w.set_summary(images_per_s_ci=ci)
@@ -68,7 +68,7 @@ def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
 
 
 def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
-    from pyramidrepro.report import figure5_lines, line_style
+    from pyramidrepro.study.report import figure5_lines, line_style
 
     assert line_style("ddp") == {"color": "tab:green", "marker": "^", "linestyle": "-"}
     assert line_style("single+bf16")["linestyle"] == "--" and line_style("single+ckpt")["linestyle"] == ":"
@@ -77,7 +77,7 @@ def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
 
 
 def test_pooled_repeats_take_the_wider_of_the_window_and_the_run_intervals():
-    from pyramidrepro.measure import pool
+    from pyramidrepro.stats.measure import pool
 
     # runs that agree: the interval over all their windows
     agree = [[101.0, 99.5, 100.2, 98.7, 100.9], [100.4, 99.1, 101.2, 100.4, 99.8], [99.0, 101.2, 100.5, 99.9, 100.8]]
@@ -93,7 +93,7 @@ def test_pooled_repeats_take_the_wider_of_the_window_and_the_run_intervals():
 
 
 def test_pooling_narrows_agreeing_repeats_and_widens_for_disagreeing_ones():
-    from pyramidrepro.measure import pool
+    from pyramidrepro.stats.measure import pool
 
     one = Estimate(100.0, 4.0, 5)
     assert pool([one]) == one

@@ -19,9 +19,9 @@ from conftest import (
     slurm_unavailable,
     wait_for_metrics,
 )
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.runs import load_run
-from pyramidrepro.slurm_state import expand_nodelist
+from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.records.runs import load_run
 
 reason = slurm_unavailable(min_nodes=3)
 if reason:

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from conftest import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
-from pyramidrepro.metrics import read_metrics
-from pyramidrepro.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
-from pyramidrepro.slurm_state import expand_nodelist
+from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
+from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.records.metrics import read_metrics
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 
@@ -47,7 +47,7 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
     # the link the scaling model needs, measured on this process group
     assert m["attrs"]["link_name"] == "measured (gloo, 2 ranks)"
     assert 0.01 < m["attrs"]["link_bandwidth_GBps"] < 1000 and m["attrs"]["link_latency_us"] >= 0
-    from pyramidrepro.model import PyramidNet
+    from pyramidrepro.workload.model import PyramidNet
 
     assert m["attrs"]["grad_bytes"] == 4 * sum(p.numel() for p in PyramidNet(20, 12).parameters())
     assert m["ranks"]["step_time_s"].shape == (2, 4)
@@ -134,7 +134,7 @@ def test_dp_on_cpu_is_a_clear_error_unless_allowed(tmp_path):
 
 
 def test_dp_balanced_loss_and_gradients_match_dp():
-    from pyramidrepro.model import PyramidNet
+    from pyramidrepro.workload.model import PyramidNet
 
     torch.manual_seed(0)
     a = PyramidNet(8, 4)

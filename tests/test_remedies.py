@@ -3,10 +3,10 @@
 import torch
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.data import synthetic_splits
-from pyramidrepro.executor import OptimizerSettings, StepSettings, make_executor
-from pyramidrepro.loaders import make_loader
-from pyramidrepro.model import PyramidNet
+from pyramidrepro.step.executor import OptimizerSettings, StepSettings, make_executor
+from pyramidrepro.workload.data import synthetic_splits
+from pyramidrepro.workload.loaders import make_loader
+from pyramidrepro.workload.model import PyramidNet
 
 CPU = torch.device("cpu")
 

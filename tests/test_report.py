@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from conftest import SMOKE, run_cli
-from pyramidrepro.metrics import MetricsWriter
-from pyramidrepro.report import build_report, check_claims
-from pyramidrepro.runs import load_runs
+from pyramidrepro.records.metrics import MetricsWriter
+from pyramidrepro.records.runs import load_runs
+from pyramidrepro.study.report import build_report, check_claims
 
 
 def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,

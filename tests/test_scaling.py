@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pyramidrepro.scaling import (
+from pyramidrepro.stats.scaling import (
     FIRST_BUCKET_BYTES,
     LINKS,
     Link,

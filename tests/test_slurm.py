@@ -16,7 +16,7 @@ from conftest import (
     slurm_unavailable,
     wait_for_metrics,
 )
-from pyramidrepro.metrics import read_metrics
+from pyramidrepro.records.metrics import read_metrics
 
 reason = slurm_unavailable()
 if reason:

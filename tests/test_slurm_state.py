@@ -1,6 +1,6 @@
 """What the package reads from Slurm's answers: node sizes, never-starting pending reasons, failed tasks."""
 
-from pyramidrepro.slurm_state import (
+from pyramidrepro.machine.slurm_state import (
     Node,
     Request,
     expand_nodelist,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from pyramidrepro.metrics import MetricsWriter
-from pyramidrepro.report import build_report
-from pyramidrepro.runs import RunRecord
-from pyramidrepro.system import SHM_MIN_BYTES, confounders, describe_system
+from pyramidrepro.machine.system import SHM_MIN_BYTES, confounders, describe_system
+from pyramidrepro.records.metrics import MetricsWriter
+from pyramidrepro.records.runs import RunRecord
+from pyramidrepro.study.report import build_report
 
 
 def test_describe_system_on_this_cpu():

@@ -1,0 +1,390 @@
+"""Dispatch experiments through submitit: Slurm job arrays, local processes, or in-process debug.
+
+``submit(cfg, ...)`` expands the sweep, gives every point a stable run id and its own folder, and
+submits one job array per task layout (submitit applies one set of sbatch parameters to an array:
+DDP points need one task per GPU, single and DP points one task).  The submitted callable,
+:class:`JobRunner`, lives in this importable module and is checkpointable for requeue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import re
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..machine.container import resolve
+from ..machine.slurm_state import (
+    Request,
+    SlurmQueryError,
+    failed_tasks,
+    job_request,
+    never_starts,
+    node_sizes,
+    queue_states,
+    unsatisfiable,
+)
+from ..records.runs import CONFIG_NAME, run_dir_for
+from ..spec.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
+from ..spec.schema import FINISHED, Attr, Status
+
+TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED", "INTERRUPTED"}
+
+
+def tasks_per_node(cfg: ExperimentConfig) -> int:
+    """DDP: one task per GPU (or ``cluster.tasks_per_node`` on CPU nodes); DP and single: one."""
+    c = cfg.cluster
+    if cfg.train.mode != "ddp":
+        return 1
+    if c.tasks_per_node:
+        return c.tasks_per_node
+    return max(1, c.gpus_per_node) if c.gpus_per_node else 2
+
+
+def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
+    """submitit's update_parameters() arguments for one point."""
+    c = cfg.cluster
+    params: dict[str, Any] = {
+        "name": cfg.name,
+        "timeout_min": c.time_min,
+        "nodes": c.nodes,
+        "tasks_per_node": tasks_per_node(cfg),
+        "cpus_per_task": c.cpus_per_task,
+    }
+    if c.gpus_per_node:
+        params["gpus_per_node"] = c.gpus_per_node
+    if c.mem_gb:
+        params["mem_gb"] = c.mem_gb
+    if c.executor == "slurm":
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(c, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        params["slurm_array_parallelism"] = c.array_parallelism
+        params["slurm_signal_delay_s"] = c.signal_delay_s
+        if c.additional_parameters:
+            params["slurm_additional_parameters"] = dict(c.additional_parameters)
+        # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
+        # rank's step gets one CPU
+        params["slurm_setup"] = [f"export SRUN_CPUS_PER_TASK={c.cpus_per_task}", *c.setup]
+        # one rank lost (killed, its node gone) ends the others at once instead of leaving them
+        # blocked in a collective until the job's time limit
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
+    return params
+
+
+def request_of(cfg: ExperimentConfig) -> Request:
+    """What one point of ``cfg`` asks of each Slurm node."""
+    c = cfg.cluster
+    return Request(nodes=c.nodes, tasks_per_node=tasks_per_node(cfg), cpus_per_task=c.cpus_per_task,
+                   gpus_per_node=c.gpus_per_node, mem_mb=int(c.mem_gb * 1024) if c.mem_gb else 0,
+                   partition=c.partition or "")
+
+
+def preflight(cfg: ExperimentConfig, source: str) -> None:
+    """Refuse (ConfigError) a Slurm request that no node of the cluster can ever hold."""
+    req = request_of(cfg)
+    try:
+        nodes = node_sizes()
+    except SlurmQueryError as exc:
+        raise ConfigError(source, "cluster.executor", f"slurm: cannot read the cluster's nodes ({exc})") from None
+    why = unsatisfiable(req, nodes)
+    if why:
+        raise ConfigError(source, "cluster", f"no node can run {req.describe()}: {why} "
+                                             "(sinfo -N lists the nodes; --no-preflight submits anyway)")
+
+
+def _layout(cfg: ExperimentConfig) -> tuple:
+    return (tasks_per_node(cfg), cfg.cluster.nodes, cfg.cluster.gpus_per_node)
+
+
+class JobRunner:
+    """The callable a job runs: one sweep point, one run folder; requeueable."""
+
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str) -> None:
+        self.cfg_dict, self.run_dir = cfg_dict, run_dir
+        self.trainer = None
+
+    def __call__(self) -> dict[str, Any]:
+        import submitit
+
+        from ..training.train import Trainer
+
+        cfg = config_from_dict(self.cfg_dict, f"{self.run_dir}/{CONFIG_NAME}")
+        job_env = submitit.JobEnvironment()
+        if job_env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
+            return {"status": "skipped", "rank": job_env.global_rank}
+        # the Slurm job itself (system.slurm_attributes) and the image (container.container_attributes)
+        # are recorded by every run
+        attrs = {Attr.SUBMITIT_JOB_ID: job_env.job_id}
+        self.trainer = Trainer(cfg, self.run_dir, extra_attrs=attrs, progress=False)
+        status = self.trainer.run()
+        if job_env.num_tasks > 1:
+            # submitit writes the result before the interpreter exits; end the rank then without
+            # running C++ teardown (see parallel.exit_rank).
+            from ..machine.parallel import exit_rank
+
+            atexit.register(exit_rank, 0)
+        return {"status": status, "run_dir": self.run_dir, "rank": job_env.global_rank}
+
+    def checkpoint(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - submitit API
+        """Rank 0 on preemption/timeout: checkpoint (``Trainer.prepare_requeue``) and requeue this point.
+
+        The other ranks get no call; the requeue ends them with the job, they write nothing
+        (only rank 0 writes), and on restart every rank resumes from rank 0's checkpoint.
+        """
+        import submitit
+
+        if self.trainer is not None:
+            self.trainer.prepare_requeue()
+        return submitit.helpers.DelayedSubmission(JobRunner(self.cfg_dict, self.run_dir))
+
+
+try:
+    from submitit.core.utils import FailedJobError
+except ImportError:  # pragma: no cover - submitit is a dependency; keep --help working without it
+    FailedJobError = RuntimeError  # type: ignore[misc,assignment]
+
+
+def make_executor(cfg: ExperimentConfig, folder: Path, python: str | None = None):  # noqa: ANN201
+    """submitit's executor for ``cfg``; ``python`` starts each task's interpreter (a container's)."""
+    import submitit
+
+    kwargs: dict[str, Any] = {}
+    cluster = cfg.cluster.executor
+    if cluster == "slurm":
+        kwargs["slurm_max_num_timeout"] = cfg.cluster.max_requeues
+    if python and cluster in ("slurm", "local"):
+        kwargs[f"{cluster}_python"] = python
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster, **kwargs)
+    executor.update_parameters(**slurm_parameters(cfg))
+    return executor
+
+
+def sbatch_preview(cfg: ExperimentConfig, folder: Path, python: str | None, array_size: int) -> str:
+    """The sbatch script submitit would write for this layout (nothing is submitted)."""
+    from submitit.slurm import slurm
+
+    as_slurm = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, executor="slurm"))
+    executor = make_executor(as_slurm, folder, python)
+    inner = executor._executor
+    params = dict(inner.parameters)
+    if array_size > 1:
+        params["map_count"] = array_size
+    command = " ".join([inner.python, "-u -m submitit.core._submit", shlex.quote(str(inner.folder))])
+    return slurm._make_sbatch_string(command=command, folder=inner.folder, **params)
+
+
+def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
+           stream=sys.stdout, points: list[tuple[str, ExperimentConfig]] | None = None,  # noqa: ANN001
+           check_nodes: bool = True) -> list[Any]:
+    """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run).
+
+    On Slurm, each layout's request is first compared with the cluster's nodes (``check_nodes``)."""
+    out = Path(out).resolve()
+    points = expand_sweep(cfg, source) if points is None else points
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
+    box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
+    if box and cfg.cluster.executor == "debug":
+        raise ConfigError(source, "cluster.executor", "debug runs the jobs in this process, which cannot run in "
+                                                      f"the image {box.image}: use local or slurm")
+    if box and not dry_run:
+        out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
+    python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
+    groups: dict[tuple, list[tuple[str, ExperimentConfig]]] = {}
+    for run_id, point_cfg in points:
+        groups.setdefault(_layout(point_cfg), []).append((run_id, point_cfg))
+    print(f"{len(points)} point(s) of {cfg.name} -> {len(groups)} job array(s), results under "
+          f"{out / cfg.name}", file=stream)
+    for run_id, point_cfg in points:
+        validate_dispatch(point_cfg, f"{source} ({run_id})")
+    if check_nodes and not dry_run and cfg.cluster.executor == "slurm":
+        for members in groups.values():
+            preflight(members[0][1], f"{source} ({members[0][0]})")
+    jobs: list[Any] = []
+    for layout, members in groups.items():
+        first = members[0][1]
+        if dry_run:
+            print(f"# --- array of {len(members)} point(s): {layout[0]} task(s)/node x {layout[1]} node(s)",
+                  file=stream)
+            for run_id, _ in members:
+                print(f"#   {run_dir_for(out, cfg.name, run_id)}", file=stream)
+            print(sbatch_preview(first, folder, python, len(members)), file=stream)
+            continue
+        runners = [JobRunner(p.to_dict(), str(run_dir_for(out, cfg.name, run_id))) for run_id, p in members]
+        folder.mkdir(parents=True, exist_ok=True)
+        executor = make_executor(first, folder, python)
+        try:
+            with executor.batch():
+                batch_jobs = [executor.submit(r) for r in runners]
+        except FailedJobError as exc:  # sbatch refused the request: its own words, not a traceback
+            said = [ln.removeprefix("sbatch: error: ") for ln in str(exc).strip().splitlines()] or ["refused"]
+            raise ConfigError(f"{source} ({members[0][0]})", "cluster",
+                              f"sbatch refused {request_of(first).describe()}: {'; '.join(said)}") from None
+        for job, (run_id, _) in zip(batch_jobs, members):
+            print(f"submitted {job.job_id}: {run_dir_for(out, cfg.name, run_id)}", file=stream)
+        jobs += batch_jobs
+    return jobs
+
+
+def job_state(job: Any) -> str:
+    try:
+        return str(job.state).split()[0].upper()
+    except Exception:  # noqa: BLE001 - a state query can fail transiently
+        return "UNKNOWN"
+
+
+def where_it_failed(job: Any, settle_s: float = 5.0) -> str:
+    """`` on node3 (task 2: Killed)``: the first task srun reported failing in the job's log, or ''.
+
+    srun writes its lines as the job step ends, which can be just after rank 0's result: the log
+    is read again for up to ``settle_s`` while the job has not ended."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            failed = failed_tasks(Path(job.paths.stderr).read_text(errors="replace"))
+        except (OSError, AttributeError):
+            failed = []
+        if failed or time.monotonic() > deadline or job_state(job) in TERMINAL_BAD | {"COMPLETED"}:
+            break
+        time.sleep(0.5)
+    if not failed:
+        return ""
+    node, task, what = failed[0]
+    others = sorted({n for n, _, _ in failed[1:]} - {node})
+    return f" on {node} (task {task}: {what})" + (f"; also {', '.join(others)}" if others else "")
+
+
+def result_written(job: Any, grace_s: float = 3.0) -> bool:
+    """Whether the job's rank 0 wrote its result file, allowing ``grace_s`` for a slow file system.
+
+    submitit itself waits 15-30 s for a result that a killed job will never write."""
+    deadline = time.monotonic() + grace_s
+    while not Path(job.paths.result_pickle).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def error_line(text: str) -> str:
+    """The line that says what went wrong in a job's exception text (``ValueError: ...``), else its last."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", ln)]
+    return (said or lines or [""])[-1]
+
+
+class NeverStartWatch:
+    """Finds Slurm jobs PENDING for a reason that never clears, after it held for ``confirm_s``."""
+
+    def __init__(self, confirm_s: float = 4.0) -> None:
+        self.confirm_s = confirm_s
+        self.first_seen: dict[str, float] = {}
+        self.requests: dict[str, Request] = {}  # a queued job's request does not change: ask once
+
+    def check(self, queue: dict[str, tuple[str, str]]) -> dict[str, str]:
+        """{job id: why it never starts, with its request} for the jobs of ``queue`` (queue_states)
+        confirmed so."""
+        queued = {jid: reason for jid, (state, reason) in queue.items() if state == "PENDING"}
+        try:
+            nodes = node_sizes() if queued else []
+            found: dict[str, str] = {}
+            for jid, reason in queued.items():
+                if jid not in self.requests:
+                    self.requests[jid] = job_request(jid)
+                req = self.requests[jid]
+                why = never_starts(reason, req, nodes)
+                if why is None:
+                    self.first_seen.pop(jid, None)
+                elif time.monotonic() - self.first_seen.setdefault(jid, time.monotonic()) >= self.confirm_s:
+                    found[jid] = f"{why}; request: {req.describe()}"
+            return found
+        except SlurmQueryError:  # the controller busy or restarting: look again at the next poll
+            return {}
+
+
+def slurm_queue(jobs: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The controller's (state, reason) of the Slurm jobs among ``jobs`` ({} if it cannot say).
+
+    submitit's own state comes from sacct at intervals that grow with the job's age (up to a
+    minute), so an ended job is seen here first."""
+    from submitit.slurm.slurm import SlurmJob
+
+    ids = [jid for jid, job in jobs.items() if isinstance(job, SlurmJob)]
+    try:
+        return queue_states(ids)
+    except SlurmQueryError:
+        return {}
+
+
+def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
+    """Follow the jobs until all end; prints progress; returns the number that did not complete.
+
+    A Slurm job that can never start (:class:`NeverStartWatch`) ends the wait for it with the reason
+    and its request; ``on_never`` says whether it is cancelled ("cancel") or left queued ("keep")."""
+    pending = {j.job_id: j for j in jobs}
+    outcome: dict[str, str] = {}
+    watch = NeverStartWatch()
+    last = ""
+    while pending:
+        queue = slurm_queue(pending)
+        for jid, job in list(pending.items()):
+            state = queue.get(jid, ("", ""))[0] or job_state(job)
+            ended = state in TERMINAL_BAD or state == "COMPLETED"
+            if ended or job.done():
+                if ended:
+                    job.done(force_check=True)  # let submitit see it too before asking for results
+                else:  # submitit saw the end first (the controller may still say COMPLETING)
+                    state = job_state(job)
+                if state in TERMINAL_BAD and not result_written(job):
+                    outcome[jid] = f"{state}{where_it_failed(job)}: the job ended before rank 0 returned a result"
+                    del pending[jid]
+                    continue
+                try:
+                    result = job.results()[0]  # rank 0's answer (the one that wrote metrics)
+                    status = result.get("status", "?") if isinstance(result, dict) else str(result)
+                    outcome[jid] = "COMPLETED" if status == Status.COMPLETED else (
+                        f"COMPLETED ({status})" if status in FINISHED else f"FAILED ({status})")
+                except Exception as exc:  # noqa: BLE001 - report, do not crash the waiter
+                    outcome[jid] = (f"{state if state in TERMINAL_BAD else 'FAILED'}{where_it_failed(job)}: "
+                                    f"{error_line(str(exc))}")
+                del pending[jid]
+        for jid, why in watch.check({j: q for j, q in queue.items() if j in pending}).items():
+            if on_never == "cancel":
+                pending[jid].cancel(check=False)
+            outcome[jid] = f"NEVER STARTS ({'cancelled' if on_never == 'cancel' else 'left queued'}): {why}"
+            del pending[jid]
+        states: dict[str, int] = {}
+        for jid, job in pending.items():
+            s = (queue.get(jid, ("", ""))[0] or job_state(job)).replace("UNKNOWN", "SUBMITTED")
+            states[s] = states.get(s, 0) + 1
+        line = (f"[wait] {len(outcome)}/{len(jobs)} done"
+                + "".join(f", {n} {s.lower()}" for s, n in sorted(states.items())))
+        if line != last:
+            print(line, file=stream, flush=True)
+            last = line
+        if pending:
+            time.sleep(poll_s)
+    bad = 0
+    for jid, text in outcome.items():
+        print(f"{jid}: {text}", file=stream)
+        bad += not text.startswith("COMPLETED")
+    return bad
+
+
+def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
+    """Cluster/container checks that the schema alone cannot make."""
+    c = cfg.cluster
+    if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
+        raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
+    if cfg.train.mode == "dp" and c.executor == "slurm" and c.gpus_per_node < 1:
+        raise ConfigError(source, "cluster.gpus_per_node", "train.mode: dp needs GPUs on the node")

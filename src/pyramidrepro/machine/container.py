@@ -1,0 +1,245 @@
+"""Running the package inside its image: Apptainer where it is installed, bubblewrap otherwise.
+
+An image is an Apptainer SIF file or a root-filesystem folder (``containers/build-local.sh``); both
+come from one recipe, ``containers/install.sh``, which puts the image's Python at
+:data:`IMAGE_PYTHON` and writes :data:`IMAGE_INFO`.  A command that runs in the image gets the
+host's paths it needs bound at the same place (results, data, the working folder, the experiment
+file's folder), the image itself read-only, and two variables that say which image it is in.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..spec.config import ConfigError, ExperimentConfig
+from ..spec.schema import Attr
+
+IMAGE_HOME = "/opt/pyramidrepro"
+IMAGE_PYTHON = "/opt/venv/bin/python"
+IMAGE_INFO = f"{IMAGE_HOME}/IMAGE_INFO.json"  # written by containers/install.sh package
+IMAGE_MANIFEST = f"{IMAGE_HOME}/MANIFEST.sha256"  # written by containers/build-local.sh
+IMAGE_PACKAGE = f"{IMAGE_HOME}/src/pyramidrepro/__init__.py"
+#: set in the container for the run: the image's host path and digest (and that it is inside one)
+ENV_IMAGE = "PYRAMIDREPRO_CONTAINER_IMAGE"
+ENV_DIGEST = "PYRAMIDREPRO_CONTAINER_DIGEST"
+#: the host's files a container sees (where the image has them), as Apptainer binds them by default
+HOST_FILES = ("/etc/hosts", "/etc/passwd", "/etc/group", "/etc/resolv.conf")
+BUILD_HINT = "build one with `make image` (containers/build-local.sh) or containers/build.sh (Apptainer)"
+
+
+def inside() -> bool:
+    """Whether this process runs in an image started by :class:`Container`."""
+    return bool(os.environ.get(ENV_IMAGE))
+
+
+def image_info() -> dict[str, str]:
+    """What the image this process runs in says of itself ({} on the host)."""
+    try:
+        return json.loads(Path(IMAGE_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def container_attributes() -> dict[str, Any]:
+    """The run's container attributes: the image and its digest, what the image says it was built
+    from, and the Python that ran (``/opt/venv/bin/python`` in an image)."""
+    info = image_info() if inside() else {}
+    return {
+        Attr.CONTAINER_IMAGE: os.environ.get(ENV_IMAGE, ""),
+        Attr.CONTAINER_DIGEST: os.environ.get(ENV_DIGEST, ""),
+        Attr.IMAGE_COMMIT: info.get("commit", ""),
+        Attr.IMAGE_RECIPE: info.get("recipe", ""),
+        Attr.IMAGE_BUILT: info.get("built", ""),
+        Attr.PYTHON_EXECUTABLE: sys.executable,
+    }
+
+
+def image_digest(image: str | Path) -> str:
+    """``sha256:…`` of a SIF file, or of a folder image's manifest (every file's sha256, written at
+    build time); ``""`` for a folder without one."""
+    p = Path(image)
+    target = p / IMAGE_MANIFEST.lstrip("/") if p.is_dir() else p
+    if not target.is_file():
+        return ""
+    st = target.stat()
+    return _sha256_of(str(target.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - the cache key
+    """A file's sha256, once per version of it (a SIF is GBs; `reproduce` resolves it per point)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Container:
+    """An image and the runtime that runs it; :meth:`python` is the command that starts its Python."""
+
+    image: str
+    runtime: str  # "apptainer" | "bwrap"
+    executable: str
+    digest: str
+    binds: tuple[str, ...] = ()  # SRC[:DEST[:ro]], the experiment's own
+    env: tuple[tuple[str, str], ...] = ()
+
+    def python(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> list[str]:
+        """The command (a list) that runs the image's Python with ``host_paths`` bound read-write at
+        the same place; ``cwd`` is bound too and is the working folder."""
+        cwd = str(Path(cwd or os.getcwd()).resolve())
+        binds = [*(f"{p}:{p}" for p in same_place(host_paths + [cwd])), *self.binds]
+        env = [(ENV_IMAGE, self.image), (ENV_DIGEST, self.digest), *self.env]
+        if self.runtime == "apptainer":
+            cmd = [self.executable, "exec", "--nv", "--pwd", cwd]
+            for b in binds:
+                cmd += ["--bind", b]
+            for k, v in env:
+                cmd += ["--env", f"{k}={v}"]
+            return [*cmd, self.image, IMAGE_PYTHON]
+        cmd = [self.executable, *root_from(Path(self.image)), "--proc", "/proc", "--dev", "/dev",
+               "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--ro-bind", "/sys", "/sys"]
+        for f in HOST_FILES:
+            if Path(f).exists() and (Path(self.image) / f.lstrip("/")).exists():
+                cmd += ["--ro-bind", f, f]
+        for b in binds:
+            src, dest, read_only = parse_bind(b)
+            cmd += ["--ro-bind" if read_only else "--bind", src, dest]
+        cmd += ["--chdir", cwd, "--setenv", "PATH", "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+        for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD"):
+            cmd += ["--unsetenv", k]
+        for k, v in env:
+            cmd += ["--setenv", k, v]
+        return [*cmd, IMAGE_PYTHON]
+
+    def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
+        """:meth:`python` as one shell string (submitit's ``python`` parameter)."""
+        return " ".join(shlex.quote(p) for p in self.python(host_paths, cwd))
+
+
+def parse_bind(spec: str) -> tuple[str, str, bool]:
+    """``SRC[:DEST[:ro]]`` as (source, destination, read-only)."""
+    parts = spec.split(":")
+    dest = parts[1] if len(parts) > 1 and parts[1] else parts[0]
+    return parts[0], dest, len(parts) > 2 and parts[2] == "ro"
+
+
+def root_from(image: Path) -> list[str]:
+    """bwrap arguments that lay a folder image's top level over bwrap's own tmpfs root: its folders
+    read-only, its symlinks as they are, its empty folders (home, mnt, ...) writable, so that a host
+    path below them can be bound; the image itself is never written."""
+    args: list[str] = []
+    for entry in sorted(image.iterdir()):
+        name = "/" + entry.name
+        if entry.is_symlink():
+            args += ["--symlink", os.readlink(entry), name]
+        elif entry.is_dir() and name not in ("/proc", "/dev", "/sys", "/tmp"):
+            args += ["--dir", name] if not any(entry.iterdir()) else ["--ro-bind", str(entry), name]
+    return args
+
+
+def same_place(paths: list[str | Path]) -> list[str]:
+    """The existing ``paths``, resolved, without duplicates or paths inside another one, parents first;
+    never ``/`` (it would hide the image: a job started from ``/`` keeps the image's own)."""
+    kept: list[Path] = []
+    found = {Path(p).resolve() for p in paths if Path(p).exists()} - {Path("/")}
+    for p in sorted(found, key=lambda p: len(p.parts)):
+        if not any(p == k or k in p.parents for k in kept):
+            kept.append(p)
+    return [str(p) for p in kept]
+
+
+def resolve(cfg: ExperimentConfig, source: str, preview: bool = False) -> Container | None:
+    """The container ``cfg`` runs in (None: on the host, or already inside one).
+
+    ConfigError, naming the key, for a missing image, an image without the package, a runtime that
+    is not installed, or a GPU run under bubblewrap.  ``preview`` (a dry run, perhaps for a cluster
+    whose image is not on this machine): an Apptainer image that is not here is shown unchecked."""
+    c = cfg.container
+    if not c.image or inside():
+        return None
+    image = Path(c.image).expanduser()
+    own = {"binds": tuple(c.binds), "env": tuple(sorted(c.env.items()))}
+    if preview and not image.exists() and c.runtime != "bwrap":
+        return Container(image=str(image), runtime="apptainer", executable=c.apptainer, digest="", **own)
+    if not image.exists():
+        raise ConfigError(source, "container.image", f"{c.image}: no such image file or folder ({BUILD_HINT})")
+    image = image.resolve()
+    apptainer = shutil.which(c.apptainer)
+    bwrap = shutil.which("bwrap")
+    runtime = c.runtime
+    if runtime == "auto":
+        runtime = "apptainer" if apptainer else "bwrap" if bwrap and image.is_dir() else ""
+        if not runtime:
+            raise ConfigError(source, "container.runtime",
+                              f"no container runtime found for {image}: {c.apptainer!r} is not on PATH"
+                              + ("" if image.is_dir() else " (a .sif file needs Apptainer)")
+                              + ("" if bwrap or not image.is_dir() else ", nor is bwrap (apt-get install bubblewrap)"))
+    if runtime == "apptainer" and not apptainer:
+        raise ConfigError(source, "container.runtime", f"apptainer: {c.apptainer!r} is not on PATH")
+    if runtime == "bwrap":
+        if not bwrap:
+            raise ConfigError(source, "container.runtime", "bwrap is not on PATH (apt-get install bubblewrap)")
+        if not image.is_dir():
+            raise ConfigError(source, "container.runtime",
+                              f"bwrap runs a root-filesystem folder, and {image} is a file (a .sif needs Apptainer)")
+        if cfg.devices.device == "cuda":
+            raise ConfigError(source, "container.runtime",
+                              "a GPU run in a container needs Apptainer (exec --nv binds the driver); "
+                              "bwrap runs CPU runs only")
+    for i, b in enumerate(c.binds):  # their form is checked with the config
+        if not Path(parse_bind(b)[0]).exists():
+            raise ConfigError(source, f"container.binds[{i}]", f"{parse_bind(b)[0]}: no such path to bind (from {b!r})")
+    if not has_package(image, apptainer if runtime == "apptainer" else None):
+        raise ConfigError(source, "container.image",
+                          f"{image} holds no pyramidrepro package at {IMAGE_PACKAGE} with {IMAGE_PYTHON}: "
+                          f"not an image of this recipe ({BUILD_HINT})")
+    return Container(image=str(image), runtime=runtime, executable=apptainer if runtime == "apptainer" else bwrap,
+                     digest=image_digest(image), **own)
+
+
+def has_package(image: Path, apptainer: str | None) -> bool:
+    """Whether ``image`` holds the package and the image's Python (a SIF is asked through Apptainer)."""
+    if image.is_dir():
+        return (image / IMAGE_PACKAGE.lstrip("/")).is_file() and os.path.lexists(image / IMAGE_PYTHON.lstrip("/"))
+    if apptainer is None:
+        return False
+    probe = subprocess.run([apptainer, "exec", str(image), "test", "-f", IMAGE_PACKAGE, "-a", "-e", IMAGE_PYTHON],
+                           capture_output=True, timeout=300)
+    return probe.returncode == 0
+
+
+def run_in_image(box: Container, host_paths: list[str | Path], args: list[str]) -> int:
+    """Run the image's Python with ``args`` here and wait; returns its exit code.
+
+    SIGTERM and Ctrl-C reach the Python inside as SIGTERM (its run ends interrupted): bwrap would
+    not pass them on and is started ignoring SIGTERM, so a signal to the group reaches only its child."""
+    import signal
+
+    ignore = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if box.runtime == "bwrap" else None
+    proc = subprocess.Popen([*box.python(host_paths), *args], start_new_session=True, preexec_fn=ignore)
+
+    def forward(signum: int, frame: Any) -> None:  # noqa: ARG001
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,118 @@
+"""The system a run ran on, described from inside the job (and the container), for provenance.
+
+Recorded once per run (``metrics.h5`` attribute ``system``, JSON) and read by the report, which
+shows it and flags the known confounders (:func:`confounders`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import torch
+
+from ..spec.schema import Attr
+from .devices import cpu_model
+
+ENV_PREFIXES = ("NCCL_", "CUDA_", "SLURM_JOB_", "OMP_", "MKL_")
+#: NCCL's shared-memory transport wants more than the 64 MiB a container's /dev/shm defaults to
+SHM_MIN_BYTES = 1 << 30
+
+
+def _run(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _ranges(cpus: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        if start is None:
+            start = c
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c != start else f"{c}")
+            start = None
+    return ",".join(out)
+
+
+def slurm_attributes(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The Slurm job a process runs in (empty outside Slurm): job id (an array's parent id), array
+    task and node list, as every run records them however it was launched (submitit or sbatch)."""
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    return {Attr.SLURM_JOB_ID: env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"],
+            Attr.SLURM_ARRAY_TASK_ID: env.get("SLURM_ARRAY_TASK_ID", ""),
+            Attr.SLURM_NODELIST: env.get("SLURM_JOB_NODELIST", "")}
+
+
+def describe_system(device: torch.device, local_world_size: int = 1,
+                    environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """GPUs (model, count, memory, driver, CUDA/cuDNN/NCCL, topology), CPU (model, cores given,
+    affinity), /dev/shm, and the NCCL_/CUDA_/OMP_/MKL_ environment of this process."""
+    env = os.environ if environ is None else environ
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    shm = shutil.disk_usage("/dev/shm").total if os.path.isdir("/dev/shm") else None
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(), "cpu_cores_machine": os.cpu_count(), "cpus_given": len(affinity) or os.cpu_count(),
+        "cpu_affinity": _ranges(affinity), "local_world_size": local_world_size, "dev_shm_bytes": shm,
+        "env": {k: v for k, v in sorted(env.items()) if k.startswith(ENV_PREFIXES)},
+    }
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        props = [torch.cuda.get_device_properties(i) for i in range(n)]
+        nccl = torch.cuda.nccl.version() if hasattr(torch.cuda, "nccl") else None
+        info.update(
+            gpu_models=[p.name for p in props], gpu_count=n, gpu_memory_bytes=[int(p.total_memory) for p in props],
+            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+            nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
+            driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+            topology=_run(["nvidia-smi", "topo", "-m"]),
+        )
+    return info
+
+
+def confounders(runs: list[Any]) -> list[str]:
+    """The known traps a set of runs falls into, one line each (empty: none).
+
+    ``runs`` are :class:`.runs.RunRecord`; each check needs only what a run records.
+    """
+    flags = []
+    nccl_small_shm = [r for r in runs if r.backend == "nccl" and (r.system.get("dev_shm_bytes") or SHM_MIN_BYTES)
+                      < SHM_MIN_BYTES]
+    if nccl_small_shm:
+        size = min(r.system["dev_shm_bytes"] for r in nccl_small_shm) / 2**20
+        flags.append(f"/dev/shm is {size:.0f} MiB in {len(nccl_small_shm)} NCCL run(s): under 1 GiB NCCL's "
+                     "shared-memory transport fails or falls back (give the container --shm-size / a larger tmpfs)")
+    p2p = [r for r in runs if r.system.get("env", {}).get("NCCL_P2P_DISABLE") == "1"]
+    if p2p:
+        flags.append(f"NCCL_P2P_DISABLE=1 in {len(p2p)} run(s): GPU peer-to-peer is off, all-reduce goes through "
+                     "host memory at a bandwidth cost")
+    tf32 = [r for r in runs if r.allow_tf32]
+    if tf32:
+        flags.append(f"TF32 on in {len(tf32)} run(s): fp32 convolutions ran at TF32 precision and speed, "
+                     "which a pre-Ampere card (the paper's) cannot")
+    gpu_models = sorted({r.device_name for r in runs if r.gpu})
+    if len(gpu_models) > 1:
+        flags.append(f"mixed GPU models in one campaign: {', '.join(gpu_models)}")
+    over = [r for r in runs if r.threads and r.system.get("cpus_given")
+            and r.threads * r.system.get("local_world_size", 1) > r.system["cpus_given"]]
+    if over:
+        r = over[0]
+        flags.append(f"CPU threads over the cores given in {len(over)} run(s): e.g. {r.threads} threads x "
+                     f"{r.system.get('local_world_size', 1)} process(es) on {r.system['cpus_given']} core(s)")
+    commits = sorted({r.git_commit for r in runs if r.git_commit})
+    if len(commits) > 1:
+        flags.append(f"runs from {len(commits)} commits in one figure: {', '.join(c[:12] for c in commits)}")
+    versions = sorted({str(sorted(r.versions.items())) for r in runs if r.versions})
+    if len(versions) > 1:
+        flags.append(f"runs with {len(versions)} different sets of versions in one figure")
+    return flags

@@ -1,0 +1,175 @@
+"""When one rank has to stop, every rank stops: the stop signal, and the faults that test it.
+
+A DDP rank that hits an out-of-memory error (or any other failure) cannot just leave: its peers
+would block in the next collective until the process group's timeout (NCCL: then a watchdog
+abort), and rank 0, which owns ``metrics.h5``, would never learn why.  So the rank posts a
+:class:`StopRecord` to the job's key-value store (the TCP store at ``MASTER_ADDR:MASTER_PORT``
+that the process group was built on, reached here through a connection of our own), and every
+rank watches that key from a daemon thread.  A rank that sees a peer's record hands it to its
+``on_peer_stop`` callback (rank 0 records the outcome in ``metrics.h5``), acknowledges it and
+ends its process with the exit code the callback returned.  The posting rank waits (bounded)
+until every rank knows, so a store hosted in its own process stays up until the peers have read
+the record; ranks that fail together each count themselves as knowing.
+
+``PYRAMIDREPRO_INJECT_OOM=RANK:STEP`` (STEP a step number, or ``setup``) raises
+``torch.OutOfMemoryError`` on that rank at that point: the seam the tests use to check all this
+on CPU, where a real allocation failure cannot be provoked safely.
+``PYRAMIDREPRO_INJECT_SIGNAL=RANK:STEP:NAME`` (NAME ``TERM``, ``INT`` or ``KILL``) sends that rank's
+process the signal just before the step, as a scheduler's preemption, a Ctrl-C or a node's loss
+would, so a test can stop a run at an exact point of its logging window.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..spec.config import ConfigError
+from ..spec.schema import Attr
+
+INJECT_OOM_VAR = "PYRAMIDREPRO_INJECT_OOM"
+INJECT_SIGNAL_VAR = "PYRAMIDREPRO_INJECT_SIGNAL"
+INJECTABLE_SIGNALS = ("TERM", "INT", "KILL")
+
+
+@dataclass
+class StopRecord:
+    """Why the run stops: the rank that stopped it, its status and what goes with the status."""
+
+    rank: int
+    status: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def outcome(self) -> tuple[str, dict[str, Any]]:
+        """The run's final status and the attributes that go with it, the stopping rank included."""
+        return self.status, {**self.info, Attr.STOP_RANK: self.rank}
+
+
+class StopChannel:
+    """Posts and watches the job's stop record over the job's TCP store."""
+
+    def __init__(self, rank: int, world_size: int, on_peer_stop: Callable[[StopRecord], int],
+                 poll_s: float = 0.25, connect_timeout_s: float = 30.0) -> None:
+        from torch.distributed import TCPStore
+
+        prefix = f"pyramidrepro/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.key, self.acks_key = f"{prefix}/stop", f"{prefix}/stop_acks"
+        self.rank, self.world_size, self.poll_s = rank, world_size, poll_s
+        self.on_peer_stop = on_peer_stop
+        self.store = TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            timeout=datetime.timedelta(seconds=connect_timeout_s), wait_for_workers=False,
+        )
+        self._closed = threading.Event()
+        self._ack_lock = threading.Lock()
+        self._acknowledged = False
+        self._thread = threading.Thread(target=self._watch, name="pyramidrepro-stop-watch", daemon=True)
+        self._thread.start()
+
+    def post(self, status: str, info: dict[str, Any], ack_timeout_s: float = 10.0) -> StopRecord:
+        """Tell every peer to stop, then wait (at most ``ack_timeout_s``) until they have read it.
+
+        The first record posted wins; the one in force is returned.
+        """
+        self._closed.set()  # this rank's own decision stands: stop watching for others'
+        mine = json.dumps({"rank": self.rank, "status": status, "info": info})
+        try:
+            record = _decode(self.store.compare_set(self.key, "", mine))
+            self._acknowledge()
+            deadline = time.monotonic() + ack_timeout_s
+            while self.store.add(self.acks_key, 0) < self.world_size and time.monotonic() < deadline:
+                time.sleep(self.poll_s / 2)
+        except RuntimeError:  # the store's host is gone: the peers are too
+            record = StopRecord(self.rank, status, info)
+        return record
+
+    def peer_record(self) -> StopRecord | None:
+        """A stop record posted by another rank, if there is one now."""
+        try:
+            if self.store.check([self.key]):
+                record = _decode(self.store.get(self.key))
+                return record if record.rank != self.rank else None
+        except RuntimeError:
+            pass
+        return None
+
+    def close(self) -> None:
+        """Stop watching (before a clean shutdown, while every peer's store is still up)."""
+        self._closed.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.poll_s):
+            try:
+                posted = self.store.check([self.key])
+            except RuntimeError:  # the store's host left (a clean end elsewhere, or a crash)
+                return
+            if not posted or self._closed.is_set():
+                continue
+            record = _decode(self.store.get(self.key))
+            if record.rank == self.rank:
+                return
+            code = self.on_peer_stop(record)
+            self._acknowledge()
+            from ..machine.parallel import exit_rank
+
+            exit_rank(code)
+
+    def _acknowledge(self) -> None:
+        with self._ack_lock:
+            if not self._acknowledged:
+                self._acknowledged = True
+                self.store.add(self.acks_key, 1)
+
+
+def _decode(blob: bytes) -> StopRecord:
+    d = json.loads(blob)
+    return StopRecord(int(d["rank"]), str(d["status"]), dict(d.get("info", {})))
+
+
+def _injection(var: str, expected: str, valid: Callable[[list[str]], bool]) -> list[str] | None:
+    """``var``'s value split at ``:`` (None when unset); a value ``valid`` refuses is a ConfigError
+    that names the variable and the form ``expected``."""
+    spec = os.environ.get(var, "")
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if not valid(parts):
+        raise ConfigError("environment", var, f"{spec!r}: expected {expected}")
+    return parts
+
+
+def injected_oom_step(rank: int) -> int | str | None:
+    """Where ``PYRAMIDREPRO_INJECT_OOM`` puts an out-of-memory error on ``rank`` (step or ``setup``)."""
+    parts = _injection(INJECT_OOM_VAR, "RANK:STEP or RANK:setup",
+                       lambda p: len(p) == 2 and p[0].isdigit() and (p[1].isdigit() or p[1] == "setup"))
+    if parts is None or int(parts[0]) != rank:
+        return None
+    return parts[1] if parts[1] == "setup" else int(parts[1])
+
+
+def injected_signal(rank: int) -> tuple[int, signal.Signals] | None:
+    """(step, signal) that ``PYRAMIDREPRO_INJECT_SIGNAL`` sends ``rank``'s process before that step."""
+    parts = _injection(INJECT_SIGNAL_VAR, f"RANK:STEP:NAME, NAME one of {', '.join(INJECTABLE_SIGNALS)}",
+                       lambda p: len(p) == 3 and p[0].isdigit() and p[1].isdigit() and p[2] in INJECTABLE_SIGNALS)
+    if parts is None or int(parts[0]) != rank:
+        return None
+    return int(parts[1]), signal.Signals[f"SIG{parts[2]}"]
+
+
+def raise_injected_oom(where: int | str) -> None:
+    raise torch.OutOfMemoryError(f"injected out-of-memory error at {where} ({INJECT_OOM_VAR})")
+
+
+def send_injected_signal(sig: signal.Signals) -> None:
+    """``sig`` to this process (a handled one runs before the next step; KILL ends it at once)."""
+    os.kill(os.getpid(), sig)
