@@ -1,0 +1,30 @@
+"""``pyramidrepro model-info``: parameters and forward MACs of a PyramidNet variant, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..spec.config import ConfigError
+from ._common import add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``model-info`` to ``sub``."""
+    p = sub.add_parser("model-info", help="parameters and forward MACs of a PyramidNet variant")
+    add_model_args(p, depth=110, alpha=48)
+    p.add_argument("--widening", choices=["additive", "multiplicative"], default="additive")
+    p.set_defaults(func=cmd_model_info)
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    """Check the size, then print the model's numbers."""
+    from ..spec.architecture import check_size
+    from ..workload.model import model_info
+
+    try:
+        check_size(args.depth, args.alpha, args.block, args.widening)
+    except ValueError as exc:
+        raise ConfigError("--depth", "model.depth", str(exc)) from None
+    print(json.dumps(model_info(args.depth, args.alpha, args.block, args.widening), indent=2))
+    return 0

@@ -1,0 +1,46 @@
+"""``pyramidrepro submit``: every point of an experiment's sweep through submitit (Slurm, local, debug)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..spec.config import load_config
+from ._common import add_config_args, add_container_arg, add_out_arg, container_override
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``submit`` to ``sub``."""
+    p = sub.add_parser("submit", help="submit an experiment (and its sweep) through submitit",
+                       description="Expand the sweep and submit every point through submitit: one Slurm "
+                                   "job array per task layout (cluster.executor: slurm), local processes "
+                                   "(local) or in this process (debug). Results: OUT/<experiment>/<run id>/.")
+    add_config_args(p)
+    add_out_arg(p)
+    p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="override cluster.executor")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and points; submit nothing")
+    p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between state checks with --wait")
+    p.add_argument("--never-starts", choices=["cancel", "keep"], default="cancel",
+                   help="with --wait, a Slurm job pending for a reason that never clears (PartitionConfig, "
+                        "a per-job limit, its nodes down, more than any node has) ends the wait with the "
+                        "reason: cancel it (default) or keep it queued")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="submit even what sinfo says no node can hold (by default that is refused, exit 2)")
+    add_container_arg(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit the points; with ``--wait``, follow them and fail if any job did."""
+    from ..cluster import dispatch
+
+    overrides = [*args.set, *container_override(args)]
+    if args.cluster:
+        overrides.append(f"cluster.executor={args.cluster}")
+    cfg = load_config(args.experiment, overrides)
+    jobs = dispatch.submit(cfg, args.experiment, args.out, dry_run=args.dry_run, check_nodes=not args.no_preflight)
+    if args.dry_run or not args.wait:
+        return 0
+    bad = dispatch.wait(jobs, poll_s=args.poll, on_never=args.never_starts)
+    print(f"submit: {len(jobs) - bad}/{len(jobs)} job(s) completed")
+    return 1 if bad else 0

@@ -1,0 +1,29 @@
+"""``pyramidrepro validate``: check an experiment and print the resolved config (and its sweep)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..spec.config import load_config
+from ._common import add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``validate`` to ``sub``."""
+    p = sub.add_parser("validate", help="validate an experiment and print the resolved config")
+    add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print the resolved config; for a sweep, the run id of every point."""
+    from ..spec.config import expand_sweep
+
+    cfg = load_config(args.experiment, args.set)
+    points = expand_sweep(cfg, args.experiment)
+    print(cfg.to_yaml(), end="")
+    if cfg.sweep:
+        print(f"# sweep: {len(points)} points")
+        for run_id, _ in points:
+            print(f"#   {run_id}")
+    return 0
