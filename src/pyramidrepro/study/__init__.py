@@ -3,6 +3,8 @@
 from .._exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "report": ("build_report",),
+    "report": ("build_report", "ReportData"),
+    "claims": ("CLAIMS", "check_claims"),
     "benchmarks": ("bench_training", "bench_loader", "bench_device"),
+    "bench_plan": ("BenchPlan",),
 })
