@@ -43,7 +43,7 @@ def run(nproc: int, depth: int, alpha: float, batch: int, steps: int, out: str, 
 
 
 def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extra: list[str]) -> dict:
-    from pyramidrepro.stats.scaling import Link, default_overlap, predict
+    from pyramidrepro.stats.scaling import DeviceStep, Fabric, Link, default_overlap, predict
 
     one, two = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +54,8 @@ def case(depth: int, alpha: float, per_rank: int, steps: int, repeats: int, extr
     best2 = max(two, key=lambda r: r.images_per_s)
     link = Link(*best2.link)
     jitter = best1.step_time_std_s or 0.0
-    pred = predict(per_rank / best1.images_per_s, per_rank, best2.grad_bytes, 2, intra=link,
-                   bucket_cap_mb=best2.bucket_cap_mb, overlap=default_overlap(gpu=False), step_jitter_s=jitter)
+    pred = predict(DeviceStep(per_rank / best1.images_per_s, per_rank, best2.grad_bytes, jitter), 2,
+                   Fabric(link, bucket_cap_mb=best2.bucket_cap_mb, overlap=default_overlap(gpu=False)))
     measured = best2.images_per_s
     return {
         "model": f"PyramidNet-{depth} alpha={alpha:g}", "batch_per_rank": per_rank,

@@ -80,7 +80,8 @@ def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, 
     import torch
 
     from pyramidrepro.step.paths import TrainPath
-    from pyramidrepro.study.benchmarks import gpu_peak_tflops, machine, optimized_spec, training_tflops
+    from pyramidrepro.study.bench_plan import optimized_spec
+    from pyramidrepro.study.benchmarks import gpu_peak_tflops, machine, training_tflops
     from pyramidrepro.workload.data import synthetic_splits
     from pyramidrepro.workload.model import PyramidNet, count_macs
 

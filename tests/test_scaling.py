@@ -7,6 +7,8 @@ import pytest
 from pyramidrepro.stats.scaling import (
     FIRST_BUCKET_BYTES,
     LINKS,
+    DeviceStep,
+    Fabric,
     Link,
     allreduce_seconds,
     ddp_buckets,
@@ -38,47 +40,47 @@ def test_ring_allreduce_cost_by_hand():
 
 def test_prediction_without_overlap_adds_every_bucket():
     grad = 4_000_000
-    p = predict(0.32, 32, grad, 2, intra=LINK)
+    p = predict(DeviceStep(0.32, 32, grad), 2, Fabric(LINK))
     comm = grad / 1e9 + len(ddp_buckets(grad)) * 2 * 100e-6
     assert p.comm_s == pytest.approx(comm) and p.exposed_s == pytest.approx(comm)
     assert p.images_per_s == pytest.approx(64 / (0.32 + comm))
     assert p.efficiency == pytest.approx(0.32 / (0.32 + comm))
-    assert predict(0.32, 32, grad, 1, intra=LINK).images_per_s == pytest.approx(100.0)
+    assert predict(DeviceStep(0.32, 32, grad), 1, Fabric(LINK)).images_per_s == pytest.approx(100.0)
 
 
 def test_overlap_hides_communication_behind_backward_but_not_the_last_bucket():
     grad = 200 * 1024 * 1024
     slow = Link("slow", 0.5, 10.0)
-    plain = predict(1.0, 64, grad, 4, intra=slow)
-    hidden = predict(1.0, 64, grad, 4, intra=slow, overlap=1.0)
+    plain = predict(DeviceStep(1.0, 64, grad), 4, Fabric(slow))
+    hidden = predict(DeviceStep(1.0, 64, grad), 4, Fabric(slow, overlap=1.0))
     last = allreduce_seconds(ddp_buckets(grad)[-1], 4, slow)
     assert hidden.exposed_s == pytest.approx(max(plain.comm_s - 2 / 3, last))
     assert hidden.images_per_s > plain.images_per_s
-    tiny = predict(10.0, 64, grad, 4, intra=slow, overlap=1.0)  # backward far longer than comm
+    tiny = predict(DeviceStep(10.0, 64, grad), 4, Fabric(slow, overlap=1.0))  # backward far longer than comm
     assert tiny.exposed_s == pytest.approx(last)
 
 
 def test_across_nodes_the_slowest_link_bounds_the_ring():
-    kw = dict(intra=LINKS["nvlink4"], inter=LINKS["100g"], devices_per_node=8)
-    in_node = predict(0.1, 128, 100_000_000, 8, **kw)
-    across = predict(0.1, 128, 100_000_000, 16, **kw)
+    one, fabric = DeviceStep(0.1, 128, 100_000_000), Fabric(LINKS["nvlink4"], LINKS["100g"], devices_per_node=8)
+    in_node = predict(one, 8, fabric)
+    across = predict(one, 16, fabric)
     assert in_node.nodes == 1 and across.nodes == 2
     assert across.efficiency < in_node.efficiency
     assert across.comm_s == pytest.approx(sum(allreduce_seconds(s, 16, Link("x", 12.5, 8.0))
                                               for s in ddp_buckets(100_000_000)))
-    faster = predict(0.1, 128, 100_000_000, 16, intra=LINKS["nvlink4"], inter=LINKS["400g"], devices_per_node=8)
+    faster = predict(one, 16, Fabric(LINKS["nvlink4"], LINKS["400g"], devices_per_node=8))
     assert faster.images_per_s > across.images_per_s
     with pytest.raises(ValueError, match="inter-node link"):
-        predict(0.1, 128, 1000, 16, intra=LINK, devices_per_node=8)
+        predict(DeviceStep(0.1, 128, 1000), 16, Fabric(LINK, devices_per_node=8))
 
 
 def test_stragglers_cost_grows_with_the_number_of_ranks():
     assert expected_max_normal(1) == 0.0
     assert expected_max_normal(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-4)
     assert expected_max_normal(8) == pytest.approx(1.4236, abs=1e-3)
-    a = predict(0.1, 32, 0, 2, intra=LINK, step_jitter_s=0.01)
+    a = predict(DeviceStep(0.1, 32, 0, step_jitter_s=0.01), 2, Fabric(LINK))
     assert a.step_s == pytest.approx(0.1 + 0.01 / math.sqrt(math.pi), rel=1e-4)
-    effs = [predict(0.1, 32, 0, n, intra=LINK, step_jitter_s=0.01).efficiency for n in (2, 4, 8, 16)]
+    effs = [predict(DeviceStep(0.1, 32, 0, step_jitter_s=0.01), n, Fabric(LINK)).efficiency for n in (2, 4, 8, 16)]
     assert effs == sorted(effs, reverse=True)
 
 
@@ -100,7 +102,7 @@ def test_links_parse_by_name_or_spec():
 def test_scaling_command_predicts_from_a_given_step(tmp_path):
     import json
 
-    from conftest import run_cli
+    from support import run_cli
 
     r = run_cli("scaling", "--step-time-ms", "250", "--batch-per-device", "128", "--depth", "20", "--alpha", "12",
                 "--devices", "1", "2", "16", "--inter", "100g", "400g", "--json")
@@ -116,7 +118,7 @@ def test_scaling_command_predicts_from_a_given_step(tmp_path):
 
 
 def test_scaling_command_reads_a_run_and_rejects_bad_input(tmp_path):
-    from conftest import SMOKE, run_cli
+    from support import SMOKE, run_cli
 
     r = run_cli("run", str(SMOKE), "--set", "train.threads=1", "--run-id", "one", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr

@@ -5,5 +5,5 @@ from .._exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "measure": ("Estimate", "mean_ci", "throughput", "pool", "compare"),
-    "scaling": ("Link", "parse_link", "predict", "ddp_buckets", "fit_ring"),
+    "scaling": ("Link", "DeviceStep", "Fabric", "parse_link", "predict", "ddp_buckets", "fit_ring"),
 })

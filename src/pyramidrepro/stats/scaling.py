@@ -119,33 +119,55 @@ class Prediction:
     efficiency: float  # images/s over N x one device's images/s
 
 
-def predict(
-    step_s: float, batch_per_device: int, grad_bytes: int, devices: int, *, intra: Link,
-    inter: Link | None = None, devices_per_node: int | None = None, bucket_cap_mb: float = 25.0,
-    overlap: float = 0.0, step_jitter_s: float = 0.0,
-) -> Prediction:
-    """DDP throughput on ``devices`` devices from one device's ``step_s`` at ``batch_per_device``.
+@dataclass(frozen=True)
+class DeviceStep:
+    """One device's measured training step: what the prediction for N devices starts from."""
 
-    ``devices_per_node`` (default: all on one node) and ``inter`` give the multi-node case.
-    ``overlap`` in [0, 1] is the share of backward time that can hide communication;
-    ``step_jitter_s`` is the standard deviation of one device's step time (the wait for stragglers).
+    step_s: float
+    batch: int  # images per device per step
+    grad_bytes: int
+    step_jitter_s: float = 0.0  # standard deviation of the step time: the wait for stragglers
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """How the devices are linked, and how DDP uses the links.
+
+    ``devices_per_node`` (None: all on one node) and ``inter`` give the multi-node case;
+    ``overlap`` in [0, 1] is the share of backward time that can hide communication.
     """
-    per_node = devices_per_node or devices
-    nodes = max(1, math.ceil(devices / per_node))
-    if nodes > 1 and inter is None:
-        raise ValueError(f"{devices} devices at {per_node} per node span {nodes} nodes: give the inter-node link")
-    link = slowest(intra, inter) if nodes > 1 and inter is not None else intra
-    sizes = ddp_buckets(grad_bytes, bucket_cap_mb)
+
+    intra: Link
+    inter: Link | None = None
+    devices_per_node: int | None = None
+    bucket_cap_mb: float = 25.0
+    overlap: float = 0.0
+
+    def ring(self, devices: int) -> tuple[int, Link]:
+        """The nodes ``devices`` devices span, and the link their ring is bound by."""
+        per_node = self.devices_per_node or devices
+        nodes = max(1, math.ceil(devices / per_node))
+        if nodes == 1:
+            return nodes, self.intra
+        if self.inter is None:
+            raise ValueError(f"{devices} devices at {per_node} per node span {nodes} nodes: give the inter-node link")
+        return nodes, slowest(self.intra, self.inter)
+
+
+def predict(one: DeviceStep, devices: int, fabric: Fabric) -> Prediction:
+    """DDP throughput on ``devices`` devices linked by ``fabric``, from ``one`` device's step."""
+    nodes, link = fabric.ring(devices)
+    sizes = ddp_buckets(one.grad_bytes, fabric.bucket_cap_mb)
     comm = sum(allreduce_seconds(s, devices, link) for s in sizes)
-    if overlap > 0 and sizes:
+    if fabric.overlap > 0 and sizes:
         last = allreduce_seconds(sizes[-1], devices, link)  # waits for the end of backward
-        exposed = max(comm - overlap * BACKWARD_FRACTION * step_s, min(last, comm))
+        exposed = max(comm - fabric.overlap * BACKWARD_FRACTION * one.step_s, min(last, comm))
     else:
         exposed = comm
-    step = step_s + exposed + step_jitter_s * expected_max_normal(devices)
-    ips = devices * batch_per_device / step
+    step = one.step_s + exposed + one.step_jitter_s * expected_max_normal(devices)
+    ips = devices * one.batch / step
     return Prediction(devices, nodes, link.name, step, comm, exposed, ips,
-                      ips / (devices * batch_per_device / step_s))
+                      ips / (devices * one.batch / one.step_s))
 
 
 def expected_max_normal(n: int) -> float:

@@ -6,6 +6,6 @@ from .._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "executor": ("StepExecutor", "StepSettings", "OptimizerSettings", "make_executor"),
     "paths": ("PathSpec", "TrainPath"),
-    "autotune": ("Decision", "resolve_auto"),
+    "autotune": ("AutoRequest", "Decision", "resolve_auto"),
     "bounds": ("Bounds", "measure_bounds"),
 })

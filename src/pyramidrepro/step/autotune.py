@@ -1,7 +1,7 @@
 """Speed-ups chosen for the machine a run is on: by capability where that settles it, else by a
 short timed trial, and never one that its trial shows slower than the path without it.
 
-A training *path* is a :class:`~.benchmarks.PathSpec` (precision, channels_last, loader, optimizer,
+A training *path* is a :class:`~.paths.PathSpec` (precision, channels_last, loader, optimizer,
 host sync, compile mode).  :func:`choose` starts from a reference path and tries the candidate
 pieces in turn (greedy forward selection): each candidate path is the current one with one piece
 switched, the two are measured alternately ``rounds`` times, and the piece is kept only when the
@@ -59,6 +59,10 @@ class Decision:
             return None
         return self.images_per_s_with / self.images_per_s_without
 
+    def to_dict(self) -> dict[str, Any]:
+        """The decision's fields and its ratio, as JSON and the run's records hold them."""
+        return {**asdict(self), "ratio": self.ratio}
+
 
 @dataclass
 class Choice:
@@ -70,7 +74,7 @@ class Choice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": asdict(self.spec), "capability": self.capability,
-                "decisions": [{**asdict(d), "ratio": d.ratio} for d in self.decisions]}
+                "decisions": [d.to_dict() for d in self.decisions]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Choice:
@@ -167,45 +171,84 @@ def _store(key: str, choice: Choice) -> None:
         print(f"pyramidrepro: could not cache the auto choices in {path}: {exc}", flush=True)
 
 
-def resolve_auto(requested: dict[str, Any], arch: tuple[int, float, str], batch: int, device: torch.device,
-                 optimizer: str, compile_mode: str | None, mode: str, trial_steps: int = 5,
-                 say: Callable[[str], None] = print) -> Choice:
+@dataclass(frozen=True)
+class AutoRequest:
+    """What a run asks of its speed options: ``precision``, ``channels_last`` and ``compile`` as its
+    config sets them (``auto`` or fixed), and the parts of its step that the trials keep as they are."""
+
+    precision: str
+    channels_last: bool | str
+    compile: bool | str
+    compile_mode: str | None  # None: torch.compile's default mode
+    optimizer: str  # the SGD implementation, already resolved for the device
+    mode: str  # train.mode: single, dp, dp_balanced or ddp
+
+    def requested(self) -> dict[str, Any]:
+        """The three options that may be ``auto``, by config name."""
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+
+    @property
+    def mode_name(self) -> str:
+        """The compile mode a compiled path uses."""
+        return self.compile_mode or "default"
+
+    def reference(self) -> PathSpec:
+        """The run with every ``auto`` piece off (fp32, NCHW, eager) and the fixed ones as set."""
+        return PathSpec(
+            precision="fp32" if self.precision == AUTO else self.precision,
+            channels_last=False if self.channels_last == AUTO else bool(self.channels_last),
+            loader="torch", optimizer=self.optimizer, host_sync=False,
+            compile_mode=None if self.compile in (AUTO, False) else self.mode_name,
+        )
+
+    def candidates(self, cap: dict[str, Any], device: torch.device) -> list[Candidate]:
+        """One candidate per ``auto`` option, in the order they are tried."""
+        out = []
+        if self.precision == AUTO:
+            out.append(precision_candidate(cap, device))
+        if self.channels_last == AUTO:
+            out.append(Candidate("channels_last", "channels_last", True))
+        if self.compile == AUTO:
+            unsupported = "torch.compile does not support nn.DataParallel" if self.mode.startswith("dp") else None
+            out.append(Candidate(f"compile ({self.mode_name})", "compile_mode", self.mode_name, ruled_out=unsupported))
+        return out
+
+
+def resolve_auto(request: AutoRequest, arch: tuple[int, float, str], batch: int, device: torch.device,
+                 trial_steps: int = 5, say: Callable[[str], None] = print) -> Choice:
     """The run's ``precision`` / ``channels_last`` / ``compile``, ``auto`` ones chosen for this device.
 
-    ``requested`` holds the config's values (``auto`` or fixed).  The reference is the run with
-    every ``auto`` piece off (fp32, NCHW, eager) and the fixed ones as set; trials run the run's
-    model at its per-process batch on synthetic data kept on the device, and are cached per device,
-    model, batch and torch version.
+    The reference is :meth:`AutoRequest.reference`; trials run the run's model at its per-process
+    batch on synthetic data kept on the device, and are cached per device, model, batch and torch
+    version.
     """
-    from ..workload.data import synthetic_splits
-    from ..workload.model import PyramidNet
-    from .paths import TrainPath
-
     cap = capability(device)
-    mode_name = compile_mode or "default"
-    reference = PathSpec(
-        precision="fp32" if requested["precision"] == AUTO else requested["precision"],
-        channels_last=False if requested["channels_last"] == AUTO else bool(requested["channels_last"]),
-        loader="torch", optimizer=optimizer, host_sync=False,
-        compile_mode=None if requested["compile"] in (AUTO, False) else mode_name,
-    )
-    candidates = []
-    if requested["precision"] == AUTO:
-        candidates.append(precision_candidate(cap, device))
-    if requested["channels_last"] == AUTO:
-        candidates.append(Candidate("channels_last", "channels_last", True))
-    if requested["compile"] == AUTO:
-        unsupported = "torch.compile does not support nn.DataParallel" if mode.startswith("dp") else None
-        candidates.append(Candidate(f"compile ({mode_name})", "compile_mode", mode_name, ruled_out=unsupported))
+    reference, candidates = request.reference(), request.candidates(cap, device)
     if not candidates:
         return Choice(reference, [], cap)
-    key = json.dumps({"device": cap, "arch": arch, "batch": batch, "optimizer": optimizer, "mode": mode,
-                      "requested": {k: str(v) for k, v in requested.items()}, "compile_mode": mode_name,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}, sort_keys=True)
+    key = json.dumps({"device": cap, "arch": arch, "batch": batch, "optimizer": request.optimizer,
+                      "mode": request.mode, "requested": {k: str(v) for k, v in request.requested().items()},
+                      "compile_mode": request.mode_name, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__}, sort_keys=True)
     cached = _cached(key)
     if cached is not None:
         say(f"auto: {_summary(cached)} (cached trials, {_cache_file()})")
         return cached
+    say(f"auto: choosing {', '.join(c.name for c in candidates)} on {cap['device']} by short trials ...")
+    choice = _trials(reference, candidates, arch, batch, device, trial_steps, lambda msg: say(f"auto: {msg}"))
+    choice.capability = cap
+    _store(key, choice)
+    say(f"auto: {_summary(choice)}")
+    return choice
+
+
+def _trials(reference: PathSpec, candidates: list[Candidate], arch: tuple[int, float, str], batch: int,
+            device: torch.device, trial_steps: int, say: Callable[[str], None]) -> Choice:
+    """:func:`choose` on short trials of the run's model, each path built once and freed after."""
+    from ..workload.data import synthetic_splits
+    from ..workload.model import PyramidNet
+    from .paths import TrainPath
+
     paths: dict[PathSpec, TrainPath] = {}
 
     def measure(spec: PathSpec) -> float:
@@ -213,19 +256,15 @@ def resolve_auto(requested: dict[str, Any], arch: tuple[int, float, str], batch:
             paths[spec] = TrainPath(spec, arch, init, splits, batch, device).warm_up(2)
         return paths[spec].train(trial_steps)
 
-    say(f"auto: choosing {', '.join(c.name for c in candidates)} on {cap['device']} by short trials ...")
     # the trials draw random numbers of their own: the run's stream is left as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         init = PyramidNet(*arch).state_dict()
         splits = synthetic_splits(max(batch * (trial_steps + 2) * 2, 256), 16)
-        choice = choose(reference, candidates, measure, say=lambda msg: say(f"auto: {msg}"))
+        choice = choose(reference, candidates, measure, say=say)
     paths.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the trials' memory goes back before the run's own steps
-    choice.capability = cap
-    _store(key, choice)
-    say(f"auto: {_summary(choice)}")
     return choice
 
 
