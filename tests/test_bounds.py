@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from pyramidrepro.spec.schema import Summary
 from pyramidrepro.step.bounds import Bounds, measure_bounds
-from pyramidrepro.training.train import build_training, open_context
+from pyramidrepro.training.setup import build_training, open_context
+from support import SMOKE, run_cli
 
 
 class DelayedLoader:

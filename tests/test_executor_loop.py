@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMOKE
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.recorder import RunRecorder
 from pyramidrepro.records.runs import is_done, status_of
@@ -14,10 +13,11 @@ from pyramidrepro.spec.config import load_config
 from pyramidrepro.spec.schema import Status
 from pyramidrepro.step.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
 from pyramidrepro.training.checkpoint import Checkpoints, Position
-from pyramidrepro.training.loop import TrainingLoop
+from pyramidrepro.training.loop import LoopSettings, TrainingLoop
 from pyramidrepro.workload.data import synthetic_splits
 from pyramidrepro.workload.loaders import make_loader
 from pyramidrepro.workload.model import PyramidNet
+from support import SMOKE
 
 CPU = torch.device("cpu")
 
@@ -71,7 +71,8 @@ def _loop(cfg, run_dir, executor=None) -> tuple[TrainingLoop, RunRecorder, Check
     recorder.open({})
     checkpoints = Checkpoints(run_dir, cfg.digest(), executor, writes=True)
     loader = make_loader("torch", splits.train, cfg.train.batch_size, CPU)
-    return TrainingLoop(cfg, executor, loader, None, recorder, checkpoints), recorder, checkpoints
+    loop = TrainingLoop(LoopSettings.from_config(cfg), executor, loader, None, recorder, checkpoints)
+    return loop, recorder, checkpoints
 
 
 def test_loop_records_every_step_and_continues_from_its_checkpoint_position(tmp_path):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE, only_run_dir, run_cli
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.workload.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet
-from pyramidrepro.workload.loaders import make_loader
+from pyramidrepro.workload.loaders import Shard, make_loader
+from support import ROOT, SMOKE, only_run_dir, run_cli
 
 LOADERS = ["torch", "torchvision", "dali"]
 CPU = torch.device("cpu")
@@ -61,7 +61,7 @@ def test_shapes_dtypes_ranges(kind):
 @pytest.mark.parametrize("kind", LOADERS)
 def test_crop_offsets_uniform_and_flips_half(kind):
     data = coordinate_images(2048)
-    loader = make_loader(kind, data, 256, CPU, num_workers=0, seed=3)
+    loader = make_loader(kind, data, 256, CPU, num_workers=0, shard=Shard(seed=3))
     loader.set_epoch(0)
     dys, dxs, flips = [], [], []
     for x, _ in loader:
@@ -84,7 +84,7 @@ def test_without_augmentation_all_loaders_agree():
     data = ImageSet(rng.integers(0, 256, (300, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 300))
     outs = {}
     for kind in LOADERS:
-        loader = make_loader(kind, data, 100, CPU, augment=False, num_workers=0, seed=5)
+        loader = make_loader(kind, data, 100, CPU, augment=False, num_workers=0, shard=Shard(seed=5))
         loader.set_epoch(2)
         outs[kind] = list(loader)
     for kind in ("torchvision", "dali"):
@@ -100,7 +100,7 @@ def test_two_shards_disjoint_cover_and_reshuffle(kind):
     for epoch in (0, 1):
         ids = []
         for rank in (0, 1):
-            loader = make_loader(kind, data, 64, CPU, rank=rank, world_size=2, seed=11, num_workers=0)
+            loader = make_loader(kind, data, 64, CPU, shard=Shard(rank, 2, seed=11), num_workers=0)
             loader.set_epoch(epoch)
             ids.append(np.concatenate([y.numpy() for _, y in loader]))
             assert len(loader) == 512 // 64
@@ -108,7 +108,7 @@ def test_two_shards_disjoint_cover_and_reshuffle(kind):
         assert sorted(np.concatenate(ids)) == list(range(512))
         seen[epoch] = ids[0]
     assert not np.array_equal(seen[0], seen[1])
-    again = make_loader(kind, data, 64, CPU, rank=0, world_size=2, seed=11, num_workers=0)
+    again = make_loader(kind, data, 64, CPU, shard=Shard(0, 2, seed=11), num_workers=0)
     again.set_epoch(1)
     assert np.array_equal(np.concatenate([y.numpy() for _, y in again]), seen[1])
 

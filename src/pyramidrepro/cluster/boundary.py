@@ -41,28 +41,39 @@ def search(fits: Callable[[int], bool], start: int, limit: int, resolution: int 
     if resolution < 1 or start < resolution or start % resolution or limit < start:
         raise ValueError(f"search: need resolution >= 1 dividing start, start <= limit (got start {start}, "
                          f"limit {limit}, resolution {resolution})")
-    fit, fail = None, None
-    batch = start
-    if fits(batch):
-        fit = batch
-        while fit < limit:
-            batch = min(2 * fit, limit // resolution * resolution)
-            if batch <= fit:
-                break
-            if not fits(batch):
-                fail = batch
-                break
-            fit = batch
+    if fits(start):
+        fit, fail = _double(fits, start, limit, resolution)
     else:
-        fail = batch
-        while fail > resolution:
-            batch = max(resolution, fail // 2 // resolution * resolution)
-            if fits(batch):
-                fit = batch
-                break
-            fail = batch
+        fit, fail = _halve(fits, start, resolution)
     if fit is None or fail is None:
         return fit, fail
+    return _bisect(fits, fit, fail, resolution)
+
+
+def _double(fits: Callable[[int], bool], fit: int, limit: int, resolution: int) -> tuple[int, int | None]:
+    """From a batch that fits, double until one fails or ``limit`` is reached: (last fit, first failure)."""
+    while fit < limit:
+        batch = min(2 * fit, limit // resolution * resolution)
+        if batch <= fit:
+            break
+        if not fits(batch):
+            return fit, batch
+        fit = batch
+    return fit, None
+
+
+def _halve(fits: Callable[[int], bool], fail: int, resolution: int) -> tuple[int | None, int]:
+    """From a batch that fails, halve until one fits or ``resolution`` fails: (first fit, last failure)."""
+    while fail > resolution:
+        batch = max(resolution, fail // 2 // resolution * resolution)
+        if fits(batch):
+            return batch, fail
+        fail = batch
+    return None, fail
+
+
+def _bisect(fits: Callable[[int], bool], fit: int, fail: int, resolution: int) -> tuple[int, int]:
+    """Narrow (fit, fail) down to ``resolution`` apart."""
     while fail - fit > resolution:
         middle = (fit + fail) // 2 // resolution * resolution
         if middle <= fit:

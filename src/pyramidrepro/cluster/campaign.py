@@ -28,6 +28,19 @@ from ..stats.measure import Estimate, pool
 from . import dispatch
 
 
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    """What every run of a campaign shares: the experiment, where it came from and writes to, the
+    DDP ranks of a point, where progress is told, and when the campaign started."""
+
+    cfg: ExperimentConfig
+    source: str
+    out: str | Path
+    ddp_ranks: int
+    stream: TextIO
+    started: float  # time.monotonic()
+
+
 def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
     """A point as the local executor runs it: DDP with ``ddp_ranks`` processes on this machine."""
     cluster = dataclasses.replace(cfg.cluster, executor="local", tasks_per_node=ddp_ranks, nodes=1)
@@ -69,7 +82,7 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
     points = expand_sweep(cfg, source)
     results = []
     stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
-    total_t0 = time.monotonic()
+    campaign = Campaign(cfg, source, out, ddp_ranks, stream, time.monotonic())
     for repeat in range(1, max_repeats + 1):
         for i, (run_id, point_cfg) in enumerate(points, 1):
             counter = f"[{i}/{len(points)}]"
@@ -86,26 +99,25 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
                     continue
                 print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s ({why})",
                       file=stream, flush=True)
-            outcome = run_point(cfg, source, out, repeat_id(run_id, repeat), point_cfg, ddp_ranks, counter,
-                                stream, total_t0)
+            outcome = run_point(campaign, repeat_id(run_id, repeat), point_cfg, counter)
             results.append(outcome)
             if outcome[1] not in (Status.COMPLETED, "skipped"):
                 stopped.add(run_id)
     return results
 
 
-def run_point(cfg: ExperimentConfig, source: str, out: str | Path, run_id: str, point_cfg: ExperimentConfig,
-              ddp_ranks: int, counter: str, stream: TextIO, total_t0: float) -> tuple[str, str, float]:
+def run_point(campaign: Campaign, run_id: str, point_cfg: ExperimentConfig, counter: str) -> tuple[str, str, float]:
     """One run of one point through the local executor (skipped when its folder says done)."""
-    folder = run_dir_for(out, cfg.name, run_id)
+    c, stream = campaign, campaign.stream
+    folder = run_dir_for(c.out, c.cfg.name, run_id)
     label = f"{counter} {run_id}"
     if is_done(folder):
         print(f"{label}: already done, skipped", file=stream, flush=True)
         return run_id, "skipped", 0.0
     print(f"{label}: running ...", file=stream, flush=True)
     t0 = time.monotonic()
-    job = dispatch.submit(cfg, source, out, stream=io.StringIO(),
-                          points=[(run_id, local_point(point_cfg, ddp_ranks))])[0]
+    job = dispatch.submit(c.cfg, c.source, c.out, stream=io.StringIO(),
+                          points=[(run_id, local_point(point_cfg, c.ddp_ranks))])[0]
     error = ""
     try:
         job.results()
@@ -115,7 +127,7 @@ def run_point(cfg: ExperimentConfig, source: str, out: str | Path, run_id: str, 
     code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
     outcome = status if code == 0 else f"{status} (exit {code})"
     print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
-          f"(elapsed {time.monotonic() - total_t0:.0f} s)", file=stream, flush=True)
+          f"(elapsed {time.monotonic() - c.started:.0f} s)", file=stream, flush=True)
     if error:
         print(f"    {error}", file=stream, flush=True)
     return run_id, outcome, time.monotonic() - t0

@@ -177,37 +177,60 @@ def resolve(cfg: ExperimentConfig, source: str, preview: bool = False) -> Contai
     if not image.exists():
         raise ConfigError(source, "container.image", f"{c.image}: no such image file or folder ({BUILD_HINT})")
     image = image.resolve()
-    apptainer = shutil.which(c.apptainer)
-    bwrap = shutil.which("bwrap")
-    runtime = c.runtime
-    if runtime == "auto":
-        runtime = "apptainer" if apptainer else "bwrap" if bwrap and image.is_dir() else ""
-        if not runtime:
-            raise ConfigError(source, "container.runtime",
-                              f"no container runtime found for {image}: {c.apptainer!r} is not on PATH"
-                              + ("" if image.is_dir() else " (a .sif file needs Apptainer)")
-                              + ("" if bwrap or not image.is_dir() else ", nor is bwrap (apt-get install bubblewrap)"))
-    if runtime == "apptainer" and not apptainer:
-        raise ConfigError(source, "container.runtime", f"apptainer: {c.apptainer!r} is not on PATH")
-    if runtime == "bwrap":
-        if not bwrap:
-            raise ConfigError(source, "container.runtime", "bwrap is not on PATH (apt-get install bubblewrap)")
-        if not image.is_dir():
-            raise ConfigError(source, "container.runtime",
-                              f"bwrap runs a root-filesystem folder, and {image} is a file (a .sif needs Apptainer)")
-        if cfg.devices.device == "cuda":
-            raise ConfigError(source, "container.runtime",
-                              "a GPU run in a container needs Apptainer (exec --nv binds the driver); "
-                              "bwrap runs CPU runs only")
-    for i, b in enumerate(c.binds):  # their form is checked with the config
-        if not Path(parse_bind(b)[0]).exists():
-            raise ConfigError(source, f"container.binds[{i}]", f"{parse_bind(b)[0]}: no such path to bind (from {b!r})")
+    apptainer, bwrap = shutil.which(c.apptainer), shutil.which("bwrap")
+    runtime = runtime_for(cfg, source, image, apptainer, bwrap)
+    check_binds(c.binds, source)
     if not has_package(image, apptainer if runtime == "apptainer" else None):
         raise ConfigError(source, "container.image",
                           f"{image} holds no pyramidrepro package at {IMAGE_PACKAGE} with {IMAGE_PYTHON}: "
                           f"not an image of this recipe ({BUILD_HINT})")
     return Container(image=str(image), runtime=runtime, executable=apptainer if runtime == "apptainer" else bwrap,
                      digest=image_digest(image), **own)
+
+
+def runtime_for(cfg: ExperimentConfig, source: str, image: Path, apptainer: str | None, bwrap: str | None) -> str:
+    """The runtime that runs ``image`` (``container.runtime``, or the one ``auto`` finds), checked
+    to be installed (``apptainer`` and ``bwrap``: their paths, None when not on PATH) and able to."""
+    runtime = cfg.container.runtime
+    if runtime == "auto":
+        runtime = _found_runtime(cfg, source, image, apptainer, bwrap)
+    if runtime == "apptainer" and not apptainer:
+        raise ConfigError(source, "container.runtime", f"apptainer: {cfg.container.apptainer!r} is not on PATH")
+    if runtime == "bwrap":
+        _check_bwrap(cfg, source, image, bwrap)
+    return runtime
+
+
+def _found_runtime(cfg: ExperimentConfig, source: str, image: Path, apptainer: str | None, bwrap: str | None) -> str:
+    """``auto``: Apptainer where it is installed, else bubblewrap for a folder image."""
+    if apptainer:
+        return "apptainer"
+    if bwrap and image.is_dir():
+        return "bwrap"
+    raise ConfigError(source, "container.runtime",
+                      f"no container runtime found for {image}: {cfg.container.apptainer!r} is not on PATH"
+                      + ("" if image.is_dir() else " (a .sif file needs Apptainer)")
+                      + ("" if bwrap or not image.is_dir() else ", nor is bwrap (apt-get install bubblewrap)"))
+
+
+def _check_bwrap(cfg: ExperimentConfig, source: str, image: Path, bwrap: str | None) -> None:
+    """bubblewrap is installed, ``image`` is a folder, and the run is a CPU run."""
+    if not bwrap:
+        raise ConfigError(source, "container.runtime", "bwrap is not on PATH (apt-get install bubblewrap)")
+    if not image.is_dir():
+        raise ConfigError(source, "container.runtime",
+                          f"bwrap runs a root-filesystem folder, and {image} is a file (a .sif needs Apptainer)")
+    if cfg.devices.device == "cuda":
+        raise ConfigError(source, "container.runtime",
+                          "a GPU run in a container needs Apptainer (exec --nv binds the driver); "
+                          "bwrap runs CPU runs only")
+
+
+def check_binds(binds: list[str], source: str) -> None:
+    """Every bind's source exists (their form is checked with the config)."""
+    for i, b in enumerate(binds):
+        if not Path(parse_bind(b)[0]).exists():
+            raise ConfigError(source, f"container.binds[{i}]", f"{parse_bind(b)[0]}: no such path to bind (from {b!r})")
 
 
 def has_package(image: Path, apptainer: str | None) -> bool:

@@ -314,26 +314,45 @@ def _supervise(procs: list[subprocess.Popen], grace_s: float, forwarded: list[in
     while True:
         codes = [p.poll() for p in procs]
         if failed is None:
-            for rank, code in enumerate(codes):
-                if code not in (None, 0):
-                    failed = (rank, code)
-                    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                    print(f"pyramidrepro: rank {rank} ended ({how}); stopping the other ranks",
-                          file=sys.stderr, flush=True)
-                    break
+            failed = _first_failure(codes)
+            if failed is not None:
+                _say_rank_ended(*failed)
         if (failed is not None or forwarded) and deadline is None:
             deadline = time.monotonic() + grace_s
         if all(c is not None for c in codes):
             break
         if deadline is not None and time.monotonic() > deadline:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            time.sleep(2)
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+            _stop_ranks(procs)
         time.sleep(0.1)
+    return _launcher_exit_code(failed, forwarded)
+
+
+def _first_failure(codes: list[int | None]) -> tuple[int, int] | None:
+    """(rank, exit code) of the first rank that ended other than with 0, or None."""
+    for rank, code in enumerate(codes):
+        if code not in (None, 0):
+            return rank, code
+    return None
+
+
+def _say_rank_ended(rank: int, code: int) -> None:
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    print(f"pyramidrepro: rank {rank} ended ({how}); stopping the other ranks", file=sys.stderr, flush=True)
+
+
+def _stop_ranks(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to every rank still running, then SIGKILL to those still running 2 s later."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    time.sleep(2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
+def _launcher_exit_code(failed: tuple[int, int] | None, forwarded: list[int]) -> int:
+    """The failing rank's code (128 + N for a signal N), else 128 + the first signal forwarded, else 0."""
     if failed is not None:
         return failed[1] if failed[1] > 0 else 128 - failed[1]
     if forwarded:

@@ -5,7 +5,7 @@ from .._exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "train": ("Trainer", "RunInterrupted"),
-    "loop": ("TrainingLoop",),
+    "loop": ("TrainingLoop", "LoopSettings"),
     "checkpoint": ("Checkpoints", "Position"),
     "faults": ("StopChannel",),
 })

@@ -2,8 +2,9 @@
 
 It knows nothing of the parallel mode, the precision or the loader: the step is the executor's
 (:mod:`.executor`), batches come from a loader (:mod:`.loaders`), rows go to the recorder
-(:mod:`.recorder`).  Losses stay on the device; once per ``log_every`` window they are fetched
-in one host sync, all-reduced across ranks, and written with the window's step times.
+(:mod:`.recorder`), and of the config it reads only :class:`LoopSettings`.  Losses stay on the
+device; once per ``log_every`` window they are fetched in one host sync, all-reduced across
+ranks, and written with the window's step times.
 """
 
 from __future__ import annotations
@@ -29,13 +30,38 @@ from ..workload.loaders import BatchLoader
 from .checkpoint import Checkpoints, Position
 
 
-def lr_at_epoch(cfg: ExperimentConfig, epoch: int) -> float:
-    """Step decay: the effective lr divided by 10 at each milestone fraction of the epochs."""
-    lr = cfg.effective_lr
-    for frac in cfg.train.lr_milestones:
-        if epoch >= int(round(frac * cfg.train.epochs)):
-            lr *= 0.1
-    return lr
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop reads of a run: its length, the lr schedule, logging and checkpoint cadence."""
+
+    name: str  # the experiment's, on the progress bar
+    epochs: int
+    max_steps: int | None
+    batch_size: int  # the global batch of one optimizer step
+    warmup_steps: int
+    log_every: int
+    checkpoint_every_s: float | None
+    sync_debug: bool
+    lr: float  # the effective lr, before the step decay
+    lr_milestones: tuple[float, ...]
+    world_size: int = 1  # the ranks whose losses are averaged
+    progress: bool = False  # a progress bar instead of a line per epoch
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, world_size: int = 1, progress: bool = False) -> LoopSettings:
+        t = cfg.train
+        return cls(name=cfg.name, epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,
+                   warmup_steps=t.warmup_steps, log_every=t.log_every, checkpoint_every_s=t.checkpoint_every_s,
+                   sync_debug=t.sync_debug, lr=cfg.effective_lr, lr_milestones=tuple(t.lr_milestones),
+                   world_size=world_size, progress=progress)
+
+    def lr_at_epoch(self, epoch: int) -> float:
+        """Step decay: the effective lr divided by 10 at each milestone fraction of the epochs."""
+        lr = self.lr
+        for frac in self.lr_milestones:
+            if epoch >= int(round(frac * self.epochs)):
+                lr *= 0.1
+        return lr
 
 
 class StepTimer:
@@ -123,24 +149,21 @@ class TrainingLoop:
     is still open on the device saves nothing and the resume starts from the last checkpoint.
     """
 
-    def __init__(self, cfg: ExperimentConfig, executor: StepExecutor, train_loader: BatchLoader,
+    def __init__(self, settings: LoopSettings, executor: StepExecutor, train_loader: BatchLoader,
                  test_loader: BatchLoader | None, recorder: RunRecorder, checkpoints: Checkpoints,
-                 world_size: int = 1, progress: bool = False,
                  before_step: Callable[[int], None] | None = None) -> None:
-        self.cfg, self.executor, self.device = cfg, executor, executor.device
+        self.settings, self.executor, self.device = settings, executor, executor.device
         self.train_loader, self.test_loader = train_loader, test_loader
         self.recorder, self.checkpoints = recorder, checkpoints
-        self.world_size, self.progress = world_size, progress
         self.before_step = before_step or (lambda step: None)  # fault injection for tests
         self.position: Position | None = None
         self.checkpointable = True
         self.step_times: list[float] = []  # every step of this rank, in this process
         self.timer = StepTimer(self.device)
         self.write_s0 = 0.0
-        t = cfg.train
         self.steps_per_epoch = len(train_loader)  # a full epoch (the loader is built at epoch 0)
-        total = self.steps_per_epoch * t.epochs
-        self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
+        total = self.steps_per_epoch * settings.epochs
+        self.total_steps = min(total, settings.max_steps) if settings.max_steps is not None else total
 
     def save_if_checkpointable(self) -> None:
         """Checkpoint now if the state is consistent and recorded (see the class docstring).
@@ -160,13 +183,13 @@ class TrainingLoop:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, start: Position) -> tuple[str, dict[str, Any]]:
         """Train from ``start``; returns (status, info) and leaves the figures in the recorder."""
-        t = self.cfg.train
+        s = self.settings
         bar = self._progress_bar(start.step)
         self.write_s0 = self.recorder.write_seconds
         self.executor.train()
         step, skip = start.step, start.batch_in_epoch
         try:
-            for epoch in range(start.epoch, t.epochs):
+            for epoch in range(start.epoch, s.epochs):
                 if step >= self.total_steps:
                     break
                 step = self._epoch(epoch, step, skip, bar)
@@ -184,13 +207,13 @@ class TrainingLoop:
 
     def _epoch(self, epoch: int, step: int, skip: int, bar: Any) -> int:
         """One epoch from batch ``skip``; returns the step count at its end."""
-        t = self.cfg.train
-        lr = lr_at_epoch(self.cfg, epoch)
+        s = self.settings
+        lr = s.lr_at_epoch(epoch)
         for group in self.executor.optimizer.param_groups:
             group["lr"] = lr
         self.train_loader.set_epoch(epoch, start=skip)
         steps_in_epoch = self.steps_per_epoch
-        self._sync_check(step >= t.warmup_steps)
+        self._sync_check(step >= s.warmup_steps)
         tally = EpochTally(torch.zeros((), device=self.device), torch.zeros((), device=self.device))
         pending: list[PendingStep] = []
         last_ckpt = time.monotonic()
@@ -209,18 +232,18 @@ class TrainingLoop:
             tally.seen += y.shape[0]
             pending.append(PendingStep(step, epoch, lr, loss.detach(), data_time))
             self.position = Position(epoch, step, batch + 1)
-            if step == t.warmup_steps:
+            if step == s.warmup_steps:
                 reset_peaks(self.device, self.executor.gpu_ids)  # peaks of the measured steps only
-            if step % t.log_every == 0 or step >= self.total_steps or batch + 1 == steps_in_epoch:
+            if step % s.log_every == 0 or step >= self.total_steps or batch + 1 == steps_in_epoch:
                 self._sync_check(False)
                 self._drain(pending, self.timer.durations(), bar)
                 pending = []
                 if batch + 1 < steps_in_epoch:  # an epoch's last step waits for the epoch's row
                     self.checkpointable = True
-                    if t.checkpoint_every_s and time.monotonic() - last_ckpt > t.checkpoint_every_s:
+                    if s.checkpoint_every_s and time.monotonic() - last_ckpt > s.checkpoint_every_s:
                         self._save(self.position)
                         last_ckpt = time.monotonic()
-                self._sync_check(step >= t.warmup_steps)
+                self._sync_check(step >= s.warmup_steps)
             if step >= self.total_steps:
                 break
             t_data = time.perf_counter()
@@ -238,31 +261,31 @@ class TrainingLoop:
 
         Switched on for the measured steps and off around the loop's own once-per-window drain.
         """
-        if self.cfg.train.sync_debug and self.device.type == "cuda":
+        if self.settings.sync_debug and self.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("error" if on else "default")
 
     def _drain(self, pending: list[PendingStep], times: list[float], bar: Any) -> None:
         """Turn the window's device-side losses into rows (one host sync per window)."""
         if not pending:
             return
-        t = self.cfg.train
+        s = self.settings
         losses = torch.stack([p.loss for p in pending]).float().cpu().numpy()
         if dist.is_initialized():
             # global loss: mean over ranks (each rank's loss is over its slice)
             lt = torch.from_numpy(losses).to(self.device)
             dist.all_reduce(lt)
-            losses = (lt / self.world_size).cpu().numpy()
+            losses = (lt / self.settings.world_size).cpu().numpy()
         times = list(times)[-len(pending):]
         times = [float("nan")] * (len(pending) - len(times)) + times
         for p, loss, dt in zip(pending, losses, times):
             self.step_times.append(dt)
-            ips = t.batch_size / dt if dt and dt > 0 else float("nan")
+            ips = s.batch_size / dt if dt and dt > 0 else float("nan")
             self.recorder.log_step(step=p.step, epoch=p.epoch, loss=float(loss), lr=p.lr,
                                    images_per_s=ips, step_time_s=dt, data_time_s=p.data_time_s)
             if not math.isfinite(float(loss)):
                 raise RunStopped(Status.NAN, nan_step=p.step)
         if bar is not None:
-            last_ips = t.batch_size / times[-1] if times[-1] and times[-1] > 0 else 0.0
+            last_ips = s.batch_size / times[-1] if times[-1] and times[-1] > 0 else 0.0
             bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{last_ips:,.0f}", refresh=False)
             bar.update(len(pending))
 
@@ -280,18 +303,18 @@ class TrainingLoop:
                                 test_loss=test_loss, test_acc=test_acc, epoch_time_s=epoch_time)
         if self.test_loader is not None:
             self.recorder.set_summary(**{Summary.FINAL_TEST_ACC: test_acc})
-        if self.recorder.is_main and not self.progress:
-            print(f"epoch {epoch + 1}/{self.cfg.train.epochs}: train_loss {train_loss:.4f} "
+        if self.recorder.is_main and not self.settings.progress:
+            print(f"epoch {epoch + 1}/{self.settings.epochs}: train_loss {train_loss:.4f} "
                   f"train_acc {train_acc:.4f} test_acc {test_acc:.4f} ({epoch_time:.1f}s)", flush=True)
 
     def _summarise(self) -> None:
         """The run's figures: images/s after warm-up, peaks per rank, the HDF5 writer's share."""
-        t = self.cfg.train
+        s = self.settings
         peaks = peak_memory(self.device, self.executor.gpu_ids)
         summary: dict[str, Any] = {}
         start = 0
         if any(math.isfinite(d) and d > 0 for d in self.step_times):
-            estimate, start, measured = throughput(self.step_times, t.batch_size, floor=t.warmup_steps)
+            estimate, start, measured = throughput(self.step_times, s.batch_size, floor=s.warmup_steps)
             summary[Summary.IMAGES_PER_S] = estimate.images_per_s
             summary[Summary.IMAGES_PER_S_CI] = estimate.ci
             summary[Summary.MEASURED_FROM_STEP] = start + 1
@@ -299,7 +322,7 @@ class TrainingLoop:
         mine = (self.step_times, peaks, socket.gethostname())
         gathered: list[Any] = [mine]
         if dist.is_initialized():
-            gathered = [None] * self.world_size
+            gathered = [None] * self.settings.world_size
             dist.all_gather_object(gathered, mine)
         if not self.recorder.is_main:
             return
@@ -322,8 +345,8 @@ class TrainingLoop:
         self.recorder.set_summary(**summary)
 
     def _progress_bar(self, initial: int) -> Any:
-        if not self.recorder.is_main or not self.progress:
+        if not self.recorder.is_main or not self.settings.progress:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=initial, unit="step", desc=self.cfg.name, dynamic_ncols=True)
+        return tqdm(total=self.total_steps, initial=initial, unit="step", desc=self.settings.name, dynamic_ncols=True)

@@ -3,62 +3,31 @@
 ``Trainer(cfg, run_dir).run()`` is the entry point every command ends in: ``run`` calls it in
 this process (or in each rank that ``run --nproc`` or torchrun starts), ``submit`` and
 ``reproduce`` in the job a submitit executor runs (:class:`.dispatch.JobRunner`).  It builds the
-run context (rank, device, run folder), then what trains (:func:`build_training`: model, path,
-step executor, loaders), hands them to the loop (:mod:`.loop`), and records the outcome once
-(:mod:`.recorder`): completed, oom and nan are results; anything else is failed.
+run context (rank, device, run folder), then what trains (:mod:`.setup`: model, path, step
+executor, loaders), hands them to the loop (:mod:`.loop`), and records the outcome once
+(:mod:`.recorder`, with the run's :mod:`.attributes`): completed, oom and nan are results;
+anything else is failed.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import signal
-import socket
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import torch.distributed as dist
-from torch import nn
 
-from ..machine.container import container_attributes
-from ..machine.devices import (
-    MemoryCap,
-    allocator_settings,
-    cap_gpu_memory,
-    cap_process_memory,
-    capability,
-    device_name,
-    is_out_of_memory,
-    request_allocator_settings,
-    set_tf32,
-)
-from ..machine.parallel import (
-    DistEnv,
-    detect_dist_env,
-    free_port,
-    init_process_group,
-    pick_device,
-    shutdown_process_group,
-)
-from ..machine.provenance import git_commit, versions
-from ..machine.system import describe_system, slurm_attributes
+from ..machine.devices import is_out_of_memory
+from ..machine.parallel import shutdown_process_group
 from ..records.recorder import RunRecorder
-from ..records.runs import METRICS_NAME, RunFolderError, RunLock, new_run_id, run_dir_for
+from ..records.runs import METRICS_NAME, RunFolderError, RunLock
 from ..spec.config import ConfigError, ExperimentConfig
 from ..spec.schema import EXIT_CODES, Attr, Status
-from ..stats.scaling import Link, grad_bytes_of, measure_link
-from ..step.autotune import Choice, resolve_auto
 from ..step.bounds import measure_bounds
-from ..step.executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
-from ..workload.data import DataError, load_splits, per_rank_batch
-from ..workload.loaders import BatchLoader, make_loader
-from ..workload.model import PyramidNet
+from ..workload.data import DataError
+from .attributes import identity_attributes, setup_attributes
 from .checkpoint import Checkpoints, Position
 from .faults import (
     StopChannel,
@@ -68,177 +37,8 @@ from .faults import (
     raise_injected_oom,
     send_injected_signal,
 )
-from .loop import TrainingLoop
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where this process stands in a run: rank and world, device, run folder, backend, threads."""
-
-    env: DistEnv
-    device: torch.device
-    run_dir: Path
-    backend: str | None = None  # the process group's, for DDP
-    threads: int | None = None  # intra-op threads of a CPU run
-
-    @property
-    def is_main(self) -> bool:
-        return self.env.is_main
-
-
-def open_context(cfg: ExperimentConfig, run_dir: str | Path | None, out_dir: str | Path) -> RunContext:
-    """Join the process group (DDP), pick the device and the threads, name the run folder.
-
-    Without ``run_dir``, rank 0 names a new one under ``out_dir`` and every rank uses it.
-    """
-    t = cfg.train
-    env = detect_dist_env() if t.mode == "ddp" else DistEnv()
-    if cfg.devices.device != "cpu" and torch.cuda.is_available():  # before CUDA's first use
-        request_allocator_settings(cfg.devices.expandable_segments)
-    device = pick_device(cfg.devices.device, env)
-    threads = None
-    if device.type == "cpu":
-        threads = t.threads or max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
-        torch.set_num_threads(threads)
-    backend = None
-    if t.mode == "ddp":
-        if not env.distributed:  # one rank, started without a launcher
-            env = DistEnv(launcher="env", master_port=free_port())
-        backend = init_process_group(env, t.backend, device, t.dist_timeout_s)
-    per_rank_batch(t.batch_size, env.world_size)
-    if run_dir is None:
-        box = [run_dir_for(out_dir, cfg.name, new_run_id(cfg))]
-        if dist.is_initialized():
-            dist.broadcast_object_list(box, src=0)
-        run_dir = box[0]
-    return RunContext(env, device, Path(run_dir), backend, threads)
-
-
-@dataclass
-class Training:
-    """What a run trains with, once set up."""
-
-    executor: StepExecutor
-    train_loader: BatchLoader
-    test_loader: BatchLoader | None
-    choice: Choice  # the path trained (precision, memory format, compile) and how auto values were chosen
-    data_source: str
-    memory_cap: MemoryCap | None = None
-    link: Link | None = None  # the all-reduce link a multi-rank DDP run measured
-    grad_bytes: int = 0
-
-
-def build_training(cfg: ExperimentConfig, ctx: RunContext) -> Training:
-    """Seeds, device flags, data, model, the path (auto values chosen), the executor and loaders."""
-    t, device, env = cfg.train, ctx.device, ctx.env
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-    torch.manual_seed(t.seed)
-    memory_cap = None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.devices.cudnn_benchmark
-        set_tf32(cfg.devices.allow_tf32)
-        if cfg.devices.memory_limit_gb is not None:
-            ids = list(range(torch.cuda.device_count())) if t.mode.startswith("dp") else [device.index]
-            memory_cap = cap_gpu_memory(cfg.devices.memory_limit_gb, ids)
-    elif cfg.devices.memory_limit_gb is not None:
-        memory_cap = cap_process_memory(cfg.devices.memory_limit_gb)
-    splits = load_splits(cfg.data, cfg.model.num_classes, t.seed)
-    m = cfg.model
-    model: nn.Module = PyramidNet(m.depth, m.alpha, m.block, m.widening, m.num_classes,
-                                  activation_checkpointing=t.activation_checkpointing)
-    if t.mode == "ddp" and t.sync_bn:
-        if device.type != "cuda":
-            raise RuntimeError("train.sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    choice = choose_path(cfg, ctx)
-    executor = make_executor(
-        t.mode, model, device,
-        StepSettings(precision=choice.spec.precision, channels_last=choice.spec.channels_last,
-                     compile_mode=choice.spec.compile_mode, accumulation_steps=t.accumulation_steps,
-                     allow_cpu_dp=t.allow_cpu_dp, gradient_as_bucket_view=t.gradient_as_bucket_view,
-                     static_graph=t.static_graph, bucket_cap_mb=t.bucket_cap_mb),
-        OptimizerSettings(lr=cfg.effective_lr, momentum=t.momentum, nesterov=t.nesterov,
-                          weight_decay=t.weight_decay, impl=t.optimizer_impl),
-    )
-    shard = dict(rank=env.rank, world_size=env.world_size, seed=t.seed, num_workers=cfg.data.num_workers)
-    train_loader = make_loader(cfg.data.loader, splits.train, t.batch_size, device, augment=cfg.data.augment, **shard)
-    test_loader = None
-    if t.evaluate:  # DALI's CPU mode evaluates through the tensor loader (the same images, unaugmented)
-        kind = "torch" if cfg.data.loader == "dali" and device.type == "cpu" else cfg.data.loader
-        eval_batch = env.world_size * max(256, per_rank_batch(t.batch_size, env.world_size))
-        test_loader = make_loader(kind, splits.test, eval_batch, device, train=False, augment=False, **shard)
-    link = None
-    if ctx.backend is not None and env.world_size > 1 and t.measure_link:
-        link = measure_link(device)
-    return Training(executor, train_loader, test_loader, choice, splits.source, memory_cap, link, grad_bytes_of(model))
-
-
-def choose_path(cfg: ExperimentConfig, ctx: RunContext) -> Choice:
-    """Precision, memory format and compile as the config says; ``auto`` ones chosen here.
-
-    Every rank takes rank 0's choice, so a DDP job trains one way.
-    """
-    t, m, device = cfg.train, cfg.model, ctx.device
-    requested = {"precision": t.precision, "channels_last": t.channels_last, "compile": t.compile}
-    micro_batch = per_rank_batch(t.batch_size, ctx.env.world_size) // t.accumulation_steps
-    choice = resolve_auto(requested, (m.depth, m.alpha, m.block), micro_batch, device,
-                          resolve_optimizer_impl(t.optimizer_impl, device), t.compile_mode, t.mode,
-                          say=print if ctx.is_main else (lambda msg: None))
-    if dist.is_initialized():
-        box = [choice]
-        dist.broadcast_object_list(box, src=0)
-        choice = box[0]
-    return choice
-
-
-def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str, Any]) -> dict[str, Any]:
-    """What the run is, known before setup (a run stopped during setup records these)."""
-    t = cfg.train
-    return {
-        Attr.CONFIG_YAML: cfg.to_yaml(), Attr.EXPERIMENT: cfg.name, Attr.GIT_COMMIT: git_commit(),
-        Attr.VERSIONS: versions(), Attr.HOSTNAME: socket.gethostname(),
-        Attr.DEVICE_NAME: device_name(ctx.device), Attr.DEVICE_CAPABILITY: capability(ctx.device),
-        Attr.WORLD_SIZE: ctx.env.world_size, Attr.MODE: t.mode, Attr.BACKEND: ctx.backend or "",
-        Attr.BATCH_SIZE: t.batch_size, Attr.LOCAL_BATCH_SIZE: per_rank_batch(t.batch_size, ctx.env.world_size),
-        Attr.PRECISION: t.precision, Attr.CHANNELS_LAST: t.channels_last, Attr.COMPILE: t.compile,
-        Attr.LOADER: cfg.data.loader, Attr.ACCUMULATION_STEPS: t.accumulation_steps,
-        Attr.ACTIVATION_CHECKPOINTING: t.activation_checkpointing,
-        Attr.MODEL: f"PyramidNet-{cfg.model.depth} alpha={cfg.model.alpha:g} {cfg.model.block}",
-        Attr.WARMUP_STEPS: t.warmup_steps, Attr.OPTIMIZER_IMPL: resolve_optimizer_impl(t.optimizer_impl, ctx.device),
-        Attr.MEMORY_LIMIT_GB: cfg.devices.memory_limit_gb or "",
-        Attr.ALLOW_TF32: cfg.devices.allow_tf32 if ctx.device.type == "cuda" else "",
-        Attr.ALLOCATOR_SETTINGS: allocator_settings() if ctx.device.type == "cuda" else "",
-        Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
-        Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
-        **slurm_attributes(), **container_attributes(), **extra,
-    }
-
-
-def setup_attributes(cfg: ExperimentConfig, ctx: RunContext, training: Training, loop: TrainingLoop) -> dict[str, Any]:
-    """What a run records once it is set up: the devices that share a step, the path trained ..."""
-    t, ex = cfg.train, training.executor
-    gpus = [torch.cuda.get_device_name(i) for i in ex.gpu_ids]
-    devices = ctx.env.world_size if t.mode == "ddp" else max(1, len(ex.gpu_ids))
-    spec, link = training.choice.spec, training.link
-    return {
-        Attr.DEVICES: gpus or [device_name(ctx.device)],
-        Attr.WORLD_SIZE: devices, Attr.LOCAL_BATCH_SIZE: per_rank_batch(t.batch_size, devices),
-        Attr.DATA_SOURCE: training.data_source,
-        Attr.STEPS_PER_EPOCH: loop.steps_per_epoch, Attr.TOTAL_STEPS: loop.total_steps,
-        Attr.THREADS_PER_PROCESS: ctx.threads or "",
-        # what the run trained with (an auto value resolved) and how each auto value was chosen
-        Attr.PRECISION: spec.precision, Attr.CHANNELS_LAST: spec.channels_last,
-        Attr.COMPILE: spec.compile_mode is not None, Attr.COMPILE_MODE: spec.compile_mode or "",
-        Attr.AUTO_CHOICES: [{"piece": d.name, "kept": d.kept, "reason": d.reason,
-                             "images_per_s_without": d.images_per_s_without,
-                             "images_per_s_with": d.images_per_s_with} for d in training.choice.decisions],
-        Attr.GRAD_BYTES: training.grad_bytes, Attr.BUCKET_CAP_MB: t.bucket_cap_mb,
-        Attr.LINK_NAME: link.name if link else "", Attr.LINK_BANDWIDTH_GBPS: link.bandwidth_GBps if link else "",
-        Attr.LINK_LATENCY_US: link.latency_us if link else "",
-        **(training.memory_cap.attributes() if training.memory_cap else {}),
-    }
+from .loop import LoopSettings, TrainingLoop
+from .setup import RunContext, build_training, open_context
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -305,36 +105,7 @@ class Trainer:
         self.identity = identity_attributes(self.cfg, ctx, self.extra_attrs)
         if dist.is_initialized() and ctx.env.world_size > 1:
             self.stop_channel = StopChannel(ctx.env.rank, ctx.env.world_size, self._on_peer_stop)
-        try:
-            status, info = self._train(ctx)
-        except (RunFolderError, DataError, ConfigError):  # not its folder, no data, bad input: nothing written
-            self._leave()
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what is consistent, say interrupted
-            if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
-                self.loop.save_if_checkpointable()
-            self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
-            raise
-        except BaseException as exc:
-            if self.requeued and isinstance(exc, SystemExit):  # submitit ends this attempt; the job goes on
-                saved = self.loop.checkpoints.saved if self.loop is not None else None
-                why = "preempted or timed out: requeued, " + (f"resumes from step {saved.step}" if saved is not None
-                                                               else "starts afresh")
-                self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: why}))
-                print(f"pyramidrepro: {why}", file=sys.stderr, flush=True)
-                raise
-            if is_out_of_memory(exc):  # CUDA's, or the CPU allocator's under an emulated cap
-                status, info = self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
-                                                       Attr.ERROR: (str(exc).splitlines() or [repr(exc)])[0]})
-            else:
-                peer = self.stop_channel.peer_record() if self.stop_channel is not None else None
-                if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                    # this rank failed: say so to the peers and in metrics.h5, then let the error out
-                    self._finish(*self._stop(Status.FAILED, {Attr.ERROR: f"{type(exc).__name__}: {exc}"}))
-                    if not isinstance(exc, SystemExit):
-                        self._leave()
-                    raise
-                status, info = peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
+        status, info = self._outcome(ctx)
         self._finish(status, info)
         if status == Status.COMPLETED:
             if self.stop_channel is not None:
@@ -345,6 +116,50 @@ class Trainer:
         if ctx.is_main:
             print(f"{status}: {ctx.run_dir / METRICS_NAME}", flush=True)
         return Status(status).value  # plain text: it travels in submitit's pickled results
+
+    def _outcome(self, ctx: RunContext) -> tuple[str, dict[str, Any]]:
+        """Train; the outcome is the loop's, or the one an error stands for (out of memory, a peer's
+        stop).  Any other error is recorded as this rank's and let out."""
+        try:
+            return self._train(ctx)
+        except (RunFolderError, DataError, ConfigError):  # not its folder, no data, bad input: nothing written
+            self._leave()
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what is consistent, say interrupted
+            if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
+                self.loop.save_if_checkpointable()
+            self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
+            raise
+        except BaseException as exc:
+            outcome = self._outcome_of_error(exc)
+            if outcome is None:
+                raise
+            return outcome
+
+    def _outcome_of_error(self, exc: BaseException) -> tuple[str, dict[str, Any]] | None:
+        """The outcome ``exc`` stands for; None when it ends this rank (recorded here, then let out)."""
+        if self.requeued and isinstance(exc, SystemExit):  # submitit ends this attempt; the job goes on
+            self._record_requeue()
+            return None
+        if is_out_of_memory(exc):  # CUDA's, or the CPU allocator's under an emulated cap
+            return self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
+                                           Attr.ERROR: (str(exc).splitlines() or [repr(exc)])[0]})
+        peer = self.stop_channel.peer_record() if self.stop_channel is not None else None
+        if peer is None or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # this rank failed: say so to the peers and in metrics.h5, then let the error out
+            self._finish(*self._stop(Status.FAILED, {Attr.ERROR: f"{type(exc).__name__}: {exc}"}))
+            if not isinstance(exc, SystemExit):
+                self._leave()
+            return None
+        return peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
+
+    def _record_requeue(self) -> None:
+        """This attempt ends requeued: the run is interrupted, and resumes in the next attempt."""
+        saved = self.loop.checkpoints.saved if self.loop is not None else None
+        why = "preempted or timed out: requeued, " + (f"resumes from step {saved.step}" if saved is not None
+                                                       else "starts afresh")
+        self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: why}))
+        print(f"pyramidrepro: {why}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _leave() -> None:
@@ -370,9 +185,9 @@ class Trainer:
             if signal_at is not None and signal_at[0] == step:
                 send_injected_signal(signal_at[1])
 
-        self.loop = TrainingLoop(self.cfg, training.executor, training.train_loader, training.test_loader,
-                                 self.recorder, checkpoints, world_size=ctx.env.world_size,
-                                 progress=self.progress, before_step=before_step)
+        settings = LoopSettings.from_config(self.cfg, world_size=ctx.env.world_size, progress=self.progress)
+        self.loop = TrainingLoop(settings, training.executor, training.train_loader, training.test_loader,
+                                 self.recorder, checkpoints, before_step=before_step)
         start = resumed or Position()
         attrs = setup_attributes(self.cfg, ctx, training, self.loop)
         if resumed is not None:

@@ -15,18 +15,17 @@ from __future__ import annotations
 import torch
 
 from ..data import ImageSet
-from .base import BatchLoader, ShardedLoader
+from .base import BatchLoader, Shard, ShardedLoader
 
-__all__ = ["LOADERS", "BatchLoader", "ShardedLoader", "make_loader"]
+__all__ = ["LOADERS", "BatchLoader", "Shard", "ShardedLoader", "make_loader"]
 
 LOADERS = ("torch", "torchvision", "dali")
 
 
-def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-                world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True,
-                num_workers: int = 2) -> ShardedLoader:
-    """The loader ``data.loader`` names; ``batch_size`` is the global batch."""
-    common = dict(rank=rank, world_size=world_size, seed=seed, train=train, augment=augment)
+def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device, *, shard: Shard = Shard(),
+                train: bool = True, augment: bool = True, num_workers: int = 2) -> ShardedLoader:
+    """The loader ``data.loader`` names; ``batch_size`` is the global batch, ``shard`` this rank's share."""
+    common = dict(shard=shard, train=train, augment=augment)
     if kind == "torch":
         from .tensor import TensorLoader
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -21,6 +22,15 @@ class BatchLoader(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which share of every epoch a loader yields: rank ``rank`` of ``world_size``, shuffled by ``seed``."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+
+
 class ShardedLoader:
     """What every loader shares: the global batch, this rank's batches of an epoch, the resume offset.
 
@@ -28,11 +38,11 @@ class ShardedLoader:
     may react to a new epoch in :meth:`epoch_selected`; they call ``set_epoch(0)`` when built.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, device: torch.device, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, train: bool = True, augment: bool = True) -> None:
+    def __init__(self, data: ImageSet, batch_size: int, device: torch.device, *, shard: Shard = Shard(),
+                 train: bool = True, augment: bool = True) -> None:
         self.data, self.device = data, device
-        self.global_batch, self.local_batch = batch_size, per_rank_batch(batch_size, world_size)
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.global_batch, self.local_batch = batch_size, per_rank_batch(batch_size, shard.world_size)
+        self.rank, self.world_size, self.seed = shard.rank, shard.world_size, shard.seed
         self.train, self.augment = train, augment
         self.epoch = 0
         self.batches: list[np.ndarray] = []
