@@ -16,7 +16,6 @@ case gets the verdict it expects.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import signal
 import tarfile
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from support import call_main
 
 SMOKE = {
     "name": "fz",
@@ -70,8 +71,6 @@ def _alarm(signum, frame):  # noqa: ANN001, ARG001
 
 def run_case(case: Case, tmp: Path) -> Outcome:
     """Run one case in this process and classify it."""
-    from pyramidrepro.cli import main
-
     tmp.mkdir(parents=True, exist_ok=True)
     exp = tmp / "exp.yaml"
     content = case.text if case.text is not None else yaml.safe_dump(SMOKE)
@@ -84,27 +83,21 @@ def run_case(case: Case, tmp: Path) -> Outcome:
         case.setup(tmp)
     before = set(out.rglob("*")) if out.exists() else set()
     argv = [a.format(exp=exp, out=out, tmp=tmp) for a in case.argv]
-    err, std = io.StringIO(), io.StringIO()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(case.timeout_s)
     code: int | None = None
-    escaped = False
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
-            code = main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        result = call_main(*argv)
+        code, text = result.returncode, result.stderr
     except CaseTimeout:
-        return Outcome("hang", None, err.getvalue())
+        return Outcome("hang", None, "")
     except BaseException as exc:  # noqa: BLE001 - any escape is the verdict
-        escaped = True
-        err.write(f"Traceback (escaped): {type(exc).__name__}: {str(exc)[:300]}\n")
+        text = f"Traceback (escaped): {type(exc).__name__}: {str(exc)[:300]}\n"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    text = err.getvalue()
     created = sorted(str(p.relative_to(out)) for p in (set(out.rglob("*")) if out.exists() else set()) - before)
-    if escaped or "Traceback" in text:
+    if "Traceback" in text:
         return Outcome("traceback", code, text, created)
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else ""

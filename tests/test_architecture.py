@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE
 from pyramidrepro.records.metrics import MetricsWriter, read_metrics
 from pyramidrepro.records.runs import is_done, prepare, run_dir_for, status_of
 from pyramidrepro.spec.config import load_config
 from pyramidrepro.spec.schema import EXIT_CODES, FINISHED, Status
+from support import SMOKE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pyramidrepro"
 
@@ -144,7 +144,7 @@ def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_one
     """The local campaign is submit --cluster local, one point at a time; a rerun skips results (nan too)."""
     import yaml
 
-    from conftest import run_cli
+    from support import run_cli
 
     exp = yaml.safe_load(SMOKE.read_text())
     exp.update(name="tiny", model={"depth": 8, "alpha": 4, "block": "basic"},
@@ -166,13 +166,13 @@ def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_one
     assert again.returncode == 0 and again.stdout.count("already done, skipped") == 3, again.stdout
 
 
-def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
+def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli):
     """A 0.01 % target cannot be met: each point runs --max-repeats times, in passes (a point's repeat
     comes after every point's first run), and the report pools them; a 100 % target is met at once;
     a rerun finds every repeat done."""
     import yaml
 
-    from conftest import run_cli
+    from support import run_cli
 
     exp = yaml.safe_load(SMOKE.read_text())
     exp.update(name="rep", model={"depth": 8, "alpha": 4, "block": "basic"}, sweep={"train.max_steps": [12, 14]})
@@ -194,6 +194,6 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path):
     wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "2", "--min-repeats", "2", "--ci-target", "100")
     assert wide.returncode == 0, wide.stdout + wide.stderr
     assert wide.stdout.count("(repeat 2 of at least 2)") == 2 and "4 runs of 2 points" in wide.stdout
-    bad = run_cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
+    bad = cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
     assert bad.returncode == 2 and "--min-repeats: must be between 1 and --max-repeats (2), got 3" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from pyramidrepro.step.autotune import Candidate, choose
 from pyramidrepro.step.paths import PathSpec, TrainPath
 from pyramidrepro.workload.data import synthetic_splits
 from pyramidrepro.workload.model import PyramidNet
+from support import SMOKE, run_cli
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 #: an AVX2-only CPU's instruction set, on whatever CPU runs the test: torch's kernels and oneDNN

@@ -1,6 +1,6 @@
 import json
 
-from conftest import run_cli
+from support import run_cli
 
 
 def test_bench_runs_both_paths_and_prints_figures(tmp_path):
@@ -88,16 +88,16 @@ def test_bench_skips_a_compile_trial_the_budget_cannot_hold(tmp_path):
     assert "raise --budget-s" in r.stderr
 
 
-def test_bench_rejects_bad_input_with_exit_2():
-    r = run_cli("bench", "--steps", "0")
+def test_bench_rejects_bad_input_with_exit_2(cli):
+    r = cli("bench", "--steps", "0")
     assert r.returncode == 2 and "--steps" in r.stderr
-    r = run_cli("bench", "--compile", "turbo")
+    r = cli("bench", "--compile", "turbo")
     assert r.returncode == 2 and "invalid choice" in r.stderr
-    r = run_cli("bench", "--budget-s", "0")
+    r = cli("bench", "--budget-s", "0")
     assert r.returncode == 2 and "--budget-s" in r.stderr and "Traceback" not in r.stderr
     import torch
 
     if not torch.cuda.is_available():
         for cmd in ("bench", "bench-loader"):
-            r = run_cli(cmd, "--device", "cuda")
+            r = cli(cmd, "--device", "cuda")
             assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.cluster.boundary import search
 from pyramidrepro.machine.devices import is_out_of_memory
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.schema import Attr, Status
+from support import SMOKE, run_cli
 
 
 def exhaustive(threshold: int, limit: int, resolution: int) -> tuple[int | None, int | None]:
@@ -90,7 +90,7 @@ def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("extra,key", [([], "devices.memory_limit_gb"),
                                        (["--set", "devices.memory_limit_gb=2", "--resolution", "0"], "--resolution")])
-def test_boundary_refuses_a_search_it_cannot_do_safely(tmp_path, extra, key):
-    done = run_cli("boundary", str(SMOKE), "--set", "devices.device=cpu", *extra, "--out", str(tmp_path))
+def test_boundary_refuses_a_search_it_cannot_do_safely(tmp_path, extra, key, cli):
+    done = cli("boundary", str(SMOKE), "--set", "devices.device=cpu", *extra, "--out", str(tmp_path))
     assert done.returncode == 2 and key in done.stderr and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())

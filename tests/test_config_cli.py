@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.spec.config import ConfigError, expand_sweep, load_config
+from support import SMOKE, run_cli
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -29,10 +29,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("text,key,msg", BAD)
-def test_bad_config_one_line_exit_2_no_run_dir(tmp_path, text, key, msg):
+def test_bad_config_one_line_exit_2_no_run_dir(tmp_path, text, key, msg, cli):
     exp = _write(tmp_path, text)
     out = tmp_path / "out"
-    r = run_cli("run", str(exp), "--out", str(out))
+    r = cli("run", str(exp), "--out", str(out))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -40,25 +40,25 @@ def test_bad_config_one_line_exit_2_no_run_dir(tmp_path, text, key, msg):
     assert not out.exists()
 
 
-def test_missing_experiment_file(tmp_path):
-    r = run_cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
+def test_missing_experiment_file(tmp_path, cli):
+    r = cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "nope.yaml" in r.stderr and "no such file" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_cifar_files_say_where_to_put_them(tmp_path):
+def test_missing_cifar_files_say_where_to_put_them(tmp_path, cli):
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--set", "data.source=cifar10", "--set",
+    r = cli("run", str(SMOKE), "--set", "data.source=cifar10", "--set",
                 f"data.root={tmp_path / 'nodata'}", "--out", str(out))
     assert r.returncode == 2
     assert "cifar-10-python.tar.gz" in r.stderr and "nodata" in r.stderr
     assert not out.exists()
 
 
-def test_bad_override_names_the_key(tmp_path):
-    r = run_cli("validate", str(SMOKE), "--set", "train.batch_size=[1")
+def test_bad_override_names_the_key(tmp_path, cli):
+    r = cli("validate", str(SMOKE), "--set", "train.batch_size=[1")
     assert r.returncode == 2 and "train.batch_size" in r.stderr
-    r = run_cli("validate", str(SMOKE), "--set", "train.lr_milestones=notalist")
+    r = cli("validate", str(SMOKE), "--set", "train.lr_milestones=notalist")
     assert r.returncode == 2 and "train.lr_milestones" in r.stderr
 
 
@@ -70,8 +70,8 @@ def test_set_overrides_parse_yaml_values():
     assert cfg.data.checksums == {"test_batch": "a" * 32}
 
 
-def test_validate_prints_resolved_config():
-    r = run_cli("validate", str(SMOKE), "--set", "train.batch_size=32")
+def test_validate_prints_resolved_config(cli):
+    r = cli("validate", str(SMOKE), "--set", "train.batch_size=32")
     assert r.returncode == 0, r.stderr
     resolved = yaml.safe_load(r.stdout)
     assert resolved["train"]["batch_size"] == 32 and resolved["name"] == "smoke"
@@ -106,8 +106,8 @@ def test_shipped_experiments_validate():
         expand_sweep(cfg, str(exp))
 
 
-def test_help_explains_commands():
-    r = run_cli("--help")
+def test_help_explains_commands(cli):
+    r = cli("--help")
     assert r.returncode == 0
     for cmd in ("run", "validate", "model-info", "bench-loader"):
         assert cmd in r.stdout
@@ -122,9 +122,9 @@ def test_help_explains_commands():
     (["sweep={train.batch_size: []}"], "sweep.train.batch_size", "non-empty"),
     (["cluster.nodes=2"], "cluster.nodes", "train.mode: ddp"),
 ])
-def test_bad_dispatch_values_name_the_key(tmp_path, sets, key, msg):
+def test_bad_dispatch_values_name_the_key(tmp_path, sets, key, msg, cli):
     args = [x for s in sets for x in ("--set", s)]
-    r = run_cli("submit", str(SMOKE), "--set", "cluster.executor=slurm", "--dry-run", "--out", str(tmp_path), *args)
+    r = cli("submit", str(SMOKE), "--set", "cluster.executor=slurm", "--dry-run", "--out", str(tmp_path), *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert key in r.stderr and msg in r.stderr and str(SMOKE) in r.stderr
     assert not list(tmp_path.iterdir())

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, sbatch_multinode_template, slurm_unavailable, wait_for_metrics
 from pyramidrepro.machine.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
 from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
+from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support.slurm import sbatch_multinode_template, slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]

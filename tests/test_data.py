@@ -113,8 +113,8 @@ def test_shards_are_disjoint_equal_and_cover_each_epoch():
 
 
 def test_training_runs_on_official_format_files(tmp_path, cifar_root):
-    from conftest import SMOKE, only_run_dir, run_cli
     from pyramidrepro.records.metrics import read_metrics
+    from support import SMOKE, only_run_dir, run_cli
 
     root, sums = cifar_root
     out = tmp_path / "out"

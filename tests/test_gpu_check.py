@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from conftest import ROOT
+from support import ROOT
 
 HIDE = '''
 import sys

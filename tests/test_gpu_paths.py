@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE, run_cli
 from pyramidrepro.machine.devices import (
     ALLOCATOR_ENV,
     EXPANDABLE_SEGMENTS,
@@ -26,6 +25,7 @@ from pyramidrepro.spec.config import ConfigError, load_config
 from pyramidrepro.step.executor import resolve_optimizer_impl
 from pyramidrepro.study.benchmarks import gpu_peak_tflops
 from pyramidrepro.workload.model import PyramidNet
+from support import ROOT, SMOKE, run_cli
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 

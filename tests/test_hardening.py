@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli, wait_for_metrics
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import RunFolderError, RunLock, new_run_id
 from pyramidrepro.spec.config import load_config
+from support import ROOT, SMOKE, run_cli, wait_for_metrics
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=10000", "--set", "data.synthetic_train_size=4096"]

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, only_run_dir, run_cli
 from pyramidrepro.records.metrics import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, read_metrics
+from support import ROOT, SMOKE, only_run_dir, run_cli
 
 
 def test_run_writes_the_documented_layout(tmp_path):

@@ -92,14 +92,12 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_model_info_cli_prints_json():
+def test_model_info_cli_prints_json(cli):
     import json
 
-    from conftest import run_cli
-
-    r = run_cli("model-info", "--depth", "110", "--alpha", "48", "--block", "basic")
+    r = cli("model-info", "--depth", "110", "--alpha", "48", "--block", "basic")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["params"] == 1_772_706 and info["macs_per_image"] > 0.39e9
-    bad = run_cli("model-info", "--depth", "111")
+    bad = cli("model-info", "--depth", "111")
     assert bad.returncode == 2 and "6n+2" in bad.stderr

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    ROOT,
-    SMOKE,
-    assert_requeue_recorded,
-    preempt_and_resume,
-    run_cli,
-    sbatch_multinode_template,
-    slurm_unavailable,
-    wait_for_metrics,
-)
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import load_run
+from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support.slurm import assert_requeue_recorded, preempt_and_resume, sbatch_multinode_template, slurm_unavailable
 
 reason = slurm_unavailable(min_nodes=3)
 if reason:

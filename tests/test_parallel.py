@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from conftest import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
 from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
+from support import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 
@@ -114,17 +114,17 @@ def test_consecutive_two_rank_runs_exit_cleanly(tmp_path):
         assert "terminate called" not in r.stderr
 
 
-def test_global_batch_must_divide_by_ranks(tmp_path):
-    r = run_cli("run", str(SMOKE), "--nproc", "2", "--set", "train.mode=ddp",
+def test_global_batch_must_divide_by_ranks(tmp_path, cli):
+    r = cli("run", str(SMOKE), "--nproc", "2", "--set", "train.mode=ddp",
                 "--set", "train.batch_size=63", "--out", str(tmp_path))
     assert r.returncode == 2 and "train.batch_size" in r.stderr
-    r = run_cli("run", str(SMOKE), "--nproc", "2", "--out", str(tmp_path))
+    r = cli("run", str(SMOKE), "--nproc", "2", "--out", str(tmp_path))
     assert r.returncode == 2 and "train.mode" in r.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_dp_on_cpu_is_a_clear_error_unless_allowed(tmp_path):
-    r = run_cli("run", str(SMOKE), "--set", "train.mode=dp", "--out", str(tmp_path))
+def test_dp_on_cpu_is_a_clear_error_unless_allowed(tmp_path, cli):
+    r = cli("run", str(SMOKE), "--set", "train.mode=dp", "--out", str(tmp_path))
     assert r.returncode != 0 and "allow_cpu_dp" in r.stderr
     r = run_cli("run", str(SMOKE), "--set", "train.mode=dp", "--set", "train.allow_cpu_dp=true",
                 "--set", "train.max_steps=2", "--out", str(tmp_path / "ok"), *TINY)

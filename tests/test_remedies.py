@@ -2,11 +2,11 @@
 
 import torch
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.step.executor import OptimizerSettings, StepSettings, make_executor
 from pyramidrepro.workload.data import synthetic_splits
 from pyramidrepro.workload.loaders import make_loader
 from pyramidrepro.workload.model import PyramidNet
+from support import SMOKE, run_cli
 
 CPU = torch.device("cpu")
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMOKE, run_cli
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import load_runs
 from pyramidrepro.study.report import build_report, check_claims
+from support import SMOKE, run_cli
 
 
 def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,
@@ -129,10 +129,10 @@ def test_scaling_section_says_what_it_needs(tmp_path):
     assert "Not drawn: needs a completed multi-rank DDP run" in Path(res["report"]).read_text()
 
 
-def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
-    r = run_cli("report", str(tmp_path))
+def test_report_on_an_empty_folder_is_a_clear_error(tmp_path, cli):
+    r = cli("report", str(tmp_path))
     assert r.returncode == 2 and "no metrics.h5" in r.stderr
-    r = run_cli("report", str(tmp_path / "missing"))
+    r = cli("report", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such results folder" in r.stderr
 
 

@@ -7,16 +7,9 @@ import time
 
 import pytest
 
-from conftest import (
-    ROOT,
-    SMOKE,
-    assert_requeue_recorded,
-    preempt_and_resume,
-    run_cli,
-    slurm_unavailable,
-    wait_for_metrics,
-)
 from pyramidrepro.records.metrics import read_metrics
+from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support.slurm import assert_requeue_recorded, preempt_and_resume, slurm_unavailable
 
 reason = slurm_unavailable()
 if reason:

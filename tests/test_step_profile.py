@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_step_profile_splits_the_step_and_reads_onednn_times():

@@ -1,0 +1,70 @@
+"""Helpers the tests import: the repository's paths, the CLI in a process of its own or in this one,
+and waits on a run's files. Fixtures live in conftest.py; the Slurm helpers in :mod:`support.slurm`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pyramidrepro ARGS`` in a process of its own and capture its output: for what
+    needs a process (signals, launchers, locks, exit codes of a real interpreter)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "pyramidrepro", *args], capture_output=True, text=True,
+        timeout=timeout, env=full_env, cwd=cwd or ROOT,
+    )
+
+
+@dataclass
+class CliResult:
+    """What ``pyramidrepro ARGS`` did in this process: the same fields as a finished subprocess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def call_main(*args: str) -> CliResult:
+    """``pyramidrepro ARGS`` through ``pyramidrepro.cli.main`` in this process (argparse's exit too)."""
+    from pyramidrepro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def only_run_dir(out: Path) -> Path:
+    """The one run folder below ``out`` (asserts there is exactly one)."""
+    dirs = [p for p in out.glob("*/*") if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:
+    """Wait until a run below ``out`` has written its metrics file; returns the files found."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list(out.glob(pattern))
+        if files:
+            return files
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern} below {out} after {timeout} s")
