@@ -4,8 +4,9 @@ pulls torch in through a package's ``__init__``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 
 def lazy_exports(package: str, owners: dict[str, tuple[str, ...]]) -> tuple[list[str], Callable[[str], Any]]:
