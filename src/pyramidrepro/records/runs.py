@@ -211,69 +211,98 @@ def measured_step_std(metrics: dict[str, Any]) -> float | None:
 def load_run(path: str | Path) -> RunRecord:
     """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
     m = read_metrics(path)
-    a, s = m["attrs"], m.get("summary", {})
+    a = m["attrs"]
+    cfg = _config_of(a)
+    return RunRecord(path=str(path), **_identity(a, cfg), **_measured(m), **_provenance(a), **_layout(m, a))
+
+
+def _config_of(a: dict[str, Any]) -> dict[str, Any]:
+    """The run's recorded experiment config, checked to be a mapping with mapping sections."""
     try:
         cfg = yaml.safe_load(a.get(Attr.CONFIG_YAML, "") or "{}") or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"its config_yaml attribute is not YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("train", "model")):
         raise ValueError("its config_yaml attribute is not an experiment mapping")
-    train = cfg.get("train", {})
+    return cfg
+
+
+def _identity(a: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the point is: experiment, mode, line, batch, model, precision and memory remedies."""
+    train, model = cfg.get("train", {}), cfg.get("model", {})
     mode = str(a.get(Attr.MODE, train.get("mode", "?")))
     precision = str(a.get(Attr.PRECISION, train.get("precision", "fp32")))
     accum = int(a.get(Attr.ACCUMULATION_STEPS, train.get("accumulation_steps", 1)) or 1)
     ckpt = bool(a.get(Attr.ACTIVATION_CHECKPOINTING, train.get("activation_checkpointing", False)))
-    peaks = m.get("ranks", {}).get(Summary.PEAK_MEMORY_BYTES)
-    versions = a.get(Attr.VERSIONS, "{}")
-    device = str(a.get(Attr.DEVICE_NAME, ""))
-    link_bw = _num(a.get(Attr.LINK_BANDWIDTH_GBPS))
-    grad_bytes = _num(a.get(Attr.GRAD_BYTES))
-    return RunRecord(
-        path=str(path),
+    return dict(
         experiment=str(a.get(Attr.EXPERIMENT, cfg.get("name", ""))),
         mode=mode,
         line=line_label(mode, precision, accum, ckpt, train.get("threads")),
         batch_size=int(a.get(Attr.BATCH_SIZE, train.get("batch_size", 0))),
+        precision=precision,
+        model=str(a.get(Attr.MODEL, "")),
+        accumulation_steps=accum,
+        activation_checkpointing=ckpt,
+        depth=int(model.get("depth", 0)),
+        alpha=float(model.get("alpha", 0.0)),
+        block=str(model.get("block", "basic")),
+        local_batch_size=int(a.get(Attr.LOCAL_BATCH_SIZE, 0) or 0),
+        boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
+    )
+
+
+def _measured(m: dict[str, Any]) -> dict[str, Any]:
+    """What the run measured: status, throughput and its interval, memory, epochs, bounds."""
+    a, s = m["attrs"], m.get("summary", {})
+    peaks = m.get("ranks", {}).get(Summary.PEAK_MEMORY_BYTES)
+    return dict(
         status=str(a.get(Attr.STATUS, Status.FAILED)),
         images_per_s=_num(s.get(Summary.IMAGES_PER_S)),
+        images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
+        measured_steps=int(_num(s.get(Summary.MEASURED_STEPS)) or 0),
+        step_time_std_s=measured_step_std(m),
         peak_memory=[int(p) for p in peaks] if peaks is not None else [],
-        device_name=device,
-        world_size=int(a.get(Attr.WORLD_SIZE, 1)),
-        data_source=str(a.get(Attr.DATA_SOURCE, "")),
-        memory_limit_gb=_num(a.get(Attr.MEMORY_LIMIT_GB)),
-        precision=precision,
+        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
+        metrics_overhead=_num(s.get(Summary.METRICS_OVERHEAD)),
+        bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
+        finished_at=str(a.get(Attr.FINISHED_AT, "")),
+    )
+
+
+def _provenance(a: dict[str, Any]) -> dict[str, Any]:
+    """Where the result came from: commit, versions, image, system and the automatic choices."""
+    versions = a.get(Attr.VERSIONS, "{}")
+    return dict(
         git_commit=str(a.get(Attr.GIT_COMMIT, "")),
         versions=json.loads(versions) if isinstance(versions, str) and versions else {},
         container_image=str(a.get(Attr.CONTAINER_IMAGE, "")),
         container_digest=str(a.get(Attr.CONTAINER_DIGEST, "")),
         image_commit=str(a.get(Attr.IMAGE_COMMIT, "")),
-        finished_at=str(a.get(Attr.FINISHED_AT, "")),
-        model=str(a.get(Attr.MODEL, "")),
-        accumulation_steps=accum,
-        activation_checkpointing=ckpt,
-        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
-        depth=int(cfg.get("model", {}).get("depth", 0)),
-        alpha=float(cfg.get("model", {}).get("alpha", 0.0)),
-        block=str(cfg.get("model", {}).get("block", "basic")),
+        capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
+        auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
+        system=_json(a.get(Attr.SYSTEM), {}),
+    )
+
+
+def _layout(m: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+    """The machine the run had: device, ranks, nodes, threads, memory cap, backend and its link."""
+    device = str(a.get(Attr.DEVICE_NAME, ""))
+    link_bw = _num(a.get(Attr.LINK_BANDWIDTH_GBPS))
+    grad_bytes = _num(a.get(Attr.GRAD_BYTES))
+    return dict(
+        device_name=device,
         gpu=not device.startswith("cpu"),
-        local_batch_size=int(a.get(Attr.LOCAL_BATCH_SIZE, 0) or 0),
+        world_size=int(a.get(Attr.WORLD_SIZE, 1)),
+        nodes=max(1, len(set(m.get("ranks", {}).get("hostname", [])))),
+        data_source=str(a.get(Attr.DATA_SOURCE, "")),
+        memory_limit_gb=_num(a.get(Attr.MEMORY_LIMIT_GB)),
         threads=int(a[Attr.THREADS_PER_PROCESS]) if _num(a.get(Attr.THREADS_PER_PROCESS)) else None,
         grad_bytes=int(grad_bytes) if grad_bytes else None,
         bucket_cap_mb=_num(a.get(Attr.BUCKET_CAP_MB)) or 25.0,
         link=(str(a.get(Attr.LINK_NAME)), link_bw, _num(a.get(Attr.LINK_LATENCY_US)) or 0.0) if link_bw else None,
-        metrics_overhead=_num(s.get(Summary.METRICS_OVERHEAD)),
-        step_time_std_s=measured_step_std(m),
+        backend=str(a.get(Attr.BACKEND, "")),
         allow_tf32=bool(a[Attr.ALLOW_TF32]) if a.get(Attr.ALLOW_TF32, "") in (True, False) else None,
         allocator_cap_bytes=int(a[Attr.ALLOCATOR_CAP_BYTES]) if _num(a.get(Attr.ALLOCATOR_CAP_BYTES)) else None,
-        capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
-        auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
-        backend=str(a.get(Attr.BACKEND, "")),
-        images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
-        system=_json(a.get(Attr.SYSTEM), {}),
-        boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
-        measured_steps=int(_num(s.get(Summary.MEASURED_STEPS)) or 0),
-        bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
-        nodes=max(1, len(set(m.get("ranks", {}).get("hostname", [])))),
     )
 
 
