@@ -188,3 +188,126 @@ def test_c1_fails_when_the_boundary_lies_below_the_papers_256(tmp_path):
     rows = [("single", 128, "completed", 300), ("single", 256, "oom", None), ("single", 512, "oom", None)]
     claims = build(tmp_path, rows)
     assert claims["C1"].verdict == "FAIL" and "completed 128, smallest out of memory 256" in claims["C1"].evidence
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs the report cannot make sense of: skipped with the reason, the others still reported
+# ---------------------------------------------------------------------------------------------
+
+GOOD = [("single", 128, "completed", 300.0), ("single", 512, "oom", None), ("ddp", 128, "completed", 500.0)]
+
+#: case -> (fake_run arguments of the bad run, the status written over it afterwards, the reason given)
+BAD_RUNS = {
+    "versions a list": (dict(versions=["torch 2.x"]), None, "its versions attribute is not a JSON object"),
+    "negative images/s": (dict(ips=-320.0), None, "its summary's images_per_s is not above 0 (got -320.0)"),
+    "batch 0": (dict(batch=0), None, "its batch_size attribute is below 1 (got 0)"),
+    "status with a newline": ({}, "completed\n| forged | row |", "its status attribute is not a run status"),
+    "status with a right-to-left override": ({}, "\u202edetelpmoc", "its status attribute is not a run status"),
+}
+
+
+def _cells(row: str) -> int:
+    """Cells of a markdown table row: its pipes that no backslash escapes, less one."""
+    pipes, escaped = 0, False
+    for c in row:
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "|":
+            pipes += 1
+    return pipes - 1
+
+
+def assert_tables_whole(text: str) -> None:
+    """Every row of every table has its header's cells, and nothing a run recorded split a line."""
+    header = None
+    for line in text.splitlines():
+        header = (header if header is not None else _cells(line)) if line.startswith("|") else None
+        assert header is None or _cells(line) == header, line
+    assert "\u202e" not in text and not any(line.startswith("| forged") for line in text.splitlines())
+
+
+def _overwrite(folder: Path, **attrs) -> None:
+    """Write ``attrs`` over a finished run's (what ``MetricsWriter.close`` would refuse)."""
+    w = MetricsWriter(folder / "metrics.h5", flush_interval_s=0)
+    w.set_attrs(**{k: v for k, v in attrs.items() if k != "summary"})
+    w.set_summary(**attrs.get("summary", {}))
+    w.flush(force=True)
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_a_run_that_makes_no_sense_is_skipped_with_its_reason(tmp_path, cli, case):
+    runs, rep = tmp_path / "runs", tmp_path / "rep"
+    for i, row in enumerate(GOOD):
+        fake_run(runs, f"good{i}", *row)
+    changes, status, reason = BAD_RUNS[case]
+    fake_run(runs, "bad", **{**dict(mode="single", batch=256, status="completed", ips=320.0), **changes})
+    if status is not None:
+        _overwrite(runs / "bad", status=status)
+    r = cli("report", str(runs), "--out", str(rep))
+    assert r.returncode == 0, r.stderr
+    assert f"report: skipping {runs / 'bad' / 'metrics.h5'}: {reason}" in r.stdout
+    text = (rep / "report.md").read_text()
+    assert "Runs read: 3 from" in text and "; 1 skipped, listed below" in text
+    skipped = text.split("## Runs skipped")[1].split("\n## ")[0]
+    assert f"bad/metrics.h5: {reason}" in skipped
+    # the good runs are reported; the bad one is no point of the table nor of the figure
+    assert "| single | 128 | completed | 300 |" in text and "| ddp | 128 | completed | 500 |" in text
+    assert "| single | 512 | oom |" in text and "| single | 256 |" not in text and "| single | 0 |" not in text
+    assert_tables_whole(text)
+    assert sorted(p.name for p in rep.iterdir()) == ["fig5_throughput.png", "fig5_throughput.svg", "largest_batch.png",
+                                                    "largest_batch.svg", "report.md"]  # whole files, no temporary
+    assert all((rep / name).stat().st_size > 1000 for name in ("fig5_throughput.png", "fig5_throughput.svg"))
+
+
+def test_recorded_text_cannot_break_the_report_or_its_figures(tmp_path):
+    evil = "x|y\\\n| forged | row |\u202e`$\\frac{$<b>"
+    runs = tmp_path / "runs"
+    fake_run(runs, "r", "single" + evil, 128, "completed", 300.0, model="PyramidNet " + evil,
+             device_name="GPU " + evil, git_commit=evil, experiment=evil, data_source=evil, container_image=evil,
+             system=json.dumps({"cpu_model": evil, "env": {"NCCL_X": evil}, "topology": "GPU0\tX\n````\nGPU1\u202e"}))
+    _overwrite(runs / "r", summary=dict(bound=evil, compute_images_per_s=900.0))
+    w = MetricsWriter(runs / "r" / "metrics.h5", flush_interval_s=0)
+    for e, acc in enumerate([0.5, 0.8]):
+        w.log_epoch(epoch=e, test_acc=acc)
+    w.flush(force=True)
+    res = build_report(runs, tmp_path / "rep", command="pyramidrepro report `" + evil)
+    text = Path(res["report"]).read_text()
+    assert_tables_whole(text)
+    assert "| completed | 300 | **" in text and "\\u202e" in text and "\\<b>" in text  # shown escaped, not lost
+    assert text.count("## Accuracy") == 1 and "| PyramidNet x\\|y" in text
+    assert "`````\nGPU0\tX\n````\nGPU1\\u202e\n`````" in text  # its own fence cannot close its block
+    assert (tmp_path / "rep" / "fig5_throughput.png").stat().st_size > 1000
+    assert (tmp_path / "rep" / "accuracy.svg").stat().st_size > 1000
+
+
+def test_memory_caps_with_and_without_an_allocator_cap(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "capped", "single", 128, "completed", 300.0, allocator_cap_bytes=11 * 2**30)
+    fake_run(runs, "uncapped", "single", 256, "completed", 320.0)
+    text = Path(build_report(runs, tmp_path / "rep")["report"]).read_text()
+    assert ("- GPU memory cap: a 12 GiB card emulated, a 12 GiB card emulated (allocator capped at 11.00 GiB)"
+            in text)
+
+
+def test_a_figure_that_fails_to_draw_leaves_no_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    runs, rep = tmp_path / "runs", tmp_path / "rep"
+    for i, row in enumerate(GOOD):
+        fake_run(runs, f"good{i}", *row)
+    rep.mkdir()
+    (rep / "fig5_throughput.png").write_bytes(b"an earlier report's")
+    savefig = Figure.savefig
+
+    def svg_fails(fig, fname, **kw):
+        if kw.get("format") == "svg" or str(fname).endswith(".svg"):
+            raise RuntimeError("the svg backend broke")
+        return savefig(fig, fname, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", svg_fails)
+    with pytest.raises(RuntimeError, match="svg backend"):
+        build_report(runs, rep)
+    assert [p.name for p in rep.iterdir()] == ["fig5_throughput.png"]  # no svg, no temporary file
+    assert (rep / "fig5_throughput.png").read_bytes() == b"an earlier report's"  # not replaced by half a figure

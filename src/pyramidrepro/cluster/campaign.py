@@ -58,7 +58,10 @@ def point_estimate(out: str | Path, experiment: str, run_id: str, repeats: int) 
     for n in range(1, repeats + 1):
         metrics = run_dir_for(out, experiment, repeat_id(run_id, n)) / "metrics.h5"
         if status_of(metrics.parent) == Status.COMPLETED:
-            record = load_run(metrics)
+            try:
+                record = load_run(metrics)
+            except (OSError, ValueError):
+                continue  # unreadable or makes no sense: no figure to pool
             if record.images_per_s:
                 runs.append(record.estimate())
     return pool(runs) if runs else None

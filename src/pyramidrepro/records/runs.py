@@ -9,20 +9,20 @@ reads from ``metrics.h5`` are those of :mod:`.schema`.
 from __future__ import annotations
 
 import fcntl
-import json
-import math
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
-from ..spec.config import SAFE_COMPONENT, ExperimentConfig
+from ..spec.config import SAFE_COMPONENT, ConfigError, ExperimentConfig, parse_yaml_text
 from ..spec.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from ..stats.measure import Estimate, windows_of
+from .fields import Fields, is_missing, series
 from .metrics import read_metrics
 from .storage import write_atomically
 
@@ -30,6 +30,8 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.h5"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".lock"
+#: every status a run can record (schema.Status): any other makes no sense as a run
+STATUSES = tuple(s.value for s in Status)
 
 
 class RunFolderError(RuntimeError):
@@ -118,7 +120,7 @@ def is_done(folder: str | Path) -> bool:
 
 @dataclass
 class RunRecord:
-    """What the report needs of one run."""
+    """What the report needs of one run (:func:`load_run` reads and checks it)."""
 
     path: str
     experiment: str
@@ -187,132 +189,181 @@ def line_label(mode: str, precision: str, accumulation: int, checkpointing: bool
     return "+".join(parts)
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def measured_step_std(metrics: dict[str, Any]) -> float | None:
     """Standard deviation of a run's step times after its warm-up steps (None if under 3 steps)."""
-    import numpy as np
-
     steps = metrics.get("steps", {})
-    if "step_time_s" not in steps:
+    if "step_time_s" not in steps or "step" not in steps:
         return None
-    warmup = int(_num(metrics["attrs"].get(Attr.WARMUP_STEPS)) or 0)
-    times = np.asarray(steps["step_time_s"], dtype=float)[np.asarray(steps["step"]) > warmup]
+    warmup = Fields(metrics["attrs"], "{} attribute").integer(Attr.WARMUP_STEPS, 0, least=0)
+    times, step = series(steps["step_time_s"], "steps/step_time_s"), series(steps["step"], "steps/step")
+    n = min(len(times), len(step))
+    times = times[:n][step[:n] > warmup]
     times = times[np.isfinite(times)]
     return float(times.std(ddof=1)) if times.size >= 3 else None
 
 
 def load_run(path: str | Path) -> RunRecord:
-    """Read one metrics.h5 into what the report needs (OSError if it cannot be read)."""
+    """Read one metrics.h5 into what the report needs: OSError if it cannot be read, ValueError with
+    the reason when it makes no sense as a run.
+
+    This is the one check of a run read back (the report, ``scaling --run`` and a campaign's repeats
+    read through it): every value used has its type (text, a finite number, a JSON object ...), the
+    status is a :class:`.schema.Status`, the batch, ranks and micro-batches are at least 1 and every
+    figure is in range (images/s above 0, none negative), so what reads the record can use it as is.
+    Text is kept as recorded: the report escapes what it shows (``study/markdown.py``).
+    """
     m = read_metrics(path)
-    a = m["attrs"]
+    a = Fields(m["attrs"], "{} attribute")
     cfg = _config_of(a)
-    return RunRecord(path=str(path), **_identity(a, cfg), **_measured(m), **_provenance(a), **_layout(m, a))
+    return RunRecord(path=str(path), **_identity(a, cfg), **_measured(m, a), **_provenance(a), **_layout(m, a))
 
 
-def _config_of(a: dict[str, Any]) -> dict[str, Any]:
+def _config_of(a: Fields) -> dict[str, Any]:
     """The run's recorded experiment config, checked to be a mapping with mapping sections."""
     try:
-        cfg = yaml.safe_load(a.get(Attr.CONFIG_YAML, "") or "{}") or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"its config_yaml attribute is not YAML ({str(exc).splitlines()[0]})") from None
+        cfg = parse_yaml_text(a.text(Attr.CONFIG_YAML) or "{}", Attr.CONFIG_YAML.value) or {}
+    except ConfigError as exc:
+        raise ValueError(f"its config_yaml attribute is not YAML ({exc.message})") from None
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("train", "model")):
         raise ValueError("its config_yaml attribute is not an experiment mapping")
     return cfg
 
 
-def _identity(a: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """What the point is: experiment, mode, line, batch, model, precision and memory remedies."""
-    train, model = cfg.get("train", {}), cfg.get("model", {})
-    mode = str(a.get(Attr.MODE, train.get("mode", "?")))
-    precision = str(a.get(Attr.PRECISION, train.get("precision", "fp32")))
-    accum = int(a.get(Attr.ACCUMULATION_STEPS, train.get("accumulation_steps", 1)) or 1)
-    ckpt = bool(a.get(Attr.ACTIVATION_CHECKPOINTING, train.get("activation_checkpointing", False)))
+def _recorded(a: Fields, train: Fields, read: Callable[..., Any], key: str, default: Any, **limits: Any) -> Any:
+    """The attribute ``key`` as ``read`` reads it, else the config's ``train.<key>``, else ``default``."""
+    return read(a if a.raw(key) is not None else train, key, default, **limits)
+
+
+def _identity(a: Fields, cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the point is: experiment, mode, line, batch, model, precision and memory remedies (the
+    attribute, else the config's value)."""
+    train = Fields(cfg.get("train", {}), "config's train.{}", parsed=True)
+    model = Fields(cfg.get("model", {}), "config's model.{}", parsed=True)
+    mode = _recorded(a, train, Fields.text, Attr.MODE, "?")
+    precision = _recorded(a, train, Fields.text, Attr.PRECISION, "fp32")
+    accum = _recorded(a, train, Fields.integer, Attr.ACCUMULATION_STEPS, 1, least=1)
+    ckpt = _recorded(a, train, Fields.flag, Attr.ACTIVATION_CHECKPOINTING, False)
+    batch = _recorded(a, train, Fields.integer, Attr.BATCH_SIZE, None, least=1)
+    if batch is None:
+        raise ValueError("it records no batch_size (attribute or config)")
     return dict(
-        experiment=str(a.get(Attr.EXPERIMENT, cfg.get("name", ""))),
+        experiment=a.text(Attr.EXPERIMENT) or Fields(cfg, "config's {}", parsed=True).text("name"),
         mode=mode,
-        line=line_label(mode, precision, accum, ckpt, train.get("threads")),
-        batch_size=int(a.get(Attr.BATCH_SIZE, train.get("batch_size", 0))),
+        line=line_label(mode, precision, accum, ckpt, train.integer("threads", None, least=0)),
+        batch_size=batch,
         precision=precision,
-        model=str(a.get(Attr.MODEL, "")),
+        model=a.text(Attr.MODEL),
         accumulation_steps=accum,
         activation_checkpointing=ckpt,
-        depth=int(model.get("depth", 0)),
-        alpha=float(model.get("alpha", 0.0)),
-        block=str(model.get("block", "basic")),
-        local_batch_size=int(a.get(Attr.LOCAL_BATCH_SIZE, 0) or 0),
-        boundary_probe=bool(a.get(Attr.BOUNDARY_SEARCH, "")),
+        depth=model.integer("depth", 0, least=0),
+        alpha=model.number("alpha", least=0) or 0.0,
+        block=model.text("block", "basic"),
+        local_batch_size=a.integer(Attr.LOCAL_BATCH_SIZE, 0, least=0),
+        boundary_probe=bool(a.text(Attr.BOUNDARY_SEARCH)),
     )
 
 
-def _measured(m: dict[str, Any]) -> dict[str, Any]:
+def _status(a: Fields) -> str:
+    """The run's status: a :class:`.schema.Status` (none recorded: it failed before writing one)."""
+    status = a.text(Attr.STATUS, Status.FAILED.value)
+    if status not in STATUSES:
+        raise a.fail(Attr.STATUS, f"not a run status ({', '.join(STATUSES)})", status)
+    return status
+
+
+def _measured(m: dict[str, Any], a: Fields) -> dict[str, Any]:
     """What the run measured: status, throughput and its interval, memory, epochs, bounds."""
-    a, s = m["attrs"], m.get("summary", {})
-    peaks = m.get("ranks", {}).get(Summary.PEAK_MEMORY_BYTES)
+    s = Fields(m.get("summary", {}), "summary's {}")
     return dict(
-        status=str(a.get(Attr.STATUS, Status.FAILED)),
-        images_per_s=_num(s.get(Summary.IMAGES_PER_S)),
-        images_per_s_ci=_num(s.get(Summary.IMAGES_PER_S_CI)),
-        measured_steps=int(_num(s.get(Summary.MEASURED_STEPS)) or 0),
+        status=_status(a),
+        images_per_s=s.number(Summary.IMAGES_PER_S, above=0),
+        images_per_s_ci=s.number(Summary.IMAGES_PER_S_CI, least=0),
+        measured_steps=s.integer(Summary.MEASURED_STEPS, 0, least=0),
         step_time_std_s=measured_step_std(m),
-        peak_memory=[int(p) for p in peaks] if peaks is not None else [],
-        epochs={k: [float(x) for x in v] for k, v in m.get("epochs", {}).items()},
-        metrics_overhead=_num(s.get(Summary.METRICS_OVERHEAD)),
-        bounds={k.value: (str(s[k]) if k == Summary.BOUND else _num(s[k])) for k in BOUND_FIELDS if k in s},
-        finished_at=str(a.get(Attr.FINISHED_AT, "")),
+        peak_memory=_peaks(m),
+        epochs=_epochs(m),
+        metrics_overhead=s.number(Summary.METRICS_OVERHEAD, least=0),
+        bounds=_bounds(s),
+        finished_at=a.text(Attr.FINISHED_AT),
     )
 
 
-def _provenance(a: dict[str, Any]) -> dict[str, Any]:
+def _peaks(m: dict[str, Any]) -> list[int]:
+    """The peak memory of each rank or GPU, in bytes."""
+    peaks = m.get("ranks", {}).get(Summary.PEAK_MEMORY_BYTES)
+    if peaks is None:
+        return []
+    values = series(peaks, "ranks/peak_memory_bytes")
+    if not np.all(np.isfinite(values) & (values >= 0)):
+        raise ValueError("its ranks/peak_memory_bytes dataset holds a value that is not a count of bytes")
+    return [int(p) for p in values]
+
+
+def _epochs(m: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-epoch figures (NaN: not measured that epoch); test accuracy needs its epoch numbers."""
+    epochs = {k: series(v, f"epochs/{k}").tolist() for k, v in m.get("epochs", {}).items()}
+    if "test_acc" in epochs and len(epochs.get("epoch", [])) != len(epochs["test_acc"]):
+        raise ValueError("its epochs/test_acc dataset has no epoch number for each value")
+    return epochs
+
+
+def _bounds(s: Fields) -> dict[str, Any]:
+    """What bounds the point: the label (``Summary.BOUND``) first, then each part's images/s alone."""
+    label = s.text(Summary.BOUND)
+    figures = {k.value: s.number(k, least=0) for k in BOUND_FIELDS[1:] if s.raw(k) is not None}
+    return {Summary.BOUND.value: label, **figures} if label else figures
+
+
+def _provenance(a: Fields) -> dict[str, Any]:
     """Where the result came from: commit, versions, image, system and the automatic choices."""
-    versions = a.get(Attr.VERSIONS, "{}")
     return dict(
-        git_commit=str(a.get(Attr.GIT_COMMIT, "")),
-        versions=json.loads(versions) if isinstance(versions, str) and versions else {},
-        container_image=str(a.get(Attr.CONTAINER_IMAGE, "")),
-        container_digest=str(a.get(Attr.CONTAINER_DIGEST, "")),
-        image_commit=str(a.get(Attr.IMAGE_COMMIT, "")),
-        capability=_json(a.get(Attr.DEVICE_CAPABILITY), {}),
-        auto_choices=_json(a.get(Attr.AUTO_CHOICES), []),
-        system=_json(a.get(Attr.SYSTEM), {}),
+        git_commit=a.text(Attr.GIT_COMMIT),
+        versions=a.nested(Attr.VERSIONS, dict),
+        container_image=a.text(Attr.CONTAINER_IMAGE),
+        container_digest=a.text(Attr.CONTAINER_DIGEST),
+        image_commit=a.text(Attr.IMAGE_COMMIT),
+        capability=a.nested(Attr.DEVICE_CAPABILITY, dict),
+        auto_choices=a.each(Attr.AUTO_CHOICES, Fields.nested, kind=dict),
+        system=_system(a.nested(Attr.SYSTEM, dict)),
     )
 
 
-def _layout(m: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
-    """The machine the run had: device, ranks, nodes, threads, memory cap, backend and its link."""
-    device = str(a.get(Attr.DEVICE_NAME, ""))
-    link_bw = _num(a.get(Attr.LINK_BANDWIDTH_GBPS))
-    grad_bytes = _num(a.get(Attr.GRAD_BYTES))
+def _system(system: dict[str, Any]) -> dict[str, Any]:
+    """The system the run describes (``machine.system.describe_system``), checked where the report reads
+    it; its missing (null) fields left out."""
+    s = Fields(system, "system attribute's {}", parsed=True)
+    s.nested("env", dict)
+    s.text("topology")
+    s.number("dev_shm_bytes", least=0)
+    s.integer("cpus_given", None, least=1)
+    s.integer("local_world_size", 1, least=1)
+    s.integer("gpu_count", 0, least=0)
+    s.each("gpu_memory_bytes", Fields.number, least=0)
+    s.each("gpu_models", Fields.text)
+    return {k: v for k, v in system.items() if not is_missing(v)}
+
+
+def _layout(m: dict[str, Any], a: Fields) -> dict[str, Any]:
+    """The machine the run had: device, ranks, nodes, threads, memory cap, backend and its link
+    (a figure of 0 is one not recorded)."""
+    device = a.text(Attr.DEVICE_NAME)
+    link_bw = a.number(Attr.LINK_BANDWIDTH_GBPS, least=0)
+    hosts = m.get("ranks", {}).get("hostname", [])
     return dict(
         device_name=device,
         gpu=not device.startswith("cpu"),
-        world_size=int(a.get(Attr.WORLD_SIZE, 1)),
-        nodes=max(1, len(set(m.get("ranks", {}).get("hostname", [])))),
-        data_source=str(a.get(Attr.DATA_SOURCE, "")),
-        memory_limit_gb=_num(a.get(Attr.MEMORY_LIMIT_GB)),
-        threads=int(a[Attr.THREADS_PER_PROCESS]) if _num(a.get(Attr.THREADS_PER_PROCESS)) else None,
-        grad_bytes=int(grad_bytes) if grad_bytes else None,
-        bucket_cap_mb=_num(a.get(Attr.BUCKET_CAP_MB)) or 25.0,
-        link=(str(a.get(Attr.LINK_NAME)), link_bw, _num(a.get(Attr.LINK_LATENCY_US)) or 0.0) if link_bw else None,
-        backend=str(a.get(Attr.BACKEND, "")),
-        allow_tf32=bool(a[Attr.ALLOW_TF32]) if a.get(Attr.ALLOW_TF32, "") in (True, False) else None,
-        allocator_cap_bytes=int(a[Attr.ALLOCATOR_CAP_BYTES]) if _num(a.get(Attr.ALLOCATOR_CAP_BYTES)) else None,
+        world_size=a.integer(Attr.WORLD_SIZE, 1, least=1),
+        nodes=max(1, len({str(h) for h in np.ravel(hosts)})),
+        data_source=a.text(Attr.DATA_SOURCE),
+        memory_limit_gb=a.number(Attr.MEMORY_LIMIT_GB, least=0) or None,
+        threads=a.integer(Attr.THREADS_PER_PROCESS, None, least=0) or None,
+        grad_bytes=a.integer(Attr.GRAD_BYTES, None, least=0) or None,
+        bucket_cap_mb=a.number(Attr.BUCKET_CAP_MB, least=0) or 25.0,
+        link=(a.text(Attr.LINK_NAME), link_bw, a.number(Attr.LINK_LATENCY_US, least=0) or 0.0) if link_bw else None,
+        backend=a.text(Attr.BACKEND),
+        allow_tf32=a.flag(Attr.ALLOW_TF32, None),
+        allocator_cap_bytes=a.integer(Attr.ALLOCATOR_CAP_BYTES, None, least=0) or None,
     )
-
-
-def _json(value: Any, empty: Any) -> Any:
-    """A JSON attribute as Python, or ``empty`` when it is missing or malformed."""
-    try:
-        out = json.loads(value) if isinstance(value, str) and value else empty
-    except ValueError:
-        return empty
-    return out if isinstance(out, type(empty)) else empty
 
 
 def load_runs(results_dir: str | Path, skipped: list[str] | None = None) -> list[RunRecord]:

@@ -1,12 +1,15 @@
 """The report's figures: Figure 5 (throughput vs batch), the largest batch under the memory cap, the
-accuracy curves and the scaling model; each written as ``<stem>.png`` and ``<stem>.svg``."""
+accuracy curves and the scaling model; each written as ``<stem>.png`` and ``<stem>.svg``, whole or not
+at all: both are drawn in memory first, then each written through a temporary file and a rename."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from ..records.runs import RunRecord
+from ..records.storage import write_atomically
 from ..spec.schema import Status
 from ..stats.scaling import LINKS, DeviceStep, Fabric, Link, default_overlap, predict
 from .paper import PAPER_ERROR
@@ -47,16 +50,31 @@ def _new_axes(figsize: tuple[float, float], ncols: int = 1) -> Any:
     return plt.subplots(ncols=ncols, figsize=figsize)
 
 
+def plain(text: str) -> str:
+    """Recorded text as a figure shows it: a ``$`` is a dollar sign, never the start of mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _rendered(fig: Any, fmt: str) -> bytes:
+    """The figure drawn as ``fmt`` (png, svg), in memory."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=130)
+    return buffer.getvalue()
+
+
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem``.png and ``stem``.svg and close the figure."""
+    """Write ``stem``.png and ``stem``.svg and close the figure; when drawing fails neither file is
+    touched, and a file is never left half written."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    try:
+        fig.tight_layout()
+        drawn = {out_dir / f"{stem}.{fmt}": _rendered(fig, fmt) for fmt in ("png", "svg")}
+    finally:
+        plt.close(fig)
+    for path, data in drawn.items():
+        write_atomically(path, data)
+    return list(drawn)
 
 
 def _log2_axis(ax: Any, ticks: list[int]) -> None:
@@ -83,7 +101,7 @@ def _draw_line(ax: Any, line: str, pts: dict[int, Point], marks: dict[int, str],
     color = style["color"]
     xs = sorted(b for b, p in pts.items() if p.images_per_s)
     if xs:
-        ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], label=line,
+        ax.errorbar(xs, [pts[b].images_per_s for b in xs], yerr=[pts[b].ci for b in xs], label=plain(line),
                     capsize=3, **style)
     for b, text in marks.items():
         ax.scatter([b], [floor], marker="x", s=90, color=color, zorder=5,
@@ -108,7 +126,7 @@ def plot_fig5(table: Table, title: str, out_dir: Path, fits: dict[str, Fit] | No
     _log2_axis(ax, sorted({b for pts in table.values() for b in pts}))
     ax.set_xlabel("global batch size")
     ax.set_ylabel("training throughput (images/s)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(plain(title), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -128,7 +146,7 @@ def plot_fitting(fits: dict[str, Fit], out_dir: Path) -> list[Path]:
     fits = {k: f for k, f in fits.items() if f.largest}
     lines = sorted(fits, key=lambda k: fits[k].largest or 0)
     fig, ax = _new_axes((7, 0.5 * len(lines) + 1.5))
-    ax.barh(lines, [fits[k].largest for k in lines],
+    ax.barh([plain(k) for k in lines], [fits[k].largest for k in lines],
             color=[_STYLE.get(k.split("+")[0], ("tab:gray", ""))[0] for k in lines])
     for i, k in enumerate(lines):
         ax.text(fits[k].largest, i, _fit_label(fits[k]), va="center", fontsize=8)
@@ -145,7 +163,7 @@ def plot_accuracy(records: list[RunRecord], out_dir: Path) -> list[Path]:
     fig, ax = _new_axes((7, 4))
     for r in runs:
         ax.plot([e + 1 for e in r.epochs["epoch"]], [100 * (1 - a) for a in r.epochs["test_acc"]],
-                label=f"{r.model} ({r.status})")
+                label=plain(f"{r.model} ({r.status})"))
         ref = PAPER_ERROR.get((r.depth, r.alpha))
         if ref:
             ax.axhline(ref, linestyle=":", color="gray")
@@ -207,5 +225,5 @@ def plot_scaling(rows: list[ScalingRow], out_dir: Path) -> list[Path]:
     ax_eff.scatter([w.ddp.world_size for w in same], [w.ddp.images_per_s / (w.ddp.world_size * one) for w in same],
                    marker="^", s=60, color="tab:red", zorder=5)
     _scaling_axes(ax, ax_eff)
-    fig.suptitle(f"Scaling model: {run.model}, {b} images per device", fontsize=10)
+    fig.suptitle(plain(f"Scaling model: {run.model}, {b} images per device"), fontsize=10)
     return _save(fig, out_dir, "scaling")

@@ -5,7 +5,10 @@ the runs have them, ``largest_batch``, ``accuracy`` and ``scaling`` figures; it 
 claims' verdicts.
 
 The runs are read once into a :class:`ReportData`; the figures are drawn from it and the markdown
-is rendered from it by one small function per section (:data:`SECTIONS`, in order).
+is rendered from it by one small function per section (:data:`SECTIONS`, in order); every text a
+run recorded goes through :mod:`.markdown` on its way in.  A run that cannot be read or makes no sense
+(``records.runs.load_run``) is left out and listed, with the reason, under "Runs skipped".  Every file
+is written whole or not at all (``records.storage.write_atomically``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..records.runs import RunRecord, load_runs
+from ..records.storage import write_atomically
 from ..spec.config import ConfigError
 from ..spec.schema import BOUND_FIELDS, Status, Summary
 from .claims import Claim, check_claims
 from .figures import figure5_lines, line_style, plot_accuracy, plot_fig5, plot_fitting, plot_scaling
+from .markdown import md_code, md_text
 from .paper import PAPER_BATCHES, PAPER_ERROR
 from .provenance_section import provenance_lines
 from .scaling_section import ScalingRow, scaling_rows, scaling_section
@@ -93,14 +98,22 @@ def draw_figures(data: ReportData, out: Path) -> Figures:
 
 def _title(data: ReportData, figs: Figures) -> list[str]:
     lines = [f"# Reproduction report{' (synthetic data)' if data.synthetic else ''}", ""]
-    return lines + ([f"Produced by: `{data.command}`", ""] if data.command else [])
+    return lines + ([f"Produced by: {md_code(data.command)}", ""] if data.command else [])
 
 
 def _runs_read(data: ReportData, figs: Figures) -> list[str]:
     probes = len(data.records) - len(data.measured)
-    return [f"Runs read: {len(data.records)} from `{data.results_dir}`"
+    return [f"Runs read: {len(data.records)} from {md_code(data.results_dir)}"
             + (f" ({len(data.running)} still running, marked below)" if data.running else "")
-            + (f"; {probes} of them boundary probes, used for the largest batch and C1 only" if probes else ""), ""]
+            + (f"; {probes} of them boundary probes, used for the largest batch and C1 only" if probes else "")
+            + (f"; {len(data.skipped)} skipped, listed below" if data.skipped else ""), ""]
+
+
+def _skipped(data: ReportData, figs: Figures) -> list[str]:
+    if not data.skipped:
+        return []
+    return (["## Runs skipped", "", "Each could not be read or makes no sense as a run: no figure, table or "
+             "claim of this report uses it.", ""] + [f"- {md_text(reason)}" for reason in data.skipped] + [""])
 
 
 def _figure5(data: ReportData, figs: Figures) -> list[str]:
@@ -126,12 +139,13 @@ def _fmt_bounds(bounds: dict[str, Any]) -> str:
     if not bounds.get(Summary.BOUND):
         return "-"
     figures = [bounds.get(k) for k in BOUND_FIELDS[1:]]
-    return f"**{bounds[Summary.BOUND]}**: " + " / ".join("-" if v is None else f"{v:,.0f}" for v in figures)
+    return f"**{md_text(bounds[Summary.BOUND])}**: " + " / ".join("-" if v is None else f"{v:,.0f}" for v in figures)
 
 
 def _run_row(line: str, b: int, p: Point) -> str:
     ips = fmt_estimate(p.estimate) if p.images_per_s else "-"
-    return f"| {line} | {b} | {p.status} | {ips} | {_fmt_bounds(p.bounds)} | {_fmt_mem(p.peak_memory)} | {p.runs} |"
+    return (f"| {md_text(line)} | {b} | {md_text(p.status)} | {ips} | {_fmt_bounds(p.bounds)} "
+            f"| {_fmt_mem(p.peak_memory)} | {p.runs} |")
 
 
 def _runs_table(data: ReportData, figs: Figures) -> list[str]:
@@ -145,7 +159,7 @@ def _runs_table(data: ReportData, figs: Figures) -> list[str]:
 def _paper_cell(p: Point | None) -> str:
     if p is None:
         return "-"
-    return f"{p.images_per_s:,.0f}" if p.images_per_s else p.status
+    return f"{p.images_per_s:,.0f}" if p.images_per_s else md_text(p.status)
 
 
 def _paper_batches(data: ReportData, figs: Figures) -> list[str]:
@@ -155,13 +169,14 @@ def _paper_batches(data: ReportData, figs: Figures) -> list[str]:
         return []
     return (["", "## Images/s at the paper's batch sizes", "",
              "| line | " + " | ".join(str(b) for b in batches) + " |", "| --- |" + " ---: |" * len(batches)]
-            + [f"| {line} | " + " | ".join(_paper_cell(pts.get(b)) for b in batches) + " |"
+            + [f"| {md_text(line)} | " + " | ".join(_paper_cell(pts.get(b)) for b in batches) + " |"
                for line, pts in sorted(table.items())])
 
 
 def _fit_line(line: str, f: Fit) -> str:
     oom = f", out of memory at {f.first_oom}" if f.first_oom else ""
-    return f"- {line}: fits {f.largest or '-'}{oom}" + (f" (boundary search: {f.probes} probes)" if f.probes else "")
+    searched = f" (boundary search: {f.probes} probes)" if f.probes else ""
+    return f"- {md_text(line)}: fits {f.largest or '-'}{oom}{searched}"
 
 
 def _largest_batch(data: ReportData, figs: Figures) -> list[str]:
@@ -174,7 +189,7 @@ def _largest_batch(data: ReportData, figs: Figures) -> list[str]:
 def _accuracy_row(r: RunRecord) -> str:
     ref = PAPER_ERROR.get((r.depth, r.alpha))
     err = 100 * (1 - r.epochs["test_acc"][-1])
-    return f"| {r.model} | {len(r.epochs['test_acc'])} | {err:.2f}% | {f'{ref:.2f}%' if ref else '-'} |"
+    return f"| {md_text(r.model)} | {len(r.epochs['test_acc'])} | {err:.2f}% | {f'{ref:.2f}%' if ref else '-'} |"
 
 
 def _accuracy(data: ReportData, figs: Figures) -> list[str]:
@@ -197,12 +212,12 @@ def _still_running(data: ReportData, figs: Figures) -> list[str]:
     if not data.running:
         return []
     return (["Runs still going when this report was made:", ""]
-            + [f"- `{r.path}` ({r.line}, batch {r.batch_size})" for r in data.running] + [""])
+            + [f"- {md_code(r.path)} ({md_text(r.line)}, batch {r.batch_size})" for r in data.running] + [""])
 
 
 #: the report's sections, in order
 SECTIONS: tuple[Callable[[ReportData, Figures], list[str]], ...] = (
-    _title, _runs_read, _figure5, _claims, _runs_table, _paper_batches, _largest_batch, _accuracy, _scaling,
+    _title, _runs_read, _skipped, _figure5, _claims, _runs_table, _paper_batches, _largest_batch, _accuracy, _scaling,
     _provenance, _still_running,
 )
 
@@ -256,5 +271,5 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     data = report_data(results_dir, records, skipped, command)
     figs = draw_figures(data, out)
     report = out / "report.md"
-    report.write_text(render(data, figs))
+    write_atomically(report, render(data, figs).encode())
     return _result(report, data, figs)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..records.runs import RunRecord
 from ..spec.schema import Status
 from ..stats.scaling import DeviceStep, Fabric, Link, Prediction, default_overlap, predict
+from .markdown import md_text
 
 SCALING_DEVICES = (1, 2, 4, 8, 16, 32, 64)
 #: hypothetical clusters drawn beside the measured link: (intra-node link, inter-node link), 8 per node
@@ -70,7 +71,7 @@ def scaling_rows(records: list[RunRecord]) -> list[ScalingRow]:
 
 def _table_row(w: ScalingRow) -> str:
     _, bw, lat = w.ddp.link
-    return (f"| {w.ddp.line} | {w.ddp.nodes} | {w.ddp.world_size} | {w.ddp.local_batch_size} | "
+    return (f"| {md_text(w.ddp.line)} | {w.ddp.nodes} | {w.ddp.world_size} | {w.ddp.local_batch_size} | "
             f"{w.base_images_per_s:,.0f} | {bw:.2f} GB/s, {lat:.0f} us | {w.predicted.images_per_s:,.0f} | "
             f"{w.ddp.images_per_s:,.0f} | {100 * w.error:+.1f}% |")
 
