@@ -16,10 +16,12 @@ case gets the verdict it expects.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import signal
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class Case:
     text: str | bytes | None = None  # the experiment file's content (None: the smoke config)
     setup: Callable[[Path], None] | None = None
     timeout_s: int = 30
+    env: dict[str, str] = field(default_factory=dict)  # set while the case runs ({tmp} as in argv)
 
     @property
     def id(self) -> str:
@@ -69,6 +72,21 @@ def _alarm(signum, frame):  # noqa: ANN001, ARG001
     raise CaseTimeout
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in ``os.environ`` for the block, the old values back after it."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_case(case: Case, tmp: Path) -> Outcome:
     """Run one case in this process and classify it."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -83,11 +101,13 @@ def run_case(case: Case, tmp: Path) -> Outcome:
         case.setup(tmp)
     before = set(out.rglob("*")) if out.exists() else set()
     argv = [a.format(exp=exp, out=out, tmp=tmp) for a in case.argv]
+    env = {k: v.format(exp=exp, out=out, tmp=tmp) for k, v in case.env.items()}
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(case.timeout_s)
     code: int | None = None
     try:
-        result = call_main(*argv)
+        with environment(env):
+            result = call_main(*argv)
         code, text = result.returncode, result.stderr
     except CaseTimeout:
         return Outcome("hang", None, "")
@@ -323,4 +343,80 @@ def all_cases() -> list[Case]:
     add(Case(g, "no runs", ["report", "{tmp}"], key="metrics.h5"))
     add(Case(g, "only unreadable runs", ["report", "{tmp}/bad"], key="skipped",
              setup=_file_at("bad/fz/r1/metrics.h5", b"not hdf5" * 100)))
+    return c + _bind_cases() + _submit_cases() + _model_flag_cases() + _scaling_cases()
+
+
+def _bind_cases() -> list[Case]:
+    """Binds over the image's root or its own system folders, in every command that reads a config."""
+    g = "binds"
+    validate = ["validate", "{exp}"]
+    dry = ["submit", "{exp}", "--out", "{out}", "--dry-run"]
+    c = [Case(g, f"validate {binds}", validate, text=_smoke(container={"binds": binds}), key=f"container.binds[{i}]")
+         for binds, i in [
+             (["/tmp:/"], 0), (["/"], 0), (["/tmp://"], 0), (["/tmp:/usr/../"], 0), (["/tmp:/usr"], 0),
+             (["/tmp:/usr/lib:ro"], 0), (["/tmp:/opt/venv"], 0), (["/tmp:/opt/venv/"], 0),
+             (["/tmp:/opt/pyramidrepro/src"], 0), (["/tmp:/opt"], 0), (["/tmp:/data", "/tmp:/usr/bin"], 1),
+         ]]
+    c += [Case(g, "run ['/tmp:/']", RUN, text=_smoke(container={"binds": ["/tmp:/"]}), key="container.binds[0]"),
+          Case(g, "run ['/']", RUN, text=_smoke(container={"binds": ["/"]}), key="container.binds[0]"),
+          Case(g, "submit ['/tmp:/']", dry, text=_smoke(container={"binds": ["/tmp:/"]}), key="container.binds[0]"),
+          Case(g, "validate a bind at /data", validate, text=_smoke(container={"binds": ["/tmp:/data:ro"]}),
+               expect="ok"),
+          Case(g, "validate a bind at /opt/data", validate, text=_smoke(container={"binds": ["/tmp:/opt/data"]}),
+               expect="ok")]
+    return c
+
+
+def _submit_cases() -> list[Case]:
+    """``submit``'s own flags, and a Slurm whose configuration file is not there."""
+    g = "submit"
+    wait = ["submit", "{exp}", "--out", "{out}", "--cluster", "debug", "--wait", "--poll"]
+    c = [Case(g, f"--poll {v}", [*wait, v], key="--poll") for v in ("-1", "0", "nan", "inf")]
+    slurm = ["submit", "{exp}", "--out", "{out}", "--cluster", "slurm"]
+    no_conf = {"SLURM_CONF": "{tmp}/nonexistent.conf"}
+    c += [Case(g, "SLURM_CONF missing, --no-preflight", [*slurm, "--no-preflight"], env=no_conf, key="SLURM_CONF",
+               timeout_s=20),
+          Case(g, "SLURM_CONF missing", slurm, env=no_conf, key="SLURM_CONF", timeout_s=20),
+          Case(g, "SLURM_CONF a folder, --no-preflight", [*slurm, "--no-preflight"], env={"SLURM_CONF": "{tmp}"},
+               key="SLURM_CONF", timeout_s=20)]
+    # an empty configuration file: sbatch and sinfo refuse it at once, without asking any cluster
+    empty = {"SLURM_CONF": "{tmp}/empty.conf"}
+    c += [Case(g, "SLURM_CONF empty, --no-preflight: sbatch refuses", [*slurm, "--no-preflight"], env=empty,
+               setup=_file_at("empty.conf", b""), key="sbatch", timeout_s=20),
+          Case(g, "SLURM_CONF empty: sinfo refuses", slurm, env=empty, setup=_file_at("empty.conf", b""),
+               key="slurm", timeout_s=20)]
+    return c
+
+
+def _model_flag_cases() -> list[Case]:
+    """``--depth`` and ``--alpha`` of bench, scaling and model-info: one rule for all three."""
+    g = "model"
+    given = ["--step-time-ms", "10", "--batch-per-device", "8"]
+    c: list[Case] = []
+    for command in (["bench"], ["scaling", *given], ["model-info"]):
+        name = command[0]
+        c += [Case(g, f"{name} --depth {d}", [*command, "--depth", d], key="--depth") for d in ("7", "6000002", "-4")]
+        c += [Case(g, f"{name} --alpha {a}", [*command, "--alpha", a], key="--alpha") for a in ("nan", "-1", "inf")]
+        c.append(Case(g, f"{name} bottleneck --depth 14", [*command, "--block", "bottleneck", "--depth", "14"],
+                      key="--depth"))
+    return c
+
+
+def _scaling_cases() -> list[Case]:
+    """``scaling``'s links and numbers, and ``bench``'s budget."""
+    g = "scaling"
+    given = ["scaling", "--step-time-ms", "10", "--batch-per-device", "8"]
+    c = [Case(g, f"{flag} {v}", [*given, flag, v], key=flag)
+         for flag, v in [("--inter", "x=0"), ("--inter", "x=-10"), ("--inter", "x=nan"), ("--inter", "x=inf"),
+                         ("--inter", "x=10:-1"), ("--inter", "x=10:nan"), ("--intra", "y=0"),
+                         ("--intra", "y=-0"), ("--bucket-cap-mb", "0"), ("--bucket-cap-mb", "-1"),
+                         ("--bucket-cap-mb", "nan"), ("--bucket-cap-mb", "1e-9"), ("--overlap", "2"),
+                         ("--overlap", "nan"), ("--jitter-ms", "-1"), ("--jitter-ms", "nan"), ("--per-node", "0")]]
+    base = ["scaling", "--batch-per-device", "8", "--step-time-ms"]
+    c += [Case(g, f"--step-time-ms {v}", [*base, v], key="--step-time-ms") for v in ("-5", "0", "nan", "inf")]
+    c += [Case(g, f"--batch-per-device {v}", ["scaling", "--step-time-ms", "10", "--batch-per-device", v],
+               key="--batch-per-device") for v in ("0", "-8")]
+    c += [Case(g, f"bench --budget-s {v}", ["bench", "--budget-s", v], key="--budget-s") for v in ("nan", "inf", "-1")]
+    c.append(Case(g, "a link of its own", [*given, "--depth", "20", "--alpha", "12", "--inter", "x=10:2", "--json"],
+                  expect="ok", timeout_s=60))
     return c

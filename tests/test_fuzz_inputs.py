@@ -14,7 +14,7 @@ CASES = all_cases()
 def test_there_are_at_least_100_cases_in_every_group():
     assert len(CASES) >= 100
     assert {c.group for c in CASES} >= {"yaml", "paths", "values", "machine", "flags", "injection", "data",
-                                        "report"}
+                                        "report", "binds", "submit", "model", "scaling"}
     assert len({c.id for c in CASES}) == len(CASES)
 
 

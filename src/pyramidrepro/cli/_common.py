@@ -45,6 +45,18 @@ def add_model_args(p: argparse.ArgumentParser, depth: int, alpha: float, what: s
     p.add_argument("--block", choices=["basic", "bottleneck"], default="basic")
 
 
+def check_model_args(args: argparse.Namespace, widening: str = "additive") -> None:
+    """ConfigError naming ``--depth`` or ``--alpha`` when ``add_model_args``' PyramidNet is not one this
+    package builds: the config's own rule (``model.depth`` / ``model.alpha``: spec.architecture.check_size)."""
+    from ..spec.config import ModelConfig
+
+    command = getattr(args, "command", None) or "model"
+    try:
+        ModelConfig(depth=args.depth, alpha=args.alpha, block=args.block, widening=widening).validate(command)
+    except ConfigError as exc:
+        raise ConfigError(command, "--" + exc.key.removeprefix("model."), exc.message) from None
+
+
 def container_override(args: argparse.Namespace) -> list[str]:
     """``--container PATH`` as the override it stands for."""
     return [f"container.image={args.container}"] if getattr(args, "container", None) else []

@@ -13,7 +13,9 @@ EXIT_SIGTERM = 143
 
 
 def _say(text: str) -> None:
-    print(f"pyramidrepro: {text}", file=sys.stderr, flush=True)
+    """``pyramidrepro: TEXT`` on stderr, in one line (a tool's own lines quoted in it are joined by ``; ``)."""
+    one_line = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    print(f"pyramidrepro: {one_line}", file=sys.stderr, flush=True)
 
 
 def interrupted(exc: KeyboardInterrupt) -> int:

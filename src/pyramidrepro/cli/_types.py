@@ -47,8 +47,19 @@ def _percentage_problem(value: float) -> str | None:
     return None if 0 < value <= 100 else f"must be a percentage in (0, 100], got {value:g}"
 
 
+def float_between(low: float, high: float) -> Callable[[str], float]:
+    """A float in [``low``, ``high``] (NaN is refused)."""
+    return checked(float, lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}, got {v:g}")
+
+
+def _non_negative_problem(value: float) -> str | None:
+    return None if 0 <= value < math.inf else f"must be a finite number >= 0, got {value:g}"
+
+
 #: a finite float > 0
 positive_float = checked(float, _positive_problem)
+#: a finite float >= 0
+non_negative_float = checked(float, _non_negative_problem)
 #: a float in (0, 100] (NaN is refused)
 percentage = checked(float, _percentage_problem)
 #: an integer >= 1

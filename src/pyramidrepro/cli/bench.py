@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..spec.config import COMPILE_MODES
-from ._common import add_model_args
+from ._common import add_model_args, check_model_args
 from ._types import positive_float, positive_int
 
 DESCRIPTION = ("Train the same model, batch and device two ways: the seed-style baseline "
@@ -68,6 +68,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..study.bench_plan import BenchPlan
     from ..study.benchmarks import bench_training
 
+    check_model_args(args)
     plan = BenchPlan(device=args.device, depth=args.depth, alpha=args.alpha, block=args.block,
                      batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                      peak_tflops=args.peak_tflops, compile=args.compile,

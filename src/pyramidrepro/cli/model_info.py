@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..spec.config import ConfigError
-from ._common import add_model_args
+from ._common import add_model_args, check_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     """Check the size, then print the model's numbers."""
-    from ..spec.architecture import check_size
     from ..workload.model import model_info
 
-    try:
-        check_size(args.depth, args.alpha, args.block, args.widening)
-    except ValueError as exc:
-        raise ConfigError("--depth", "model.depth", str(exc)) from None
+    check_model_args(args, args.widening)
     print(json.dumps(model_info(args.depth, args.alpha, args.block, args.widening), indent=2))
     return 0

@@ -6,12 +6,16 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec.config import ConfigError
 from ..spec.schema import Status
 from ..stats.scaling import LINKS
-from ._common import add_model_args
-from ._types import positive_int
+from ._common import add_model_args, check_model_args
+from ._types import float_between, non_negative_float, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..stats.scaling import Link
 
 DESCRIPTION = ("Ring all-reduce model: t_N = t_1 + exposed(sum over DDP buckets of 2(N-1)/N x "
                "bytes / bandwidth + 2(N-1) x latency) + jitter x E[max of N normals]; "
@@ -20,6 +24,8 @@ DESCRIPTION = ("Ring all-reduce model: t_N = t_1 + exposed(sum over DDP buckets 
 EPILOG = ("Links: " + ", ".join(f"{k} ({v.name})" for k, v in LINKS.items())
           + "; or NAME=GBps[:latency_us].\nExample: pyramidrepro scaling --run "
             "results/runs/fig5/p000-.../metrics.h5 --inter 100g 400g")
+#: DDP's bucket size: below 0.1 MB the buckets of a large model run into the millions
+BUCKET_CAP_MB = (0.1, 1e5)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scaling", help="predict DDP throughput on N devices / nodes from one device's step",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--run", metavar="METRICS", help="a completed one-device run (metrics.h5 or its folder)")
-    p.add_argument("--step-time-ms", type=float, help="one device's step time (instead of --run)")
-    p.add_argument("--batch-per-device", type=int, help="the batch that step time is for")
+    p.add_argument("--step-time-ms", type=positive_float, help="one device's step time (instead of --run)")
+    p.add_argument("--batch-per-device", type=positive_int, help="the batch that step time is for")
     add_model_args(p, depth=110, alpha=270, what="the model whose gradient bytes count (without --run)")
     p.add_argument("--devices", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--per-node", type=positive_int, default=8, help="devices per node (default 8)")
     p.add_argument("--intra", default="nvlink4", help="link within a node (default nvlink4)")
     p.add_argument("--inter", nargs="+", default=["100g", "200g", "400g"], help="links between nodes")
-    p.add_argument("--bucket-cap-mb", type=float, default=25.0)
-    p.add_argument("--overlap", type=float, help="share of backward that hides communication "
-                                                  "(default: 1 for GPU runs, 0 for CPU runs)")
-    p.add_argument("--jitter-ms", type=float, help="step-time standard deviation (default: from --run, else 0)")
+    p.add_argument("--bucket-cap-mb", type=float_between(*BUCKET_CAP_MB), default=25.0,
+                   help=f"DDP's bucket size in MB (default 25; {BUCKET_CAP_MB[0]:g} to {BUCKET_CAP_MB[1]:g})")
+    p.add_argument("--overlap", type=float_between(0, 1), help="share of backward that hides communication, 0 to 1 "
+                                                               "(default: 1 for GPU runs, 0 for CPU runs)")
+    p.add_argument("--jitter-ms", type=non_negative_float,
+                   help="step-time standard deviation (default: from --run, else 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_scaling)
 
@@ -70,8 +78,8 @@ def _from_run(run: str) -> OneDevice:
         raise FileNotFoundError(f"{path}: no such metrics file")
     try:
         r = load_run(path)
-    except OSError:
-        raise ConfigError(str(path), "", "not a readable metrics file") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), "", f"not a readable metrics file ({str(exc).splitlines()[0]})") from None
     if r.status != Status.COMPLETED or not r.images_per_s:
         raise ConfigError(str(path), "status", f"needs a completed run with images_per_s (got {r.status})")
     if r.world_size != 1:
@@ -85,6 +93,7 @@ def _given(args: argparse.Namespace) -> OneDevice:
     if not args.step_time_ms or not args.batch_per_device:
         raise ConfigError("scaling", "--step-time-ms/--batch-per-device",
                           "give both (a measured one-device step), or --run METRICS_FILE")
+    check_model_args(args)
     return OneDevice(args.depth, args.alpha, args.block, args.batch_per_device, args.step_time_ms / 1e3,
                      0.0, True, 0)
 
@@ -104,15 +113,21 @@ def one_device(args: argparse.Namespace) -> OneDevice:
     return base
 
 
-def cmd_scaling(args: argparse.Namespace) -> int:
-    """Predict images/s and efficiency per device count and link between nodes; print a table or JSON."""
-    from ..stats.scaling import DeviceStep, Fabric, default_overlap, parse_link, predict
+def link_of(flag: str, text: str) -> Link:
+    """The link ``text`` names (stats.scaling.parse_link); ConfigError naming ``flag`` for a bad one."""
+    from ..stats.scaling import parse_link
 
     try:
-        intra = parse_link(args.intra)
-        inters = [parse_link(x) for x in args.inter]
+        return parse_link(text)
     except ValueError as exc:
-        raise ConfigError("scaling", "--intra/--inter", str(exc)) from None
+        raise ConfigError("scaling", flag, str(exc)) from None
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    """Predict images/s and efficiency per device count and link between nodes; print a table or JSON."""
+    from ..stats.scaling import DeviceStep, Fabric, default_overlap, predict
+
+    intra, inters = link_of("--intra", args.intra), [link_of("--inter", x) for x in args.inter]
     base = one_device(args)
     overlap = args.overlap if args.overlap is not None else default_overlap(base.gpu)
     step = DeviceStep(base.step_s, base.batch, base.grad_bytes, base.jitter_s)

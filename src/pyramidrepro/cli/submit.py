@@ -6,6 +6,7 @@ import argparse
 
 from ..spec.config import load_config
 from ._common import add_config_args, add_container_arg, add_out_arg, container_override
+from ._types import positive_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="override cluster.executor")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and points; submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between state checks with --wait")
+    p.add_argument("--poll", type=positive_float, default=2.0, help="seconds between state checks with --wait")
     p.add_argument("--never-starts", choices=["cancel", "keep"], default="cancel",
                    help="with --wait, a Slurm job pending for a reason that never clears (PartitionConfig, "
                         "a per-job limit, its nodes down, more than any node has) ends the wait with the "

@@ -9,8 +9,12 @@ DDP points need one task per GPU, single and DP points one task).  The submitted
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import io
+import os
 import shlex
+import shutil
 import sys
 import time
 import uuid
@@ -184,7 +188,9 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
            check_nodes: bool = True) -> list[Any]:
     """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run).
 
-    On Slurm, each layout's request is first compared with the cluster's nodes (``check_nodes``)."""
+    Everything is checked before anything is written: the image, every point, Slurm's client
+    (:func:`check_slurm_client`) and, with ``check_nodes``, each layout's request against the
+    cluster's nodes. Folders made for a submission that sbatch then refuses are removed again."""
     out = Path(out).resolve()
     points = expand_sweep(cfg, source) if points is None else points
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -193,43 +199,98 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     if box and cfg.cluster.executor == "debug":
         raise ConfigError(source, "cluster.executor", "debug runs the jobs in this process, which cannot run in "
                                                       f"the image {box.image}: use local or slurm")
-    if box and not dry_run:
-        out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
-    python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
     groups: dict[tuple, list[tuple[str, ExperimentConfig]]] = {}
     for run_id, point_cfg in points:
         groups.setdefault(_layout(point_cfg), []).append((run_id, point_cfg))
     print(f"{len(points)} point(s) of {cfg.name} -> {len(groups)} job array(s), results under "
           f"{out / cfg.name}", file=stream)
-    for run_id, point_cfg in points:
-        validate_dispatch(point_cfg, f"{source} ({run_id})")
-    if check_nodes and not dry_run and cfg.cluster.executor == "slurm":
+    check_before_writing(cfg, source, groups, submits_to_slurm=not dry_run and cfg.cluster.executor == "slurm",
+                         check_nodes=check_nodes)
+    new_folders = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    if box and not dry_run:
+        out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
+    python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
+    if dry_run:
+        for members in groups.values():
+            print_preview(cfg.name, out, members, folder, python, stream)
+        return []
+    jobs: list[Any] = []
+    try:
+        for members in groups.values():
+            jobs += submit_array(cfg.name, source, out, members, folder, python, stream)
+    except ConfigError:  # sbatch refused an array
+        if not jobs:  # nothing queued: leave nothing behind
+            remove_new_folders(new_folders)
+        raise
+    return jobs
+
+
+def check_before_writing(cfg: ExperimentConfig, source: str, groups: dict[tuple, list[tuple[str, ExperimentConfig]]],
+                         submits_to_slurm: bool, check_nodes: bool) -> None:
+    """ConfigError for the first point that cannot be dispatched, and for a Slurm submission, a client
+    that cannot submit or (``check_nodes``) a layout that no node can hold."""
+    for members in groups.values():
+        for run_id, point_cfg in members:
+            validate_dispatch(point_cfg, f"{source} ({run_id})")
+    if submits_to_slurm:
+        check_slurm_client(source)
+    if submits_to_slurm and check_nodes:
         for members in groups.values():
             preflight(members[0][1], f"{source} ({members[0][0]})")
-    jobs: list[Any] = []
-    for layout, members in groups.items():
-        first = members[0][1]
-        if dry_run:
-            print(f"# --- array of {len(members)} point(s): {layout[0]} task(s)/node x {layout[1]} node(s)",
-                  file=stream)
-            for run_id, _ in members:
-                print(f"#   {run_dir_for(out, cfg.name, run_id)}", file=stream)
-            print(sbatch_preview(first, folder, python, len(members)), file=stream)
-            continue
-        runners = [JobRunner(p.to_dict(), str(run_dir_for(out, cfg.name, run_id))) for run_id, p in members]
-        folder.mkdir(parents=True, exist_ok=True)
-        executor = make_executor(first, folder, python)
-        try:
-            with executor.batch():
-                batch_jobs = [executor.submit(r) for r in runners]
-        except FailedJobError as exc:  # sbatch refused the request: its own words, not a traceback
-            said = [ln.removeprefix("sbatch: error: ") for ln in str(exc).strip().splitlines()] or ["refused"]
-            raise ConfigError(f"{source} ({members[0][0]})", "cluster",
-                              f"sbatch refused {request_of(first).describe()}: {'; '.join(said)}") from None
-        for job, (run_id, _) in zip(batch_jobs, members):
-            print(f"submitted {job.job_id}: {run_dir_for(out, cfg.name, run_id)}", file=stream)
-        jobs += batch_jobs
+
+
+def check_slurm_client(source: str) -> None:
+    """ConfigError at once when Slurm's client cannot submit: no sbatch on PATH, or ``SLURM_CONF``
+    naming no readable file (Slurm's commands retry that for a minute, then fail)."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError(source, "cluster.executor", "slurm: sbatch is not on PATH (Slurm's client tools are needed)")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not (os.path.isfile(conf) and os.access(conf, os.R_OK)):
+        raise ConfigError(source, "cluster.executor", f"slurm: SLURM_CONF={conf} is not a readable file, so "
+                                                      "Slurm's commands cannot find the cluster")
+
+
+def print_preview(name: str, out: Path, members: list[tuple[str, ExperimentConfig]], folder: Path,
+                  python: str | None, stream) -> None:  # noqa: ANN001
+    """A dry run of one job array: its points' run folders and the sbatch script."""
+    first = members[0][1]
+    tasks, nodes, _ = _layout(first)
+    print(f"# --- array of {len(members)} point(s): {tasks} task(s)/node x {nodes} node(s)", file=stream)
+    for run_id, _ in members:
+        print(f"#   {run_dir_for(out, name, run_id)}", file=stream)
+    print(sbatch_preview(first, folder, python, len(members)), file=stream)
+
+
+def submit_array(name: str, source: str, out: Path, members: list[tuple[str, ExperimentConfig]], folder: Path,
+                 python: str | None, stream) -> list[Any]:  # noqa: ANN001
+    """Submit one job array (one task layout); ConfigError with sbatch's own words if it refuses."""
+    first = members[0][1]
+    runners = [JobRunner(p.to_dict(), str(run_dir_for(out, name, run_id))) for run_id, p in members]
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = make_executor(first, folder, python)
+    printed = io.StringIO()  # submitit prints a refusing sbatch's stderr: it is in the one-line error instead
+    try:
+        with contextlib.redirect_stderr(printed), executor.batch():
+            jobs = [executor.submit(r) for r in runners]
+    except FailedJobError as exc:  # sbatch refused the request: its own words, not a traceback
+        said = [ln.removeprefix("sbatch: error: ") for ln in str(exc).strip().splitlines()] or ["refused"]
+        raise ConfigError(f"{source} ({members[0][0]})", "cluster",
+                          f"sbatch refused {request_of(first).describe()}: {'; '.join(said)}") from None
+    sys.stderr.write(printed.getvalue())
+    for job, (run_id, _) in zip(jobs, members):
+        print(f"submitted {job.job_id}: {run_dir_for(out, name, run_id)}", file=stream)
     return jobs
+
+
+def remove_new_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first: the submission's own folder, then the parents it made),
+    each parent only if it is empty."""
+    for i, p in enumerate(folders):
+        if i == 0:
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..spec.binds import IMAGE_FOLDERS, IMAGE_HOME, IMAGE_PYTHON, IMAGE_VENV, parse_bind
 from ..spec.config import ConfigError, ExperimentConfig
 from ..spec.schema import Attr
 
-IMAGE_HOME = "/opt/pyramidrepro"
-IMAGE_PYTHON = "/opt/venv/bin/python"
 IMAGE_INFO = f"{IMAGE_HOME}/IMAGE_INFO.json"  # written by containers/install.sh package
 IMAGE_MANIFEST = f"{IMAGE_HOME}/MANIFEST.sha256"  # written by containers/build-local.sh
 IMAGE_PACKAGE = f"{IMAGE_HOME}/src/pyramidrepro/__init__.py"
@@ -93,7 +92,7 @@ class Container:
     runtime: str  # "apptainer" | "bwrap"
     executable: str
     digest: str
-    binds: tuple[str, ...] = ()  # SRC[:DEST[:ro]], the experiment's own
+    binds: tuple[str, ...] = ()  # SRC[:DEST[:ro]], the experiment's own (spec.binds.parse_bind reads them)
     env: tuple[tuple[str, str], ...] = ()
 
     def python(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> list[str]:
@@ -117,7 +116,7 @@ class Container:
         for b in binds:
             src, dest, read_only = parse_bind(b)
             cmd += ["--ro-bind" if read_only else "--bind", src, dest]
-        cmd += ["--chdir", cwd, "--setenv", "PATH", "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+        cmd += ["--chdir", cwd, "--setenv", "PATH", f"{IMAGE_VENV}/bin:/usr/local/bin:/usr/bin:/bin"]
         for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD"):
             cmd += ["--unsetenv", k]
         for k, v in env:
@@ -127,13 +126,6 @@ class Container:
     def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
         """:meth:`python` as one shell string (submitit's ``python`` parameter)."""
         return " ".join(shlex.quote(p) for p in self.python(host_paths, cwd))
-
-
-def parse_bind(spec: str) -> tuple[str, str, bool]:
-    """``SRC[:DEST[:ro]]`` as (source, destination, read-only)."""
-    parts = spec.split(":")
-    dest = parts[1] if len(parts) > 1 and parts[1] else parts[0]
-    return parts[0], dest, len(parts) > 2 and parts[2] == "ro"
 
 
 def root_from(image: Path) -> list[str]:
@@ -152,9 +144,11 @@ def root_from(image: Path) -> list[str]:
 
 def same_place(paths: list[str | Path]) -> list[str]:
     """The existing ``paths``, resolved, without duplicates or paths inside another one, parents first;
-    never ``/`` (it would hide the image: a job started from ``/`` keeps the image's own)."""
+    never ``/`` nor a folder that holds one of the image's own (:data:`IMAGE_FOLDERS`: it would hide
+    them; a job started from ``/`` or ``/opt`` keeps the image's)."""
     kept: list[Path] = []
-    found = {Path(p).resolve() for p in paths if Path(p).exists()} - {Path("/")}
+    found = {Path(p).resolve() for p in paths if Path(p).exists()}
+    found = {p for p in found if not any(p == f or p in f.parents for f in map(Path, IMAGE_FOLDERS))}
     for p in sorted(found, key=lambda p: len(p.parts)):
         if not any(p == k or k in p.parents for k in kept):
             kept.append(p)
@@ -227,10 +221,11 @@ def _check_bwrap(cfg: ExperimentConfig, source: str, image: Path, bwrap: str | N
 
 
 def check_binds(binds: list[str], source: str) -> None:
-    """Every bind's source exists (their form is checked with the config)."""
+    """Every bind's source exists (their form and destination are checked with the config)."""
     for i, b in enumerate(binds):
-        if not Path(parse_bind(b)[0]).exists():
-            raise ConfigError(source, f"container.binds[{i}]", f"{parse_bind(b)[0]}: no such path to bind (from {b!r})")
+        host = parse_bind(b).source
+        if not Path(host).exists():
+            raise ConfigError(source, f"container.binds[{i}]", f"{host}: no such path to bind (from {b!r})")
 
 
 def has_package(image: Path, apptainer: str | None) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, Optional, Union
 
 from .architecture import check_size
+from .binds import parse_bind
 from .errors import ConfigError, shown
 
 #: torch.compile modes (``train.compile_mode``)
@@ -270,10 +271,12 @@ class ContainerConfig(Section):
     apptainer: str = "apptainer"
 
     def validate(self, source: str) -> None:
-        """A known runtime, and every bind of the form SRC[:DEST[:ro]]."""
+        """A known runtime, and every bind of the form SRC[:DEST[:ro]], none over the image's own folders."""
         if self.runtime not in CONTAINER_RUNTIMES:
             raise ConfigError(source, "container.runtime",
                               f"one of {', '.join(CONTAINER_RUNTIMES)}, got {self.runtime!r}")
         for i, b in enumerate(self.binds):
-            if not b or b.count(":") > 2:
-                raise ConfigError(source, f"container.binds[{i}]", f"expected SRC[:DEST[:ro]], got {b!r}")
+            try:
+                parse_bind(b)
+            except ValueError as exc:
+                raise ConfigError(source, f"container.binds[{i}]", str(exc)) from None

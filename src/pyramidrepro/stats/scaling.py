@@ -66,7 +66,8 @@ LINKS: dict[str, Link] = {
 
 
 def parse_link(text: str) -> Link:
-    """A link by name (``LINKS`` key) or as ``NAME=GBps[:latency_us]``."""
+    """A link by name (``LINKS`` key) or as ``NAME=GBps[:latency_us]``; ValueError for another form,
+    a bandwidth that is not a finite number > 0 or a latency that is not a finite number >= 0."""
     if text in LINKS:
         return LINKS[text]
     name, eq, spec = text.partition("=")
@@ -74,10 +75,15 @@ def parse_link(text: str) -> Link:
     try:
         if not eq:
             raise ValueError
-        return Link(name, float(bw), float(lat) if lat else 5.0)
+        link = Link(name, float(bw), float(lat) if lat else 5.0)
     except ValueError:
         known = ", ".join(LINKS)
         raise ValueError(f"link {text!r}: expected one of {known} or NAME=GBps[:latency_us]") from None
+    if not 0 < link.bandwidth_GBps < math.inf:
+        raise ValueError(f"link {text!r}: the bandwidth must be a finite number of GB/s > 0, got {bw}")
+    if not 0 <= link.latency_us < math.inf:
+        raise ValueError(f"link {text!r}: the latency must be a finite number of microseconds >= 0, got {lat}")
+    return link
 
 
 def slowest(a: Link, b: Link) -> Link:
