@@ -167,6 +167,60 @@ def test_ranks_die_with_a_killed_launcher(tmp_path):
             launcher.kill()
 
 
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_stop_signal_to_the_launcher_stops_every_rank_at_the_next_step(tmp_path, sig, code, said):
+    """The launcher passes SIGINT / SIGTERM to its ranks at once: they stop at the next step boundary, the
+    run says interrupted, and the launcher's exit code says the same (not after the 10 s grace period)."""
+    launcher = _start("--out", str(tmp_path), "--set", "train.mode=ddp", "--nproc", "2", *LONG,
+                      "--set", "train.log_every=1", "--set", "metrics.flush_interval_s=0")
+    try:
+        metrics = wait_for_metrics(tmp_path)[0]
+        _wait_steps(metrics, 3)
+        ranks = [int(p) for p in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()]
+        assert len(ranks) == 2
+        at_signal = int(read_metrics(metrics)["steps"]["step"][-1])
+        launcher.send_signal(sig)
+        signalled = time.monotonic()
+        while time.monotonic() - signalled < 5 and any(_alive(p) for p in ranks):
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in ranks), "a rank still runs 5 s after the launcher's signal"
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"pyramidrepro: interrupted ({said})" and "Traceback" not in err, err
+    m = read_metrics(metrics)
+    assert m["attrs"]["status"] == "interrupted" and m["attrs"]["finished_at"], m["attrs"]
+    steps = list(m["steps"]["step"])
+    assert steps == list(range(1, len(steps) + 1))
+    # the step under way at the signal, and one more should the signal land just past a step boundary
+    assert steps[-1] <= at_signal + 2, f"{steps[-1] - at_signal} steps recorded after the signal"
+
+
+def test_a_rank_notes_a_stop_signal_once_and_a_late_second_one_forces_it():
+    """A rank acts on SIGINT / SIGTERM at its next step boundary: the signal is noted (the terminal's Ctrl-C
+    and the launcher's copy of it are one stop), and only a second one seconds later raises at once."""
+    from pyramidrepro.machine.interrupts import FORCE_AFTER_S, DeferredStop, RunInterrupted
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = DeferredStop()
+    stop.install()
+    try:
+        assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM] and stop.pending() is None  # safe to send
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert isinstance(stop.pending(), RunInterrupted) and str(stop.pending()) == "SIGTERM"
+        stop.received_at -= FORCE_AFTER_S + 1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        stop.restore()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -196,7 +250,8 @@ def _fill(disk: Path, leave_bytes: int) -> None:
 
 
 def test_full_disk_keeps_the_rows_already_written(small_disk):
-    """The disk fills while a run writes: it ends with one line, its flushed rows stay readable, no temporaries."""
+    """The disk fills while a run writes: it ends with one line, its flushed rows stay readable, no temporaries,
+    and the room it held for its last write records it failed."""
     run = _start("--out", str(small_disk), "--run-id", "r", "--set", "metrics.flush_interval_s=0", *LONG)
     folder = small_disk / "smoke" / "r"
     try:
@@ -212,12 +267,55 @@ def test_full_disk_keeps_the_rows_already_written(small_disk):
     m = read_metrics(folder / "metrics.h5")  # still readable, every flushed step intact
     steps = list(m["steps"]["step"])
     assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1)) and np.isfinite(m["steps"]["loss"]).all()
-    assert not [p.name for p in folder.iterdir() if "tmp" in p.name]
+    assert m["attrs"]["status"] == "failed" and m["attrs"]["finished_at"], m["attrs"]
+    assert "no space left on device writing" in m["attrs"]["error"]
+    assert not [p.name for p in folder.iterdir() if "tmp" in p.name or "reserve" in p.name]
 
     fresh = run_cli("run", str(SMOKE), "--out", str(small_disk), "--run-id", "new", "--no-progress", *TINY)
     assert fresh.returncode == 1 and "no space left on device writing" in fresh.stderr, fresh.stderr
     assert fresh.stderr.strip().count("\n") == 0
     assert not [p for p in (small_disk / "smoke" / "new").iterdir() if "tmp" in p.name or p.suffix == ".h5"]
+
+
+def test_the_final_status_is_written_in_the_room_the_reserve_held(tmp_path, monkeypatch):
+    """On a disk of a few MiB (its files are what ``tmp_path`` holds) that fills up, closing gives back the
+    reserve and writes the rows left and the status; rows that do not fit even then are dropped, and a run
+    that would have completed is recorded failed."""
+    from pyramidrepro.records.metrics import FINAL_WRITE_RESERVE_BYTES, MetricsWriter
+
+    capacity = {"bytes": 8 << 20}
+
+    def used() -> int:
+        return sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda _: shutil._ntuple_diskusage(capacity["bytes"], used(), capacity["bytes"] - used()))
+    for status, rows_after_full in (("failed", 5), ("completed", 300_000)):
+        folder = tmp_path / status
+        folder.mkdir()
+        w = MetricsWriter(folder / "metrics.h5", flush_interval_s=0, reserve_bytes=FINAL_WRITE_RESERVE_BYTES)
+        reserve = folder / ".metrics.h5.reserve"
+        assert reserve.stat().st_size == FINAL_WRITE_RESERVE_BYTES
+        for step in (1, 2, 3):
+            w.log_step(step=step, epoch=0, loss=1.0)
+        capacity["bytes"] = used() + 900_000  # full: less free than the margin every write keeps
+        w.flush_interval_s = 1e9
+        for step in range(4, 4 + rows_after_full):
+            w.log_step(step=step, epoch=0, loss=1.0)
+        with pytest.raises(OSError, match="no space left on device writing"):
+            w.flush(force=True)
+        if status == "failed":  # the rows left fit in the room of the reserve
+            w.close(status, error="OSError: no space left")
+            assert list(read_metrics(folder / "metrics.h5")["steps"]["step"]) == list(range(1, 9))
+        else:  # they do not: the status alone, and the error goes on
+            with pytest.raises(OSError, match="no space left on device writing"):
+                w.close(status)
+            m = read_metrics(folder / "metrics.h5")
+            assert list(m["steps"]["step"]) == [1, 2, 3] and "300000 rows lost" in m["attrs"]["error"]
+        m = read_metrics(folder / "metrics.h5")
+        assert m["attrs"]["status"] == "failed" and m["attrs"]["finished_at"]
+        assert not reserve.exists()
+        capacity["bytes"] = 8 << 20
 
 
 def test_reader_takes_a_consistent_snapshot(tmp_path):

@@ -10,4 +10,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "provenance": ("git_commit", "versions"),
     "container": ("Container", "resolve", "run_in_image", "image_info"),
     "slurm_state": ("SlurmQueryError", "queue_states", "never_starts"),
+    "interrupts": ("RunInterrupted", "DeferredStop"),
 })

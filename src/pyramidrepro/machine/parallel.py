@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .interrupts import STOP_SIGNALS, ended_interrupted, interruption
 from .slurm_state import expand_nodelist
 
 
@@ -263,9 +264,11 @@ def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, gra
 
     The ranks read the config from a file beside the run folder (the folder is rank 0's to write
     once it owns it).  When a rank fails or is killed, the launcher says which, gives the others
-    ``grace_s`` seconds, then terminates them.  SIGTERM or Ctrl-C to the launcher reaches every
-    rank (their runs end interrupted); if the launcher itself is killed, the kernel kills the ranks.
-    Returns 0 when every rank exits 0, else the first failing rank's code.  ``rank_args`` go on
+    ``grace_s`` seconds, then terminates them.  SIGTERM or Ctrl-C to the launcher reaches every rank
+    at once; they stop at their next step boundary and record the run interrupted, and the launcher
+    then raises what the signal stands for (:func:`.interrupts.interruption`: 130 or 143 at the CLI).
+    ``grace_s`` is for ranks that do not stop.  If the launcher itself is killed, the kernel kills the
+    ranks.  Returns 0 when every rank exits 0, else the first failing rank's code.  ``rank_args`` go on
     each rank's ``run`` command line.
     """
     import tempfile
@@ -277,19 +280,21 @@ def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, gra
         fh.write(cfg.to_yaml())
     argv = ["run", config_file, "--run-dir", str(run_dir), *(rank_args or [])] + ([] if progress else ["--no-progress"])
     port = free_port()
-    procs = []
+    procs: list[subprocess.Popen] = []
     forwarded: list[int] = []
 
-    def forward(signum: int, frame: Any) -> None:  # noqa: ARG001
+    def forward(signum: int, frame: Any) -> None:
+        """Every stop signal to every rank now (a Ctrl-C at a terminal reaches them too: they note one)."""
         forwarded.append(signum)
-        if signum == signal.SIGTERM:  # Ctrl-C reaches the ranks from the terminal already
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signum)
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signum)
 
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    old = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
         for rank in range(nproc):
+            if forwarded:  # stopped while starting: the ranks started have the signal
+                break
             env = dict(os.environ)
             env.update(
                 RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
@@ -297,7 +302,7 @@ def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, gra
             )
             procs.append(subprocess.Popen([sys.executable, "-m", "pyramidrepro", *argv], env=env,
                                           preexec_fn=_die_with_parent))
-        return _supervise(procs, grace_s, forwarded)
+        failed = _supervise(procs, grace_s, forwarded)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -305,26 +310,29 @@ def launch_local(cfg: Any, run_dir: Path, nproc: int, progress: bool = True, gra
             if p.poll() is None:
                 p.kill()
         Path(config_file).unlink(missing_ok=True)
+    return _launcher_exit_code(failed, forwarded)
 
 
-def _supervise(procs: list[subprocess.Popen], grace_s: float, forwarded: list[int]) -> int:
-    """Wait for the ranks; after the first failure (or a forwarded signal), give the rest ``grace_s``."""
+def _supervise(procs: list[subprocess.Popen], grace_s: float, forwarded: list[int]) -> tuple[int, int] | None:
+    """Wait for the ranks; after the first failure (or a forwarded signal), give the rest ``grace_s``.
+
+    Returns the first failure, (rank, exit code), or None when every rank exited 0.
+    """
     failed: tuple[int, int] | None = None
     deadline = None
     while True:
         codes = [p.poll() for p in procs]
         if failed is None:
             failed = _first_failure(codes)
-            if failed is not None:
+            if failed is not None and not (forwarded and ended_interrupted(failed[1])):
                 _say_rank_ended(*failed)
         if (failed is not None or forwarded) and deadline is None:
             deadline = time.monotonic() + grace_s
         if all(c is not None for c in codes):
-            break
+            return failed
         if deadline is not None and time.monotonic() > deadline:
             _stop_ranks(procs)
         time.sleep(0.1)
-    return _launcher_exit_code(failed, forwarded)
 
 
 def _first_failure(codes: list[int | None]) -> tuple[int, int] | None:
@@ -352,9 +360,10 @@ def _stop_ranks(procs: list[subprocess.Popen]) -> None:
 
 
 def _launcher_exit_code(failed: tuple[int, int] | None, forwarded: list[int]) -> int:
-    """The failing rank's code (128 + N for a signal N), else 128 + the first signal forwarded, else 0."""
-    if failed is not None:
-        return failed[1] if failed[1] > 0 else 128 - failed[1]
-    if forwarded:
-        return 128 + forwarded[0]
-    return 0
+    """0 when every rank exited 0 (the run completed, signal or not); the failing rank's code (128 + N
+    for a signal N).  Ranks a forwarded signal stopped raise what the first such signal stands for."""
+    if failed is None:
+        return 0
+    if forwarded and ended_interrupted(failed[1]):
+        raise interruption(forwarded[0])
+    return failed[1] if failed[1] > 0 else 128 - failed[1]

@@ -13,11 +13,17 @@ Rows are buffered in memory and appended every ``flush_interval_s`` seconds by o
 extending the resizable datasets and closing it again.  Between flushes the file on disk is
 closed and consistent, so it can be read mid-run and survives ``kill -9`` with every row flushed
 so far.  The writer is thread-safe: a run may be closed from its stop watcher (``faults``).
+
+A full disk stops the appends (nothing half-written: :func:`.storage.ensure_space` comes first), but
+the final status still gets written: a writer made with ``reserve_bytes`` holds that much disk in a
+file beside ``metrics.h5`` (:class:`SpaceReserve`) and deletes it to make room for the last write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
 import time
 from enum import Enum
@@ -28,11 +34,13 @@ import h5py
 import numpy as np
 
 from ..spec.schema import EPOCH_FIELDS, RANK_FIELDS, STEP_FIELDS, Attr, Status, Summary, check_names
-from .storage import ensure_space
+from .storage import SPACE_RESERVE_BYTES, ensure_space
 
 _INT_FIELDS = {"step", "epoch"}
 CHUNK = 1024  # rows per HDF5 chunk
 CHUNK_BYTES = 8 * CHUNK
+#: the disk a run holds for its final write: the margin every write keeps, and as much again for the write
+FINAL_WRITE_RESERVE_BYTES = 2 * SPACE_RESERVE_BYTES
 
 
 def _attr_value(value: Any) -> Any:
@@ -47,10 +55,38 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
-class MetricsWriter:
-    """Appends rows to ``metrics.h5``; only the process that owns the file creates one."""
+class SpaceReserve:
+    """A file that holds room on the disk for one last write; deleting it makes that room."""
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 2.0) -> None:
+    def __init__(self, path: Path, nbytes: int) -> None:
+        self.path, self.nbytes = path, nbytes
+
+    def hold(self) -> None:
+        """Take the room, with random bytes (a compressing file system cannot shrink them);
+        OSError(ENOSPC) naming the file when the disk has not got it."""
+        self.release()
+        if not self.nbytes:
+            return
+        ensure_space(self.path.parent, self.nbytes, self.path)
+        try:
+            with open(self.path, "wb") as fh:
+                fh.write(os.urandom(self.nbytes))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class MetricsWriter:
+    """Appends rows to ``metrics.h5``; only the process that owns the file creates one.
+
+    ``reserve_bytes``: disk held for :meth:`close` (``.metrics.h5.reserve`` beside the file, taken before
+    the file is made and given back by :meth:`close`).
+    """
+
+    def __init__(self, path: str | Path, flush_interval_s: float = 2.0, reserve_bytes: int = 0) -> None:
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self._steps: dict[str, list] = {k: [] for k in STEP_FIELDS}
@@ -62,11 +98,16 @@ class MetricsWriter:
         self._lock = threading.RLock()
         self.flush_count = 0
         self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
+        self.reserve = SpaceReserve(self.path.with_name(f".{self.path.name}.reserve"), reserve_bytes)
+        self.reserve.hold()
         if not self.path.exists():
             tmp = self.path.with_suffix(".h5.tmp")
             try:
                 self._create(tmp)
                 tmp.replace(self.path)
+            except BaseException:
+                self.reserve.release()
+                raise
             finally:
                 tmp.unlink(missing_ok=True)
 
@@ -134,7 +175,8 @@ class MetricsWriter:
         rows = sum(len(v) for v in self._steps.values()) + sum(len(v) for v in self._epochs.values())
         attrs = sum(len(str(v)) for v in (*self._attrs.values(), *self._summary.values()))
         ranks = sum(a.nbytes for a in self._ranks.values())
-        return 8 * rows + CHUNK_BYTES * (len(STEP_FIELDS) + len(EPOCH_FIELDS)) + 4 * attrs + 2 * ranks
+        chunks = CHUNK_BYTES * (len(STEP_FIELDS) + len(EPOCH_FIELDS)) if rows else 0
+        return 8 * rows + chunks + 4 * attrs + 2 * ranks
 
     def _append(self, force: bool) -> None:
         """Append the buffer; with too little free disk nothing is touched (the rows flushed so far stay
@@ -189,11 +231,51 @@ class MetricsWriter:
                 f["epochs"][name].resize((keep_e,))
 
     def close(self, status: Status | str, **attrs: Any) -> None:
-        """Write everything left, the final status and ``finished_at``."""
+        """Write everything left, the final status and ``finished_at``; give back the reserve.
+
+        On a full disk the reserve makes room for it.  Rows that do not fit even then are dropped and
+        the status is written alone (a run that would have completed is recorded ``failed``: its rows
+        are not all there), and OSError(ENOSPC) follows.
+        """
         with self._lock:
             self.set_attrs(**{Attr.STATUS: Status(status).value,
                               Attr.FINISHED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")}, **attrs)
+            try:
+                self._flush_final()
+            finally:
+                self.reserve.release()
+
+    def _flush_final(self) -> None:
+        """Everything left; on a full disk again in the room of the reserve, then without the rows."""
+        full = self._flush_unless_full()
+        if full is None:
+            return
+        self.reserve.release()
+        if self._flush_unless_full() is None:
+            return
+        dropped = self._drop_rows()
+        if self._attrs.get(Attr.STATUS) == Status.COMPLETED.value:
+            self._attrs.update({Attr.STATUS: Status.FAILED.value, Attr.ERROR: f"{full.strerror} ({dropped} rows lost)"})
+        self.flush(force=True)
+        raise full
+
+    def _flush_unless_full(self) -> OSError | None:
+        """Write the buffer now; the ENOSPC error when the disk has no room for it (nothing touched)."""
+        try:
             self.flush(force=True)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            return exc
+        return None
+
+    def _drop_rows(self) -> int:
+        """Forget the buffered rows and per-rank arrays; how many rows there were."""
+        dropped = len(self._steps[STEP_FIELDS[0]]) + len(self._epochs[EPOCH_FIELDS[0]])
+        for buf in (*self._steps.values(), *self._epochs.values()):
+            buf.clear()
+        self._ranks.clear()
+        return dropped
 
 
 def _decoded(values: np.ndarray) -> np.ndarray | list[str]:

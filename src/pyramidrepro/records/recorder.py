@@ -13,7 +13,7 @@ from typing import Any
 
 from ..spec.config import ExperimentConfig
 from ..spec.schema import END_ATTRIBUTES, Status
-from .metrics import MetricsWriter
+from .metrics import FINAL_WRITE_RESERVE_BYTES, MetricsWriter
 from .runs import METRICS_NAME, prepare
 
 
@@ -21,7 +21,8 @@ class RunRecorder:
     """Opens the run folder and ``metrics.h5`` (rank 0), buffers rows, writes the final status once.
 
     The final status may be written from the stop watcher's thread while the loop still runs
-    (``faults``): :meth:`finish` takes a lock and writes only the first outcome.
+    (``faults``): :meth:`finish` takes a lock and writes only the first outcome.  The writer holds disk
+    for that last write (:class:`.metrics.SpaceReserve`), so a run the full disk stopped ends ``failed``.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, is_main: bool) -> None:
@@ -50,7 +51,8 @@ class RunRecorder:
             self.metrics_path.rename(kept)
             print(f"{self.metrics_path}: an earlier attempt without a checkpoint; its metrics kept as {kept.name}",
                   flush=True)
-        self.writer = MetricsWriter(self.metrics_path, flush_interval_s=self.cfg.metrics.flush_interval_s)
+        self.writer = MetricsWriter(self.metrics_path, flush_interval_s=self.cfg.metrics.flush_interval_s,
+                                    reserve_bytes=FINAL_WRITE_RESERVE_BYTES)
         self.writer.set_attrs(status=Status.RUNNING, **identity, **dict.fromkeys(END_ATTRIBUTES, ""))
         self.writer.flush(force=True)
 
@@ -96,7 +98,8 @@ class RunRecorder:
     def finish(self, status: str, info: dict[str, Any], identity: dict[str, Any]) -> bool:
         """Write the final status (rank 0, once); a run stopped before setup still gets its file.
 
-        Returns whether this call wrote it.
+        Returns whether this call wrote it all.  A full disk that keeps a completed run from recording
+        every row raises OSError(ENOSPC): the record says ``failed``, and so must the run.
         """
         with self.lock:
             if not self.is_main or self.finished_with is not None:
@@ -107,8 +110,10 @@ class RunRecorder:
                 assert self.writer is not None
                 self.writer.close(status, **info)
             except OSError as exc:  # a full disk: the rows flushed so far stay intact
-                if exc.errno != errno.ENOSPC:  # (the run's own error line says no space left)
+                if exc.errno != errno.ENOSPC:
                     print(f"pyramidrepro: could not record status {status} in {self.metrics_path}: {exc}",
                           file=sys.stderr, flush=True)
-                return False
+                elif status == Status.COMPLETED:
+                    raise
+                return False  # (the run's own error line says no space left)
             return True

@@ -8,8 +8,10 @@ that the process group was built on, reached here through a connection of our ow
 rank watches that key from a daemon thread.  A rank that sees a peer's record hands it to its
 ``on_peer_stop`` callback (rank 0 records the outcome in ``metrics.h5``), acknowledges it and
 ends its process with the exit code the callback returned.  The posting rank waits (bounded)
-until every rank knows, so a store hosted in its own process stays up until the peers have read
-the record; ranks that fail together each count themselves as knowing.
+until every rank knows; ranks that stop together (a stop signal, or failures) each count themselves
+as knowing.  Then each rank but 0 says it is done with the store, its last request, and rank 0, whose
+process hosts the store under the local launcher and Slurm, leaves only once the others are done
+(bounded): no rank's request is cut off by the host's leaving.
 
 ``PYRAMIDREPRO_INJECT_OOM=RANK:STEP`` (STEP a step number, or ``setup``) raises
 ``torch.OutOfMemoryError`` on that rank at that point: the seam the tests use to check all this
@@ -62,7 +64,7 @@ class StopChannel:
         from torch.distributed import TCPStore
 
         prefix = f"pyramidrepro/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        self.key, self.acks_key = f"{prefix}/stop", f"{prefix}/stop_acks"
+        self.key, self.acks_key, self.done_key = f"{prefix}/stop", f"{prefix}/stop_acks", f"{prefix}/stop_done"
         self.rank, self.world_size, self.poll_s = rank, world_size, poll_s
         self.on_peer_stop = on_peer_stop
         self.store = TCPStore(
@@ -76,18 +78,19 @@ class StopChannel:
         self._thread.start()
 
     def post(self, status: str, info: dict[str, Any], ack_timeout_s: float = 10.0) -> StopRecord:
-        """Tell every peer to stop, then wait (at most ``ack_timeout_s``) until they have read it.
+        """Tell every peer to stop, wait (at most ``ack_timeout_s``) until they have read it, and leave
+        the store (see the module's docstring).
 
         The first record posted wins; the one in force is returned.
         """
-        self._closed.set()  # this rank's own decision stands: stop watching for others'
+        self.close()  # this rank's own decision stands: stop watching for others' (no request of its left)
         mine = json.dumps({"rank": self.rank, "status": status, "info": info})
+        deadline = time.monotonic() + ack_timeout_s
         try:
             record = _decode(self.store.compare_set(self.key, "", mine))
             self._acknowledge()
-            deadline = time.monotonic() + ack_timeout_s
-            while self.store.add(self.acks_key, 0) < self.world_size and time.monotonic() < deadline:
-                time.sleep(self.poll_s / 2)
+            self._wait_for(self.acks_key, self.world_size, deadline)
+            self._leave_store(deadline)
         except RuntimeError:  # the store's host is gone: the peers are too
             record = StopRecord(self.rank, status, info)
         return record
@@ -105,7 +108,8 @@ class StopChannel:
     def close(self) -> None:
         """Stop watching (before a clean shutdown, while every peer's store is still up)."""
         self._closed.set()
-        self._thread.join()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _watch(self) -> None:
         while not self._closed.wait(self.poll_s):
@@ -119,10 +123,26 @@ class StopChannel:
             if record.rank == self.rank:
                 return
             code = self.on_peer_stop(record)
-            self._acknowledge()
+            try:
+                self._acknowledge()
+                self._leave_store(time.monotonic() + 10.0)
+            except RuntimeError:  # the store's host is gone: nobody waits for this rank
+                pass
             from ..machine.parallel import exit_rank
 
             exit_rank(code)
+
+    def _leave_store(self, deadline: float) -> None:
+        """The last request: done with the store (ranks but 0), or wait until the others are (rank 0)."""
+        if self.rank == 0:
+            self._wait_for(self.done_key, self.world_size - 1, deadline)
+        else:
+            self.store.add(self.done_key, 1)
+
+    def _wait_for(self, key: str, count: int, deadline: float) -> None:
+        """Until the counter ``key`` reaches ``count``, or ``deadline``."""
+        while self.store.add(key, 0) < count and time.monotonic() < deadline:
+            time.sleep(self.poll_s / 2)
 
     def _acknowledge(self) -> None:
         with self._ack_lock:

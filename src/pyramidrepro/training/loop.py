@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 
 from ..machine.devices import peak_memory, reset_peaks
+from ..machine.interrupts import interruption_reason
 from ..records.recorder import RunRecorder
 from ..spec.config import ExperimentConfig
-from ..spec.schema import Status, Summary
+from ..spec.schema import Attr, Status, Summary
 from ..stats.measure import throughput
 from ..step.executor import StepExecutor
 from ..workload.loaders import BatchLoader
@@ -147,18 +148,24 @@ class TrainingLoop:
     leave a gap in the metrics of the run that resumes from it (the resume keeps rows up to the
     checkpoint's step and continues after it), so a preemption arriving while a logging window
     is still open on the device saves nothing and the resume starts from the last checkpoint.
+
+    ``interrupt`` is asked at every step boundary; a stop signal it returns (a rank's noted SIGINT or
+    SIGTERM, :class:`.interrupts.DeferredStop`) ends the run there, interrupted.
     """
 
     def __init__(self, settings: LoopSettings, executor: StepExecutor, train_loader: BatchLoader,
                  test_loader: BatchLoader | None, recorder: RunRecorder, checkpoints: Checkpoints,
-                 before_step: Callable[[int], None] | None = None) -> None:
+                 before_step: Callable[[int], None] | None = None,
+                 interrupt: Callable[[], KeyboardInterrupt | None] | None = None) -> None:
         self.settings, self.executor, self.device = settings, executor, executor.device
         self.train_loader, self.test_loader = train_loader, test_loader
         self.recorder, self.checkpoints = recorder, checkpoints
         self.before_step = before_step or (lambda step: None)  # fault injection for tests
+        self.interrupt = interrupt or (lambda: None)
         self.position: Position | None = None
         self.checkpointable = True
         self.step_times: list[float] = []  # every step of this rank, in this process
+        self.images_per_s: float | None = None  # the settled images/s, once a completed run is summarised
         self.timer = StepTimer(self.device)
         self.write_s0 = 0.0
         self.steps_per_epoch = len(train_loader)  # a full epoch (the loader is built at epoch 0)
@@ -173,6 +180,16 @@ class TrainingLoop:
         """
         if self.position is not None and self.checkpointable:
             self.checkpoints.save(self.position)
+
+    def _stop_if_interrupted(self) -> None:
+        """At a step boundary: a stop signal noted since the last one ends the run here, interrupted
+        (with a checkpoint when the run keeps them and the state is recorded, as Ctrl-C in one process)."""
+        signalled = self.interrupt()
+        if signalled is None:
+            return
+        if self.settings.checkpoint_every_s is not None and self.position is not None and self.checkpointable:
+            self._save(self.position)
+        raise RunStopped(Status.INTERRUPTED, **{Attr.ERROR: interruption_reason(signalled)})
 
     def _save(self, at: Position) -> None:
         """Checkpoint from the loop itself: the recorded rows reach the disk first, so a checkpoint
@@ -222,6 +239,7 @@ class TrainingLoop:
         batch = skip - 1
         for batch, (x, y) in enumerate(self.train_loader, start=skip):
             data_time = time.perf_counter() - t_data
+            self._stop_if_interrupted()
             self.before_step(step + 1)
             self.checkpointable = False  # until this step's row is drained to the recorder
             loss, n_correct = self.executor.train_step(x, y)
@@ -315,7 +333,7 @@ class TrainingLoop:
         start = 0
         if any(math.isfinite(d) and d > 0 for d in self.step_times):
             estimate, start, measured = throughput(self.step_times, s.batch_size, floor=s.warmup_steps)
-            summary[Summary.IMAGES_PER_S] = estimate.images_per_s
+            summary[Summary.IMAGES_PER_S] = self.images_per_s = estimate.images_per_s
             summary[Summary.IMAGES_PER_S_CI] = estimate.ci
             summary[Summary.MEASURED_FROM_STEP] = start + 1
             summary[Summary.MEASURED_STEPS] = measured
