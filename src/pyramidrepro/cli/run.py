@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..spec.config import ConfigError, load_config
 from ..spec.schema import EXIT_CODES, Attr
+from ..step.trial_cache import RETUNE_ENV
 from ._common import add_config_args, add_container_arg, add_out_arg, check_runnable, container_override
 from ._types import int_between
 
@@ -31,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int_between(1, MAX_LOCAL_RANKS), default=1,
                    help="spawn N DDP ranks on this machine (train.mode must be ddp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--retune", action="store_true",
+                   help="measure the auto values of train.precision / channels_last / compile again, ignoring and "
+                        f"replacing their cached trials (or {RETUNE_ENV}=1 in a run's environment)")
     add_container_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -82,9 +88,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         paths += [Path(args.run_dir).parent] if args.run_dir else []
         return run_in_image(box, paths, ["-m", "pyramidrepro", *args.argv])
     run_dir = run_dir_of(args, cfg)
-    if args.nproc > 1:
-        return launch_ranks(args, cfg, run_dir)
-    return train_here(args, cfg, run_dir)
+    with retune_if(args.retune):
+        if args.nproc > 1:
+            return launch_ranks(args, cfg, run_dir)
+        return train_here(args, cfg, run_dir)
+
+
+@contextlib.contextmanager
+def retune_if(retune: bool) -> Iterator[None]:
+    """``--retune``: ``$PYRAMIDREPRO_RETUNE`` set while the run (and any rank it starts) chooses its path."""
+    before = os.environ.get(RETUNE_ENV)
+    if retune:
+        os.environ[RETUNE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RETUNE_ENV, None)
+        else:
+            os.environ[RETUNE_ENV] = before
 
 
 def launch_ranks(args: argparse.Namespace, cfg: ExperimentConfig, run_dir: Path | None) -> int:

@@ -6,6 +6,7 @@ from .._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "executor": ("StepExecutor", "StepSettings", "OptimizerSettings", "make_executor"),
     "paths": ("PathSpec", "TrainPath"),
-    "autotune": ("AutoRequest", "Decision", "resolve_auto"),
+    "autotune": ("Choice", "Decision", "choose"),
+    "auto_values": ("AutoRequest", "resolve_auto", "review_prediction"),
     "bounds": ("Bounds", "measure_bounds"),
 })

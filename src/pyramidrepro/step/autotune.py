@@ -4,32 +4,34 @@ short timed trial, and never one that its trial shows slower than the path witho
 A training *path* is a :class:`~.paths.PathSpec` (precision, channels_last, loader, optimizer,
 host sync, compile mode).  :func:`choose` starts from a reference path and tries the candidate
 pieces in turn (greedy forward selection): each candidate path is the current one with one piece
-switched, the two are measured alternately ``rounds`` times, and the piece is kept only when the
-candidate's median images/s beats the current one's by more than ``margin``.  A piece that the
-device's capability rules out is not measured at all (bf16 without bf16 units runs about ten times
-slower than fp32: one trial would cost minutes), and a piece the budget cannot hold is skipped with
-the reason.  ``pyramidrepro bench`` and the ``auto`` values of a run's config use the same chooser.
+switched; the current path is measured before and after each measurement of the candidate
+(:class:`TrialSettings` ``rounds``), and the piece is kept only when the candidate's median
+images/s beats the current one's by more than ``margin``.  A piece that the device's capability rules out is not
+measured at all (bf16 without bf16 units runs about ten times slower than fp32: one trial would
+cost minutes), and a piece the budget cannot hold is skipped with the reason.
+
+The reference measured around each trial tells a steady machine from a disturbed one (another job
+on the same cores): when it moved by more than the trial's own noise, the trial is measured again,
+and a choice whose trials stayed disturbed is used but not cached.  ``pyramidrepro bench`` and the
+``auto`` values of a run's config (:mod:`.auto_values`) use the same chooser.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..machine.devices import capability
 from .paths import PathSpec
 
 MARGIN = 0.02  # a piece must win by more than this (2 %) to be kept: run-to-run noise is about that
 DECISIVE = 0.15  # a first round this far from 1.0x settles a trial (bf16, compile): no second round
-AUTO = "auto"
+STEADY = 0.10  # the reference moving more than this around a trial (and more than the trial's own spread): disturbed
+RETRIES = 2  # a disturbed trial is measured again up to this many times
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Decision:
     images_per_s_without: float | None = None
     images_per_s_with: float | None = None
     seconds: float = 0.0
+    attempts: int = 0  # trials measured (more than one: the machine was not steady during the first)
+    disturbed: bool = False  # not steady in any attempt: the figures may be another job's as much as the piece's
 
     @property
     def ratio(self) -> float | None:
@@ -66,58 +70,157 @@ class Decision:
 
 @dataclass
 class Choice:
-    """The path chosen and how: one decision per candidate, in the order tried."""
+    """The path chosen and how: one decision per candidate, in the order tried, and the images/s
+    its trials measured on the chosen path (None: nothing measured)."""
 
     spec: PathSpec
     decisions: list[Decision] = field(default_factory=list)
     capability: dict[str, Any] = field(default_factory=dict)
+    predicted_images_per_s: float | None = None
+    cached: bool = False  # taken from an earlier run's trials
+    cache_key: str | None = None  # its entry in the trial cache; None: not kept there
+
+    @property
+    def steady(self) -> bool:
+        """Whether every trial had a steady machine (only such a choice is cached)."""
+        return not any(d.disturbed for d in self.decisions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": asdict(self.spec), "capability": self.capability,
-                "decisions": [d.to_dict() for d in self.decisions]}
+                "decisions": [d.to_dict() for d in self.decisions],
+                "predicted_images_per_s": self.predicted_images_per_s}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Choice:
+        """A cached choice; KeyError for an entry from before predictions were kept."""
         decisions = [Decision(**{k: v for k, v in x.items() if k != "ratio"}) for x in d["decisions"]]
-        return cls(PathSpec(**d["spec"]), decisions, d.get("capability", {}))
+        return cls(PathSpec(**d["spec"]), decisions, d.get("capability", {}), d["predicted_images_per_s"])
+
+    def records(self) -> list[dict[str, Any]]:
+        """One row per decision, as the run records them (``auto_choices``)."""
+        return [{"piece": d.name, "kept": d.kept, "reason": d.reason, "images_per_s_without": d.images_per_s_without,
+                 "images_per_s_with": d.images_per_s_with, "disturbed": d.disturbed, "cached": self.cached}
+                for d in self.decisions]
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How :func:`choose` measures and judges a trial (the module constants by default)."""
+
+    rounds: int = 2
+    margin: float = MARGIN
+    decisive: float = DECISIVE
+    steady: float = STEADY
+    retries: int = RETRIES
+
+
+def _spread(rates: list[float]) -> float:
+    return max(rates) / min(rates) - 1 if len(rates) > 1 else 0.0
+
+
+@dataclass
+class Trial:
+    """One attempt at a trial: the reference measured before and after each measurement of the candidate."""
+
+    reference: list[float]
+    candidate: list[float] = field(default_factory=list)
+
+    @property
+    def without(self) -> float:
+        return statistics.median(self.reference)
+
+    @property
+    def with_(self) -> float:
+        return statistics.median(self.candidate)
+
+    @property
+    def reference_spread(self) -> float:
+        return _spread(self.reference)
+
+    def disturbed(self, steady: float) -> bool:
+        """Whether the reference moved by more than ``steady`` and more than the candidate's own spread:
+        the machine changed speed during the trial, so its ratio need not be the piece's."""
+        return self.reference_spread > max(steady, _spread(self.candidate))
+
+    def drift(self) -> str:
+        return f"the reference measured {', '.join(f'{r:,.1f}' for r in self.reference)} images/s around it"
+
+
+def _attempt(current: PathSpec, trial: PathSpec, measure: Callable[[PathSpec], float], s: TrialSettings,
+             before: float | None) -> Trial:
+    """Rounds of the candidate between measurements of the current path (``before``: its latest, if fresh)."""
+    t = Trial([measure(current) if before is None else before])
+    for _ in range(s.rounds):
+        t.candidate.append(measure(trial))
+        t.reference.append(measure(current))
+        if abs(t.with_ / t.without - 1) > s.decisive:
+            break
+    return t
+
+
+def _attempts(cand: Candidate, current: PathSpec, measure: Callable[[PathSpec], float], s: TrialSettings,
+              skip: Callable[[Candidate], str | None], say: Callable[[str], None], before: float | None) -> list[Trial]:
+    """The trial, measured again (up to ``s.retries`` times, while ``skip`` allows) while the machine
+    was not steady during it."""
+    trial = replace(current, **{cand.piece: cand.value})
+    attempts = [_attempt(current, trial, measure, s, before)]
+    while attempts[-1].disturbed(s.steady) and len(attempts) <= s.retries:
+        unsteady = f"{cand.name}: not steady ({attempts[-1].drift()})"
+        why_not = skip(cand)
+        if why_not:
+            say(f"{unsteady}; not measured again ({why_not})")
+            break
+        say(f"{unsteady}: measuring again, attempt {len(attempts) + 1} of {s.retries + 1}")
+        attempts.append(_attempt(current, trial, measure, s, None))
+    return attempts
+
+
+def _decision(name: str, attempts: list[Trial], s: TrialSettings, seconds: float) -> Decision:
+    """The verdict of the steady attempt (the last), else of the least disturbed one."""
+    t = min(attempts, key=lambda a: (a.disturbed(s.steady), a.reference_spread))
+    a, b = t.without, t.with_
+    kept = b > a * (1 + s.margin)
+    verdict = "kept" if kept else ("slower: left out" if b < a else f"within {100 * s.margin:.0f} %: left out")
+    reason = f"{b / a:.2f}x in a trial ({a:,.1f} -> {b:,.1f} images/s): {verdict}"
+    disturbed = t.disturbed(s.steady)
+    if disturbed:
+        reason += f"; not steady in {len(attempts)} attempt{'s' if len(attempts) > 1 else ''} ({t.drift()})"
+    return Decision(name, kept, reason, a, b, seconds, len(attempts), disturbed)
 
 
 def choose(reference: PathSpec, candidates: list[Candidate], measure: Callable[[PathSpec], float],
-           rounds: int = 2, margin: float = MARGIN, skip: Callable[[Candidate], str | None] | None = None,
-           say: Callable[[str], None] = lambda msg: None, decisive: float = DECISIVE) -> Choice:
+           skip: Callable[[Candidate], str | None] | None = None, say: Callable[[str], None] = lambda msg: None,
+           settings: TrialSettings = TrialSettings()) -> Choice:
     """Greedy forward selection of ``candidates`` from ``reference`` (see the module docstring).
 
     ``measure(spec)`` returns images/s of a short stretch of training on ``spec``; ``skip`` may
-    name a reason to leave a candidate untried (a time budget).  A trial stops after its first
-    round when that round is ``decisive`` (the ratio is further than that from 1.0x); otherwise
-    it runs ``rounds`` rounds and compares medians.
+    name a reason to leave a candidate untried, or a disturbed trial unrepeated (a time budget).
+    A trial stops after its first round when that round is decisive (the ratio is further than
+    ``settings.decisive`` from 1.0x); otherwise it runs ``settings.rounds`` rounds and compares
+    medians.  The latest measurement of the path chosen so far (the trial's last reference, or its
+    last candidate measurement when kept) is the next trial's first.
     """
-    current = reference
+    current, rate, before = reference, None, None
     decisions: list[Decision] = []
+    skip = skip or (lambda cand: None)
     for cand in candidates:
-        reason = cand.ruled_out or (skip(cand) if skip else None)
+        reason = cand.ruled_out or skip(cand)
         if reason:
             say(f"{cand.name}: not tried ({reason})")
             decisions.append(Decision(cand.name, False, reason))
             continue
-        trial = replace(current, **{cand.piece: cand.value})
         t0 = time.monotonic()
-        without, with_ = [], []
-        for _ in range(rounds):
-            without.append(measure(current))
-            with_.append(measure(trial))
-            if abs(with_[0] / without[0] - 1) > decisive:
-                break
-        a, b = statistics.median(without), statistics.median(with_)
-        kept = b > a * (1 + margin)
-        verdict = "kept" if kept else ("slower: left out" if b < a else f"within {100 * margin:.0f} %: left out")
-        d = Decision(cand.name, kept, f"{b / a:.2f}x in a trial ({a:,.1f} -> {b:,.1f} images/s): {verdict}",
-                     a, b, time.monotonic() - t0)
+        attempts = _attempts(cand, current, measure, settings, skip, say, before)
+        d = _decision(cand.name, attempts, settings, time.monotonic() - t0)
         say(f"{cand.name}: {d.reason}")
         decisions.append(d)
-        if kept:
-            current = trial
-    return Choice(current, decisions)
+        last = attempts[-1]  # the latest measurement of the path chosen so far opens the next trial
+        if d.kept:
+            current = replace(current, **{cand.piece: cand.value})
+            rate, before = d.images_per_s_with, last.candidate[-1]
+        else:
+            rate, before = d.images_per_s_without, last.reference[-1]
+    return Choice(current, decisions, predicted_images_per_s=rate)
 
 
 def precision_candidate(cap: dict[str, Any], device: torch.device) -> Candidate:
@@ -129,145 +232,3 @@ def precision_candidate(cap: dict[str, Any], device: torch.device) -> Candidate:
     isa = cap.get("isa", "?")
     return Candidate("bf16", "precision", "bf16",
                      ruled_out=f"capability: no bf16 units on this CPU ({isa}); bf16 would be emulated, ~10x slower")
-
-
-# ---------------------------------------------------------------------------------------------
-# The auto values of a run's config
-# ---------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where trial results are kept: $PYRAMIDREPRO_CACHE_DIR, else $XDG_CACHE_HOME/pyramidrepro."""
-    if os.environ.get("PYRAMIDREPRO_CACHE_DIR"):
-        return Path(os.environ["PYRAMIDREPRO_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyramidrepro"
-
-
-def _cache_file() -> Path:
-    return cache_dir() / "auto_choices.json"
-
-
-def _cached(key: str) -> Choice | None:
-    try:
-        entry = json.loads(_cache_file().read_text()).get(key)
-        return Choice.from_dict(entry) if entry else None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None  # no cache, or one from another version: measure again
-
-
-def _store(key: str, choice: Choice) -> None:
-    path = _cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
-        table[key] = choice.to_dict()
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
-    except OSError as exc:  # a read-only home: the choice still holds for this run
-        print(f"pyramidrepro: could not cache the auto choices in {path}: {exc}", flush=True)
-
-
-@dataclass(frozen=True)
-class AutoRequest:
-    """What a run asks of its speed options: ``precision``, ``channels_last`` and ``compile`` as its
-    config sets them (``auto`` or fixed), and the parts of its step that the trials keep as they are."""
-
-    precision: str
-    channels_last: bool | str
-    compile: bool | str
-    compile_mode: str | None  # None: torch.compile's default mode
-    optimizer: str  # the SGD implementation, already resolved for the device
-    mode: str  # train.mode: single, dp, dp_balanced or ddp
-
-    def requested(self) -> dict[str, Any]:
-        """The three options that may be ``auto``, by config name."""
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
-
-    @property
-    def mode_name(self) -> str:
-        """The compile mode a compiled path uses."""
-        return self.compile_mode or "default"
-
-    def reference(self) -> PathSpec:
-        """The run with every ``auto`` piece off (fp32, NCHW, eager) and the fixed ones as set."""
-        return PathSpec(
-            precision="fp32" if self.precision == AUTO else self.precision,
-            channels_last=False if self.channels_last == AUTO else bool(self.channels_last),
-            loader="torch", optimizer=self.optimizer, host_sync=False,
-            compile_mode=None if self.compile in (AUTO, False) else self.mode_name,
-        )
-
-    def candidates(self, cap: dict[str, Any], device: torch.device) -> list[Candidate]:
-        """One candidate per ``auto`` option, in the order they are tried."""
-        out = []
-        if self.precision == AUTO:
-            out.append(precision_candidate(cap, device))
-        if self.channels_last == AUTO:
-            out.append(Candidate("channels_last", "channels_last", True))
-        if self.compile == AUTO:
-            unsupported = "torch.compile does not support nn.DataParallel" if self.mode.startswith("dp") else None
-            out.append(Candidate(f"compile ({self.mode_name})", "compile_mode", self.mode_name, ruled_out=unsupported))
-        return out
-
-
-def resolve_auto(request: AutoRequest, arch: tuple[int, float, str], batch: int, device: torch.device,
-                 trial_steps: int = 5, say: Callable[[str], None] = print) -> Choice:
-    """The run's ``precision`` / ``channels_last`` / ``compile``, ``auto`` ones chosen for this device.
-
-    The reference is :meth:`AutoRequest.reference`; trials run the run's model at its per-process
-    batch on synthetic data kept on the device, and are cached per device, model, batch and torch
-    version.
-    """
-    cap = capability(device)
-    reference, candidates = request.reference(), request.candidates(cap, device)
-    if not candidates:
-        return Choice(reference, [], cap)
-    key = json.dumps({"device": cap, "arch": arch, "batch": batch, "optimizer": request.optimizer,
-                      "mode": request.mode, "requested": {k: str(v) for k, v in request.requested().items()},
-                      "compile_mode": request.mode_name, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}, sort_keys=True)
-    cached = _cached(key)
-    if cached is not None:
-        say(f"auto: {_summary(cached)} (cached trials, {_cache_file()})")
-        return cached
-    say(f"auto: choosing {', '.join(c.name for c in candidates)} on {cap['device']} by short trials ...")
-    choice = _trials(reference, candidates, arch, batch, device, trial_steps, lambda msg: say(f"auto: {msg}"))
-    choice.capability = cap
-    _store(key, choice)
-    say(f"auto: {_summary(choice)}")
-    return choice
-
-
-def _trials(reference: PathSpec, candidates: list[Candidate], arch: tuple[int, float, str], batch: int,
-            device: torch.device, trial_steps: int, say: Callable[[str], None]) -> Choice:
-    """:func:`choose` on short trials of the run's model, each path built once and freed after."""
-    from ..workload.data import synthetic_splits
-    from ..workload.model import PyramidNet
-    from .paths import TrainPath
-
-    paths: dict[PathSpec, TrainPath] = {}
-
-    def measure(spec: PathSpec) -> float:
-        if spec not in paths:
-            paths[spec] = TrainPath(spec, arch, init, splits, batch, device).warm_up(2)
-        return paths[spec].train(trial_steps)
-
-    # the trials draw random numbers of their own: the run's stream is left as it was
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(0)
-        init = PyramidNet(*arch).state_dict()
-        splits = synthetic_splits(max(batch * (trial_steps + 2) * 2, 256), 16)
-        choice = choose(reference, candidates, measure, say=say)
-    paths.clear()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the trials' memory goes back before the run's own steps
-    return choice
-
-
-def _summary(choice: Choice) -> str:
-    s = choice.spec
-    return f"precision {s.precision}, channels_last {s.channels_last}, compile {s.compile_mode or 'off'}"

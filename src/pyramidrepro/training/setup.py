@@ -18,8 +18,10 @@ from ..machine.parallel import DistEnv, detect_dist_env, free_port, init_process
 from ..records.runs import new_run_id, run_dir_for
 from ..spec.config import ExperimentConfig
 from ..stats.scaling import Link, grad_bytes_of, measure_link
-from ..step.autotune import AutoRequest, Choice, resolve_auto
+from ..step.auto_values import AutoRequest, resolve_auto, review_prediction
+from ..step.autotune import Choice
 from ..step.executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
+from ..step.trial_cache import retune_requested
 from ..workload.data import load_splits, per_rank_batch
 from ..workload.loaders import BatchLoader, Shard, make_loader
 from ..workload.model import PyramidNet
@@ -142,9 +144,25 @@ def choose_path(cfg: ExperimentConfig, ctx: RunContext) -> Choice:
                           mode=t.mode)
     micro_batch = per_rank_batch(t.batch_size, ctx.env.world_size) // t.accumulation_steps
     choice = resolve_auto(request, (m.depth, m.alpha, m.block), micro_batch, device,
-                          say=print if ctx.is_main else (lambda msg: None))
+                          say=print if ctx.is_main else (lambda msg: None), retune=retune_requested(),
+                          writes=ctx.is_main)
     if dist.is_initialized():
         box = [choice]
         dist.broadcast_object_list(box, src=0)
         choice = box[0]
     return choice
+
+
+def review_choice(cfg: ExperimentConfig, ctx: RunContext, choice: Choice, images_per_s: float | None) -> None:
+    """After a completed run: drop its cached auto choice if the run measured far below what the
+    trials predicted (:func:`.auto_values.review_prediction`).
+
+    Only where the run's step is the trials' step: one process, one device, device-resident data
+    (the ``torch`` loader) and no activation checkpointing; other runs' images/s hold costs (an
+    all-reduce, DataParallel, a loader, recomputation) that no trial measured.
+    """
+    t = cfg.train
+    like_the_trials = (t.mode in ("single", "ddp") and ctx.env.world_size == 1 and cfg.data.loader == "torch"
+                       and not t.activation_checkpointing)
+    if ctx.is_main and like_the_trials:
+        review_prediction(choice, images_per_s)

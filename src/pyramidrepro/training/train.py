@@ -20,6 +20,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ..machine.devices import is_out_of_memory
+from ..machine.interrupts import DeferredStop, RunInterrupted, interruption_reason
 from ..machine.parallel import shutdown_process_group
 from ..records.recorder import RunRecorder
 from ..records.runs import METRICS_NAME, RunFolderError, RunLock
@@ -38,11 +39,7 @@ from .faults import (
     send_injected_signal,
 )
 from .loop import LoopSettings, TrainingLoop
-from .setup import RunContext, build_training, open_context
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGTERM (what schedulers send) turned into an exception, handled like Ctrl-C."""
+from .setup import RunContext, build_training, open_context, review_choice
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
@@ -53,7 +50,8 @@ class Trainer:
     """Train one experiment in this process (or this rank) and record it in its run folder.
 
     ``handle_signals``: SIGTERM ends the run like Ctrl-C (status interrupted, a checkpoint if the
-    run keeps them).  Off under submitit, which handles the scheduler's signals itself.
+    run keeps them); a rank of a process group notes both and stops at its next step boundary, with
+    its peers.  Off under submitit, which handles the scheduler's signals itself.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None,
@@ -70,6 +68,7 @@ class Trainer:
         self.stop_channel: StopChannel | None = None
         self.identity: dict[str, Any] = {}
         self.handle_signals = handle_signals
+        self.deferred = DeferredStop()  # a rank's stop signals, acted on at a step boundary
         self.lock: RunLock | None = None
         self.requeued = False  # set by prepare_requeue
 
@@ -94,6 +93,7 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self.deferred.restore()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             if self.lock is not None:
@@ -105,6 +105,8 @@ class Trainer:
         self.identity = identity_attributes(self.cfg, ctx, self.extra_attrs)
         if dist.is_initialized() and ctx.env.world_size > 1:
             self.stop_channel = StopChannel(ctx.env.rank, ctx.env.world_size, self._on_peer_stop)
+            if self.handle_signals and threading.current_thread() is threading.main_thread():
+                self.deferred.install()  # raised inside a collective, a signal would leave the peers waiting
         status, info = self._outcome(ctx)
         self._finish(status, info)
         if status == Status.COMPLETED:
@@ -128,7 +130,7 @@ class Trainer:
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what is consistent, say interrupted
             if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
                 self.loop.save_if_checkpointable()
-            self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: f"{type(exc).__name__} {exc}".strip()}))
+            self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: interruption_reason(exc)}))
             raise
         except BaseException as exc:
             outcome = self._outcome_of_error(exc)
@@ -187,7 +189,7 @@ class Trainer:
 
         settings = LoopSettings.from_config(self.cfg, world_size=ctx.env.world_size, progress=self.progress)
         self.loop = TrainingLoop(settings, training.executor, training.train_loader, training.test_loader,
-                                 self.recorder, checkpoints, before_step=before_step)
+                                 self.recorder, checkpoints, before_step=before_step, interrupt=self.deferred.pending)
         start = resumed or Position()
         attrs = setup_attributes(self.cfg, ctx, training, self.loop)
         if resumed is not None:
@@ -195,6 +197,10 @@ class Trainer:
             attrs[Attr.RESUMED_FROM_STEP] = start.step
         self.recorder.set_attrs(flush=True, **attrs)
         status, info = self.loop.run(start)
+        if status == Status.INTERRUPTED:  # a stop signal: the peers that did not see it stop too
+            status, info = self._stop(status, info)
+        if status == Status.COMPLETED:  # a cached auto choice the run fell far short of is dropped
+            review_choice(self.cfg, ctx, training.choice, self.loop.images_per_s)
         if status == Status.COMPLETED and self.cfg.train.measure_bounds:
             self.loop.checkpointable = False  # the timed steps move the weights: no checkpoint from here
             t = self.cfg.train
