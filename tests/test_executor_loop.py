@@ -63,6 +63,32 @@ def test_executor_state_round_trips_through_a_checkpoint(tmp_path):
         Checkpoints(tmp_path, "cfg2", b, writes=True).load()
 
 
+def test_a_save_interrupted_by_a_nested_save_of_the_same_step_still_leaves_that_step(tmp_path, monkeypatch):
+    """A preemption hook that saves while the loop is inside its own save of the same step, and a kill
+    before the loop's save ends: checkpoint.pt holds that step, and ``saved`` says only what is on disk."""
+    import pyramidrepro.training.checkpoint as checkpoint_module
+
+    checkpoints = Checkpoints(tmp_path, "cfg1", _executor("single"), writes=True)
+    checkpoints.save(Position(0, 16, 0))
+    real_save, calls = torch.save, []
+
+    def save_then_get_signalled(state, path):  # noqa: ANN001
+        calls.append(path)
+        if len(calls) == 1:  # the loop's own save: the hook runs in the middle, then the process is killed
+            checkpoints.save(Position(0, 24, 0))
+            raise SystemExit("killed by the scheduler")
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_then_get_signalled)
+    with pytest.raises(SystemExit):
+        checkpoints.save(Position(0, 24, 0))
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert len(calls) == 2 and calls[0] != calls[1]  # the nested save wrote its own file
+    assert checkpoints.saved == Position(0, 24, 0)
+    assert Checkpoints(tmp_path, "cfg1", _executor("single"), writes=True).load() == Position(0, 24, 0)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def _loop(cfg, run_dir, executor=None) -> tuple[TrainingLoop, RunRecorder, Checkpoints]:
     splits = synthetic_splits(cfg.data.synthetic_train_size, 64, seed=cfg.train.seed)
     executor = executor or make_executor("single", PyramidNet(8, 4), CPU, StepSettings(),

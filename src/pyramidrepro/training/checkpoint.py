@@ -30,27 +30,30 @@ class Checkpoints:
     def __init__(self, run_dir: Path, config_digest: str, executor: StepExecutor, writes: bool) -> None:
         self.path = Path(run_dir) / CHECKPOINT_NAME
         self.config_digest, self.executor, self.writes = config_digest, executor, writes
-        self.saved: Position | None = None
+        self.saved: Position | None = None  # what checkpoint.pt holds
+        self._writes = 0
 
     def save(self, at: Position) -> None:
-        """Write the training state at ``at`` (once per position; ranks other than 0 write nothing)."""
+        """Write the training state at ``at`` (once per position; ranks other than 0 write nothing).
+
+        ``saved`` moves only once the file is in place: a save interrupted by a signal whose handler
+        saves too (submitit's preemption hook) writes its own file instead of trusting the one half done.
+        """
         if not self.writes or self.saved == at:
             return
-        self.saved = at
         state = {**self.executor.state_dict(), "epoch": at.epoch, "step": at.step,
                  "batch_in_epoch": at.batch_in_epoch, "torch_rng": torch.get_rng_state(),
                  "config_digest": self.config_digest}
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writes += 1
+        tmp = self.path.with_name(f"{self.path.name}.{self._writes}.tmp")  # nested saves never share one
         try:
             size = sum(t.numel() * t.element_size() for t in _tensors(state))
             ensure_space(self.path.parent, 2 * size, self.path)  # the new file beside the old one
             torch.save(state, tmp)
             tmp.replace(self.path)
-        except BaseException:
-            self.saved = None
-            raise
         finally:
             tmp.unlink(missing_ok=True)
+        self.saved = at
 
     def load(self) -> Position | None:
         """Restore the state a checkpoint holds; its position, or None when there is none."""
