@@ -20,7 +20,7 @@ def _say(text: str) -> None:
 
 def interrupted(exc: KeyboardInterrupt) -> int:
     """Ctrl-C, or SIGTERM in a run (its status says interrupted): say which; 130 or 143."""
-    from ..training.train import RunInterrupted
+    from ..machine.interrupts import RunInterrupted
 
     term = isinstance(exc, RunInterrupted)
     _say(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'})")

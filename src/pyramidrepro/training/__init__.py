@@ -4,7 +4,7 @@ iterates, checkpoints that resume a preempted run, and the injected faults the t
 from .._exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "train": ("Trainer", "RunInterrupted"),
+    "train": ("Trainer",),
     "loop": ("TrainingLoop", "LoopSettings"),
     "checkpoint": ("Checkpoints", "Position"),
     "faults": ("StopChannel",),

@@ -20,7 +20,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ..machine.devices import is_out_of_memory
-from ..machine.interrupts import DeferredStop, RunInterrupted, interruption_reason
+from ..machine.interrupts import DeferredStop, interruption, interruption_reason
 from ..machine.parallel import shutdown_process_group
 from ..records.recorder import RunRecorder
 from ..records.runs import METRICS_NAME, RunFolderError, RunLock
@@ -43,7 +43,7 @@ from .setup import RunContext, build_training, open_context, review_choice
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
-    raise RunInterrupted(signal.Signals(signum).name)
+    raise interruption(signum)
 
 
 class Trainer:
