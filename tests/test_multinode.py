@@ -1,6 +1,7 @@
 """Multi-node jobs on the real Slurm test cluster: 3 nodes, each a network namespace with its own
 hostname and address (slurm/dev/cluster.sh, started by `make test`), gloo DDP across them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,14 +46,15 @@ def _ranks_in(node: str, marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("per_node", [1, 2])
-def test_ddp_across_two_nodes(tmp_path, per_node):
+@pytest.mark.parametrize(("per_node", "loader"), [(1, "dali"), (2, "torch")])
+def test_ddp_across_two_nodes(tmp_path, per_node, loader):
     r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *TINY, *DDP_ACROSS,
-                "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}")
+                "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}",
+                "--set", f"data.loader={loader}")
     assert r.returncode == 0, r.stdout + r.stderr
     m = _only_metrics(tmp_path)
     a = m["attrs"]
-    assert a["status"] == "completed" and a["backend"] == "gloo"
+    assert a["status"] == "completed" and a["backend"] == "gloo" and a["loader"] == loader
     assert a["world_size"] == 2 * per_node
     assert expand_nodelist(a["slurm_nodelist"]) == ["node1", "node2"]
     assert m["ranks"]["hostname"] == ["node1"] * per_node + ["node2"] * per_node  # rank order: node by node
@@ -60,6 +62,24 @@ def test_ddp_across_two_nodes(tmp_path, per_node):
     assert step_times.shape[0] == 2 * per_node and (step_times > 0).all()  # every rank on both nodes timed
     assert a["link_bandwidth_GBps"] > 0  # the ring's link, measured across the nodes
     assert load_run(m["path"]).nodes == 2
+
+
+def test_each_loader_gives_two_ranks_on_two_nodes_disjoint_shares_that_cover_the_epoch(tmp_path):
+    """DALI as the tensor loader: with one rank on each of two nodes (gloo, the package's own rank
+    layout), the samples of one epoch split into two disjoint halves that cover it."""
+    out = tmp_path / "shards.json"
+    r = subprocess.run(["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2", "--time=5",
+                        sys.executable, str(ROOT / "tests" / "support" / "shard_job.py"), str(out), "dali", "torch"],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    shards = json.loads(out.read_text())
+    assert len(set(shards["hosts"])) == 2, shards["hosts"]  # one rank per node
+    for kind in ("dali", "torch"):
+        rank0, rank1 = shards[kind]
+        assert len(rank0) == len(rank1) == 512 and not set(rank0) & set(rank1), kind
+        assert sorted(rank0 + rank1) == list(range(1024)), kind
+    assert shards["dali"] == shards["torch"]  # one global order per (seed, epoch), whatever the loader
 
 
 def test_plain_sbatch_template_lands_the_same_result(tmp_path):

@@ -241,9 +241,13 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
             return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds "
                                                f"already ({held / GIB:.2f} GiB): on a CPU the cap counts Python "
                                                "and torch too")
-    if cfg.data.loader == "dali":
-        try:
-            import nvidia.dali  # noqa: F401
-        except ImportError:
-            return "data.loader", "dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]' (nvidia-dali-cuda130)"
+    return loader_problem(cfg)
+
+
+def loader_problem(cfg: Any) -> tuple[str, str] | None:
+    """("data.loader", the fix) when ``cfg``'s loader cannot be imported here, else None."""
+    from ..workload.loaders.dali import MISSING, dali_version
+
+    if cfg.data.loader == "dali" and dali_version() is None:
+        return "data.loader", MISSING
     return None

@@ -122,11 +122,10 @@ def build_training(cfg: ExperimentConfig, ctx: RunContext) -> Training:
     train_loader = make_loader(cfg.data.loader, splits.train, t.batch_size, device, shard=shard,
                                augment=cfg.data.augment, num_workers=cfg.data.num_workers)
     test_loader = None
-    if t.evaluate:  # DALI's CPU mode evaluates through the tensor loader (the same images, unaugmented)
-        kind = "torch" if cfg.data.loader == "dali" and device.type == "cpu" else cfg.data.loader
+    if t.evaluate:
         eval_batch = env.world_size * max(256, per_rank_batch(t.batch_size, env.world_size))
-        test_loader = make_loader(kind, splits.test, eval_batch, device, shard=shard, train=False, augment=False,
-                                  num_workers=cfg.data.num_workers)
+        test_loader = make_loader(cfg.data.loader, splits.test, eval_batch, device, shard=shard, train=False,
+                                  augment=False, num_workers=cfg.data.num_workers)
     link = None
     if ctx.backend is not None and env.world_size > 1 and t.measure_link:
         link = measure_link(device)

@@ -7,7 +7,8 @@ Which samples a rank sees in an epoch is decided once, in :class:`.base.ShardedL
 
 * ``torch`` (:mod:`.tensor`): the dataset as one tensor on the device, augmented there;
 * ``torchvision`` (:mod:`.torchvision`): Dataset + DataLoader + transforms, the classic path;
-* ``dali`` (:mod:`.dali`): an NVIDIA DALI pipeline (GPU, or DALI's CPU-only mode).
+* ``dali`` (:mod:`.dali`): an NVIDIA DALI pipeline through DALI's PyTorch iterator (on the GPU, or in
+  DALI's CPU-only mode with at most half the process's cores as threads).
 """
 
 from __future__ import annotations
@@ -37,5 +38,5 @@ def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device
     if kind == "dali":
         from .dali import DaliLoader
 
-        return DaliLoader(data, batch_size, device, **common)
+        return DaliLoader(data, batch_size, device, num_threads=max(1, num_workers), **common)
     raise ValueError(f"unknown loader {kind!r} (expected one of {', '.join(LOADERS)})")

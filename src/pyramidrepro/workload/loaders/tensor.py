@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet
-from .base import ShardedLoader
+from .base import ShardedLoader, device_order
 
 
 def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +62,7 @@ class TensorLoader(ShardedLoader):
 
     def epoch_selected(self) -> None:
         self.generator.manual_seed(self.epoch_seed)
-        self.bounds = np.cumsum([0] + [len(b) for b in self.batches]).tolist()
-        flat = torch.from_numpy(np.concatenate(self.batches) if self.batches else np.zeros(0, dtype=np.int64))
-        if self.device.type == "cuda":
-            flat = flat.pin_memory()
-        self.order = flat.to(self.device, non_blocking=True)
+        self.order, self.bounds = device_order(self.batches, self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for lo, hi in zip(self.bounds, self.bounds[1:]):
