@@ -12,7 +12,7 @@ from support import SMOKE, run_cli
 
 def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: float | None,
              gpu: bool = True, cap: float | None = 12.0, peaks=(10 * 2**30,), precision="fp32",
-             accumulation: int = 1, **attrs) -> None:
+             accumulation: int = 1, summary: dict | None = None, **attrs) -> None:
     """A hand-built metrics file, for the claim logic."""
     d = root / name
     d.mkdir(parents=True)
@@ -27,7 +27,7 @@ def fake_run(root: Path, name: str, mode: str, batch: int, status: str, ips: flo
                 versions=json.dumps({"torch": "2.x"}), git_commit="abc", model="PyramidNet-110 alpha=270 basic")
     w.set_attrs(**attrs)
     if ips is not None:
-        w.set_summary(images_per_s=ips)
+        w.set_summary(images_per_s=ips, **(summary or {}))
     w.set_ranks(peak_memory_bytes=list(peaks))
     w.close(status)
 
@@ -311,3 +311,23 @@ def test_a_figure_that_fails_to_draw_leaves_no_file(tmp_path, monkeypatch):
         build_report(runs, rep)
     assert [p.name for p in rep.iterdir()] == ["fig5_throughput.png"]  # no svg, no temporary file
     assert (rep / "fig5_throughput.png").read_bytes() == b"an earlier report's"  # not replaced by half a figure
+
+
+def test_the_loader_of_every_point_and_two_loaders_side_by_side(tmp_path):
+    """Every point names its loader; a point fed by DALI and by the tensor loader is two lines side by
+    side (with the bound each measured) and the claims read the main loader's lines only."""
+    for i, (mode, batch, status, ips) in enumerate(PAPER_LIKE):
+        fake_run(tmp_path / "runs", f"r{i}", mode, batch, status, ips, loader="dali",
+                 versions=json.dumps({"torch": "2.x", "dali": "2.4.0"}))
+    fake_run(tmp_path / "runs", "t256", "single", 256, "completed", 160.0, loader="torch",
+             summary={"bound": "input", "compute_images_per_s": 330.0, "input_images_per_s": 170.0})
+    res = build_report(tmp_path / "runs", tmp_path / "rep", stage="pass 1 of at most 3 done, the campaign goes on")
+    text = Path(res["report"]).read_text()
+    assert_tables_whole(text)
+    assert "Campaign: pass 1 of at most 3 done, the campaign goes on" in text
+    assert "- loader: dali (DALI 2.4.0, GPU): 10 runs; torch: 1 runs" in text
+    assert "| single | 256 | dali | completed | 320 |" in text
+    assert "| single+torch | 256 | torch | completed | 160 |" in text
+    side = text.split("## Loaders side by side")[1].split("##")[0]
+    assert "| single | 256 | dali: 320 | - | torch: 160 | **input**: " in side and "| 2.00x |" in side
+    assert {c["key"]: c["verdict"] for c in res["claims"]}["C2"] == "PASS"  # single@256 is still dali's 320

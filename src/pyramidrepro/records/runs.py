@@ -142,6 +142,7 @@ class RunRecord:
     model: str
     accumulation_steps: int = 1
     activation_checkpointing: bool = False
+    loader: str = ""  # data.loader: what fed the step ("" when the run does not say)
     epochs: dict[str, list[float]] = field(default_factory=dict)
     depth: int = 0
     alpha: float = 0.0
@@ -224,7 +225,7 @@ def _config_of(a: Fields) -> dict[str, Any]:
         cfg = parse_yaml_text(a.text(Attr.CONFIG_YAML) or "{}", Attr.CONFIG_YAML.value) or {}
     except ConfigError as exc:
         raise ValueError(f"its config_yaml attribute is not YAML ({exc.message})") from None
-    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("train", "model")):
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("train", "model", "data")):
         raise ValueError("its config_yaml attribute is not an experiment mapping")
     return cfg
 
@@ -239,6 +240,7 @@ def _identity(a: Fields, cfg: dict[str, Any]) -> dict[str, Any]:
     attribute, else the config's value)."""
     train = Fields(cfg.get("train", {}), "config's train.{}", parsed=True)
     model = Fields(cfg.get("model", {}), "config's model.{}", parsed=True)
+    data = Fields(cfg.get("data", {}), "config's data.{}", parsed=True)
     mode = _recorded(a, train, Fields.text, Attr.MODE, "?")
     precision = _recorded(a, train, Fields.text, Attr.PRECISION, "fp32")
     accum = _recorded(a, train, Fields.integer, Attr.ACCUMULATION_STEPS, 1, least=1)
@@ -255,6 +257,7 @@ def _identity(a: Fields, cfg: dict[str, Any]) -> dict[str, Any]:
         model=a.text(Attr.MODEL),
         accumulation_steps=accum,
         activation_checkpointing=ckpt,
+        loader=a.text(Attr.LOADER) or data.text("loader", ""),
         depth=model.integer("depth", 0, least=0),
         alpha=model.number("alpha", least=0) or 0.0,
         block=model.text("block", "basic"),

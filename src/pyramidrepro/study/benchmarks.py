@@ -21,6 +21,7 @@ from ..step.autotune import Candidate
 from ..step.paths import BASELINE
 from ..workload.data import synthetic_splits
 from ..workload.loaders import make_loader
+from ..workload.loaders.dali import dali_threads
 from .bench_plan import BenchPlan, bench_candidates, compile_estimate_s, planned_steps
 from .bench_trials import PathBench, PathBuilder, measure_paths
 
@@ -81,6 +82,7 @@ def bench_loader(
         "images_per_s": statistics.median(rates),
         "images_per_s_all": rates,
         "num_workers": num_workers if kind == "torchvision" else 0,
+        "dali_threads": dali_threads(num_workers) if kind == "dali" else 0,
         "machine": machine(),
     }
 

@@ -88,6 +88,20 @@ def _logging_overhead(records: list[RunRecord]) -> str:
             f"{100 * max(overheads):.2f}% of step time over {len(overheads)} runs")
 
 
+def _loaders(records: list[RunRecord]) -> str:
+    """Which loader fed how many runs, DALI with its version and mode."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.loader or "not recorded"] = counts.get(r.loader or "not recorded", 0) + 1
+    dali = sorted({str(r.versions.get("dali")) for r in records if r.loader == "dali" and r.versions.get("dali")})
+    modes = sorted({"GPU" if r.gpu else "CPU-only mode" for r in records if r.loader == "dali"})
+    parts = []
+    for name, n in sorted(counts.items()):
+        detail = f" (DALI {', '.join(dali) or '?'}, {' and '.join(modes)})" if name == "dali" else ""
+        parts.append(f"{name}{detail}: {'every run' if n == len(records) else f'{n} runs'}")
+    return md_text("; ".join(parts))
+
+
 def provenance_lines(records: list[RunRecord]) -> list[str]:
     """The provenance section's list: hardware, memory cap, TF32, capabilities, systems, data, commits,
     versions, container images and the cost of HDF5 logging."""
@@ -99,6 +113,7 @@ def provenance_lines(records: list[RunRecord]) -> list[str]:
             *capability_lines(records),
             *system_lines(records),
             f"- data: {md_text(', '.join(sorted({r.data_source for r in records})))}",
+            f"- loader: {_loaders(records)}",
             f"- git commit: {md_text(', '.join(sorted({r.git_commit for r in records})))}",
             f"- versions: {md_text(', '.join(f'{k} {val}' for k, val in versions.items() if val))}",
             f"- container image: {_container_images(records)}",

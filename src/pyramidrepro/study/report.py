@@ -28,7 +28,17 @@ from .markdown import md_code, md_text
 from .paper import PAPER_BATCHES, PAPER_ERROR
 from .provenance_section import provenance_lines
 from .scaling_section import ScalingRow, scaling_rows, scaling_section
-from .table import Fit, Point, Table, fmt_estimate, largest_fitting_batch, summarise
+from .table import (
+    Fit,
+    LoaderPair,
+    Point,
+    Table,
+    fmt_estimate,
+    largest_fitting_batch,
+    loader_pairs,
+    mark_loaders,
+    summarise,
+)
 
 __all__ = ["ReportData", "Figures", "SECTIONS", "build_report", "check_claims", "figure5_lines", "line_style",
            "render", "report_data"]
@@ -40,6 +50,7 @@ class ReportData:
 
     results_dir: Path
     command: str  # the command line that made the report ("": not shown)
+    stage: str  # how far the campaign behind it had come, e.g. "pass 1 of at most 3" ("": not shown)
     records: list[RunRecord]  # every run read, boundary probes included
     skipped: list[str]  # the metrics files that could not be read, with the reason
     measured: list[RunRecord]  # the runs that measure throughput: boundary probes left out
@@ -61,11 +72,14 @@ class ReportData:
                 + (" (synthetic data)" if self.synthetic else ""))
 
 
-def report_data(results_dir: Path, records: list[RunRecord], skipped: list[str], command: str = "") -> ReportData:
-    """Work out what the report says from the runs ``load_runs`` read."""
+def report_data(results_dir: Path, records: list[RunRecord], skipped: list[str], command: str = "",
+                stage: str = "") -> ReportData:
+    """Work out what the report says from the runs ``load_runs`` read (a point fed by two loaders
+    split into two lines: :func:`.table.mark_loaders`)."""
+    records = mark_loaders(records)
     table = summarise(records)
     measured = [r for r in records if not r.boundary_probe]
-    return ReportData(results_dir, command, records, skipped, measured,
+    return ReportData(results_dir, command, stage, records, skipped, measured,
                       running=[r for r in records if r.status == Status.RUNNING], table=table,
                       fits=largest_fitting_batch(records), claims=check_claims(records, table),
                       scaling=scaling_rows(measured), provenance=provenance_lines(records))
@@ -98,7 +112,8 @@ def draw_figures(data: ReportData, out: Path) -> Figures:
 
 def _title(data: ReportData, figs: Figures) -> list[str]:
     lines = [f"# Reproduction report{' (synthetic data)' if data.synthetic else ''}", ""]
-    return lines + ([f"Produced by: {md_code(data.command)}", ""] if data.command else [])
+    lines += [f"Produced by: {md_code(data.command)}", ""] if data.command else []
+    return lines + ([f"Campaign: {md_text(data.stage)}", ""] if data.stage else [])
 
 
 def _runs_read(data: ReportData, figs: Figures) -> list[str]:
@@ -144,16 +159,38 @@ def _fmt_bounds(bounds: dict[str, Any]) -> str:
 
 def _run_row(line: str, b: int, p: Point) -> str:
     ips = fmt_estimate(p.estimate) if p.images_per_s else "-"
-    return (f"| {md_text(line)} | {b} | {md_text(p.status)} | {ips} | {_fmt_bounds(p.bounds)} "
-            f"| {_fmt_mem(p.peak_memory)} | {p.runs} |")
+    return (f"| {md_text(line)} | {b} | {md_text(p.loaders or '?')} | {md_text(p.status)} | {ips} "
+            f"| {_fmt_bounds(p.bounds)} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
 
 
 def _runs_table(data: ReportData, figs: Figures) -> list[str]:
     return (["", "## Runs: images/s by mode and batch", "",
-             "| line | batch | status | images/s (± 95 % CI) | bound: compute / input / all-reduce alone (images/s) "
-             "| peak memory (GiB) | repeats |",
-             "| --- | ---: | --- | ---: | --- | --- | ---: |"]
+             "| line | batch | loader | status | images/s (± 95 % CI) "
+             "| bound: compute / input / all-reduce alone (images/s) | peak memory (GiB) | repeats |",
+             "| --- | ---: | --- | --- | ---: | --- | --- | ---: |"]
             + [_run_row(line, b, p) for line, pts in sorted(data.table.items()) for b, p in sorted(pts.items())])
+
+
+def _pair_row(pair: LoaderPair) -> str:
+    main, other = pair.main, pair.other
+    ratio = f"{main.images_per_s / other.images_per_s:.2f}x" if main.images_per_s and other.images_per_s else "-"
+    cells = [md_text(main.line), str(pair.batch_size)]
+    for p in (main, other):
+        cells += [f"{md_text(p.loaders)}: {fmt_estimate(p.estimate) if p.images_per_s else md_text(p.status)}",
+                  _fmt_bounds(p.bounds)]
+    return "| " + " | ".join(cells) + f" | {ratio} |"
+
+
+def _loaders_side_by_side(data: ReportData, figs: Figures) -> list[str]:
+    pairs = loader_pairs(data.table)
+    if not pairs:
+        return []
+    return (["", "## Loaders side by side", "",
+             "The same point fed by two loaders; the bound says whether the input (the loader alone) or the "
+             "step limits it.", "",
+             "| line | batch | images/s | bound | images/s | bound | ratio |",
+             "| --- | ---: | ---: | --- | ---: | --- | ---: |"]
+            + [_pair_row(pair) for pair in pairs])
 
 
 def _paper_cell(p: Point | None) -> str:
@@ -217,8 +254,8 @@ def _still_running(data: ReportData, figs: Figures) -> list[str]:
 
 #: the report's sections, in order
 SECTIONS: tuple[Callable[[ReportData, Figures], list[str]], ...] = (
-    _title, _runs_read, _skipped, _figure5, _claims, _runs_table, _paper_batches, _largest_batch, _accuracy, _scaling,
-    _provenance, _still_running,
+    _title, _runs_read, _skipped, _figure5, _claims, _runs_table, _loaders_side_by_side, _paper_batches,
+    _largest_batch, _accuracy, _scaling, _provenance, _still_running,
 )
 
 
@@ -263,12 +300,14 @@ def _result(report: Path, data: ReportData, figs: Figures) -> dict[str, Any]:
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 command: str = "") -> dict[str, Any]:
-    """Write report.md and the figures; returns {'report': path, 'claims': [...], 'runs': n}."""
+                 command: str = "", stage: str = "") -> dict[str, Any]:
+    """Write report.md and the figures; returns {'report': path, 'claims': [...], 'runs': n}.
+
+    ``stage`` says how far the campaign had come (a report written while it still runs)."""
     results_dir, out = _folders(results_dir, out_dir)
     records, skipped = _load(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = report_data(results_dir, records, skipped, command)
+    data = report_data(results_dir, records, skipped, command, stage)
     figs = draw_figures(data, out)
     report = out / "report.md"
     write_atomically(report, render(data, figs).encode())

@@ -3,8 +3,8 @@ fitted under the memory cap on each line."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..records.runs import RunRecord
@@ -21,6 +21,7 @@ class Point:
     peak_memory: list[int]
     runs: int
     devices: str
+    loaders: str = ""  # what fed its runs (data.loader), comma-separated
     ci: float = 0.0  # half-width of the 95 % interval: over repeats, or the one run's own
     bounds: dict[str, Any] = field(default_factory=dict)  # the latest completed run's (bounds.py)
 
@@ -35,13 +36,14 @@ Table = dict[str, dict[int, Point]]
 def _point(line: str, batch: int, runs: list[RunRecord]) -> Point:
     """One line's point at one batch: repeats pooled (measure.pool), else the latest run's outcome."""
     done = [r for r in runs if r.status == Status.COMPLETED and r.images_per_s]
+    loaders = ", ".join(sorted({r.loader for r in runs if r.loader}))
     if not done:
         latest = max(runs, key=lambda r: r.finished_at)
-        return Point(line, batch, latest.status, None, latest.peak_memory, len(runs), runs[0].device_name, 0.0, {})
+        return Point(line, batch, latest.status, None, latest.peak_memory, len(runs), runs[0].device_name, loaders)
     est = pool([r.estimate() for r in done])
     best = max(done, key=lambda r: r.finished_at)
     return Point(line, batch, Status.COMPLETED, est.images_per_s, best.peak_memory, len(runs), runs[0].device_name,
-                 est.ci, best.bounds)
+                 loaders, est.ci, best.bounds)
 
 
 def summarise(records: list[RunRecord]) -> Table:
@@ -54,6 +56,46 @@ def summarise(records: list[RunRecord]) -> Table:
     for (line, batch), runs in sorted(groups.items()):
         table[line][batch] = _point(line, batch, runs)
     return table
+
+
+def main_loader(records: list[RunRecord]) -> str:
+    """The loader most runs used ("" when none says)."""
+    counts = Counter(r.loader for r in records if r.loader)
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+def mark_loaders(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs, where one point (line and batch) was fed by two loaders with each run not fed by the
+    :func:`main_loader` in a line of its own (``single+torch``), so the two stand side by side and
+    the claims read the main loader's lines."""
+    main = main_loader(records)
+    loaders: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for r in records:
+        loaders[(r.line, r.batch_size)].add(r.loader)
+    return [replace(r, line=f"{r.line}+{r.loader}")
+            if r.loader != main and len(loaders[(r.line, r.batch_size)]) > 1 else r for r in records]
+
+
+@dataclass(frozen=True)
+class LoaderPair:
+    """One point fed by the main loader and by another one."""
+
+    batch_size: int
+    main: Point
+    other: Point
+    other_loader: str
+
+
+def loader_pairs(table: Table) -> list[LoaderPair]:
+    """Every point of a line ``L+<loader>`` (:func:`mark_loaders`) beside the same batch of ``L``."""
+    pairs = []
+    for line, points in sorted(table.items()):
+        base, _, loader = line.rpartition("+")
+        for batch, other in sorted(points.items()):
+            main = table.get(base, {}).get(batch) if base else None
+            if main is not None and loader and other.loaders == loader:
+                pairs.append(LoaderPair(batch, main, other, loader))
+    return pairs
 
 
 def completed_estimates(table: Table, line: str) -> dict[int, Estimate]:
