@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ..spec.config import ConfigError, load_config
+from ..spec.config import ConfigError, ExperimentConfig, load_config
 from ._common import add_container_arg, add_out_arg, add_set_arg, container_override, default_nproc, hardware
 from ._types import int_between, percentage
 
@@ -80,23 +81,50 @@ def print_summary(results: list, failed: int, report: dict, seconds: float) -> N
     print(f"reproduce: report at {report['report']}")
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    """Pick the campaign for the hardware present, run it, write the report."""
-    from ..cluster.campaign import run_campaign
+def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
+    """ConfigError before anything runs when the campaign's loader is not installed here (the image
+    brings its own)."""
+    from ..machine.devices import loader_problem
+
+    problem = None if cfg.container.image else loader_problem(cfg)
+    if problem:
+        raise ConfigError(experiment, *problem)
+
+
+def report_writer(out_dir: Path, args: argparse.Namespace) -> Callable[[int], dict]:
+    """The report, (re)written after pass ``n`` of the campaign and saying which pass it reflects."""
     from ..study.report import build_report
+
+    def write(n: int, final: bool = False) -> dict:
+        stage = (f"complete after {n} pass(es)" if final
+                 else f"pass {n} of at most {args.max_repeats} done, the campaign goes on")
+        report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}", stage=stage)
+        if not final:
+            print(f"reproduce: report after pass {n} at {report['report']}", flush=True)
+        return report
+
+    return write
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Pick the campaign for the hardware present, run it, write the report after each pass."""
+    from ..cluster.campaign import Repeats, run_campaign
 
     kind, n_gpus = hardware()
     experiment = args.experiment or default_experiment(n_gpus)
     cfg = load_config(experiment, campaign_overrides(args, experiment, n_gpus))
+    check_min_repeats(args)
+    check_loader(cfg, experiment)
     ranks = default_nproc(args, n_gpus)
     print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
-          + f", DDP with {ranks} ranks, results in {args.out}", flush=True)
+          + f", DDP with {ranks} ranks, loader {cfg.data.loader}, results in {args.out}", flush=True)
     t0 = time.monotonic()
-    check_min_repeats(args)
-    results = run_campaign(cfg, experiment, args.out, ranks, ci_target=args.ci_target / 100,
-                           max_repeats=args.max_repeats, min_repeats=args.min_repeats)
-    out_dir = Path(args.out) / cfg.name
-    report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}")
+    passes: list[int] = []
+    write_report = report_writer(Path(args.out) / cfg.name, args)
+    repeats = Repeats(args.min_repeats, args.max_repeats, args.ci_target / 100)
+    results = run_campaign(cfg, experiment, args.out, ranks, repeats,
+                           after_pass=lambda n: (passes.append(n), write_report(n)))
+    report = write_report(passes[-1] if passes else 0, final=True)
     failed = sum("exit" in r[1] for r in results)
     print_summary(results, failed, report, time.monotonic() - t0)
     return 1 if failed else 0

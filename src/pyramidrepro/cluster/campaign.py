@@ -18,6 +18,7 @@ import dataclasses
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -39,6 +40,16 @@ class Campaign:
     ddp_ranks: int
     stream: TextIO
     started: float  # time.monotonic()
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeats:
+    """How often a point runs: at least ``minimum`` times, again while its images/s interval is wider
+    than ``ci_target`` (a fraction of the mean; None: never), at most ``maximum`` times."""
+
+    minimum: int = 1
+    maximum: int = 1
+    ci_target: float | None = None
 
 
 def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
@@ -73,20 +84,23 @@ def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
 
 
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
-                 stream: TextIO = sys.stdout, ci_target: float | None = None,
-                 max_repeats: int = 1, min_repeats: int = 1) -> list[tuple[str, str, float]]:
+                 repeats: Repeats = Repeats(), stream: TextIO = sys.stdout,
+                 after_pass: Callable[[int], None] | None = None) -> list[tuple[str, str, float]]:
     """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
 
-    The first ``min_repeats`` passes run every point; each later pass runs again the points whose
-    pooled interval is still wider than ``ci_target``.  A point's repeats are thus a pass apart, not back to back,
-    so a slow drift of the machine shows in their spread instead of in one point alone.  The
+    The first ``repeats.minimum`` passes run every point; each later pass runs again the points whose
+    pooled interval is still wider than ``repeats.ci_target``.  A point's repeats are thus a pass
+    apart, not back to back, so a slow drift of the machine shows in their spread instead of in one point alone.  The
     outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
+    ``after_pass(n)`` is called after each pass ``n`` that ran something, the last one included.
     """
     points = expand_sweep(cfg, source)
     results = []
     stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
     campaign = Campaign(cfg, source, out, ddp_ranks, stream, time.monotonic())
+    ci_target, max_repeats, min_repeats = repeats.ci_target, repeats.maximum, repeats.minimum
     for repeat in range(1, max_repeats + 1):
+        ran = len(results)
         for i, (run_id, point_cfg) in enumerate(points, 1):
             counter = f"[{i}/{len(points)}]"
             if repeat > 1:
@@ -106,6 +120,8 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
             results.append(outcome)
             if outcome[1] not in (Status.COMPLETED, "skipped"):
                 stopped.add(run_id)
+        if after_pass and len(results) > ran:
+            after_pass(repeat)
     return results
 
 
