@@ -32,7 +32,7 @@ image: $(STAMP) tools
 ## test: lint, then the whole suite (starts the local Slurm test cluster when it can; builds the image)
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check src tests benchmarks
-	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q tests
+	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -2,7 +2,8 @@
 # One short pass over every GPU code path, made to run whole in one call on a bare GPU machine
 # (torch, h5py and pyyaml; no pip install, no torchvision / matplotlib / DALI / submitit needed):
 #
-#   PYTHONPATH=src bash benchmarks/gpu_check.sh                    # on a GPU machine, <= 6 minutes
+#   PYTHONPATH=src bash benchmarks/gpu_check.sh                    # on a GPU machine, <= 7 minutes
+#   DALI_PACK=.dali_pack PYTHONPATH=src bash benchmarks/gpu_check.sh  # DALI from its carried parts
 #   GPU_CHECK_DEVICE=cpu PYTHONPATH=src bash benchmarks/gpu_check.sh   # the same steps shrunk, on a CPU
 #
 # Steps, in order of value: the emulated 12 GB card's boundary (PyramidNet-110 alpha=270 fp32:
@@ -10,7 +11,8 @@
 # bf16 inside DataParallel's worker threads, NCCL DDP (world size 1, torchrun), two gloo DDP ranks
 # on the one GPU, dp / dp_balanced / fp16 + GradScaler, bf16 + channels_last + compile, bench
 # (baseline vs optimized when torchvision imports, else the optimized path alone), DALI on the GPU
-# when it imports, the report when matplotlib imports.  A step whose package is missing is
+# (single with sync debug, two gloo ranks; from DALI_PACK when the image lacks it), bench-loader for
+# each loader that imports, the report when matplotlib imports.  A step whose package is missing is
 # skipped with the reason; every run step checks the status in its metrics.h5.
 #
 # Runs write under a temporary folder; only small files (logs, metrics.h5, config.yaml, JSON) are
@@ -71,12 +73,14 @@ if [ "$DEV" = cuda ]; then
          --set devices.memory_limit_gb=11.91 --set train.max_steps=12 --set train.warmup_steps=4)
     OOM_512=()
     BENCH=(110 270 256 10)
+    LOADER_BENCH=(50000 3)
 else  # shrunk: a tiny model; the 512 case's OOM is injected (a CPU has no allocator cap to hit)
     SMOKE=(experiments/smoke.yaml --set devices.device=cpu --set model.depth=8 --set model.alpha=4 --set train.threads=1
            --set train.max_steps=8 --set train.warmup_steps=2 --set train.log_every=3)
     BIG=("${SMOKE[@]}")
     OOM_512=(env PYRAMIDREPRO_INJECT_OOM=0:setup)
     BENCH=(8 4 16 3)
+    LOADER_BENCH=(2048 2)
 fi
 RUN=("$PY" -m pyramidrepro run)
 
@@ -139,12 +143,32 @@ else
         "$B_BATCH" "$B_STEPS"
 fi
 
-# 8. DALI feeding the device
-if have nvidia.dali; then
-    run_status dali 120 completed "${RUN[@]}" "${SMOKE[@]}" --set data.loader=dali
-else
-    skip dali "nvidia.dali does not import"
+# 8. DALI feeding the device: the pipeline on the training GPU alone (with sync debug: no host sync
+#    per batch) and for two gloo ranks on the one GPU, then bench-loader for each loader there.
+#    A device image without DALI takes it from a pack (benchmarks/dali_pack.py) carried in parts.
+if [ -n "${DALI_PACK:-}" ]; then
+    step dali_unpack 120 "$PY" benchmarks/dali_pack.py unpack "$DALI_PACK" "$WORK/dali_site"
+    [ -d "$WORK/dali_site" ] && export PYTHONPATH="$WORK/dali_site:$PYTHONPATH"  # made only when whole
 fi
+if have nvidia.dali; then
+    run_status dali_single_sync 150 completed "${RUN[@]}" "${SMOKE[@]}" --set data.loader=dali \
+        --set train.sync_debug=true
+    run_status dali_gloo_2ranks 150 completed "${RUN[@]}" "${SMOKE[@]}" --set data.loader=dali --nproc 2 \
+        --set train.mode=ddp --set train.backend=gloo
+else
+    skip dali "nvidia.dali does not import (DALI_PACK=folder brings it: benchmarks/dali_pack.py)"
+fi
+read -r L_IMAGES L_EPOCHS <<<"${LOADER_BENCH[*]}"
+for kind in dali torch torchvision; do
+    module=$kind
+    case $kind in dali) module=nvidia.dali ;; torch) module=torch ;; esac
+    if have "$module"; then
+        step "bench_loader_$kind" 120 "$PY" -m pyramidrepro bench-loader --loader "$kind" --device "$DEV" \
+            --images "$L_IMAGES" --epochs "$L_EPOCHS" --num-workers 4
+    else
+        skip "bench_loader_$kind" "$module does not import"
+    fi
+done
 
 # 9. the report over every run above
 if have matplotlib; then
