@@ -144,6 +144,23 @@ def test_dali_missing_is_a_clear_error():
     assert "pip install 'pyramidrepro[dali]'" in r.stderr and "--set data.loader=torch" in r.stderr
 
 
+@pytest.mark.parametrize("command", [
+    ["reproduce", "--out", "{tmp}/out"],
+    ["submit", str(ROOT / "experiments" / "fig5.yaml"), "--dry-run", "--out", "{tmp}/out"],
+    ["submit", str(ROOT / "experiments" / "quick_cpu.yaml"), "--cluster", "local", "--out", "{tmp}/out"],
+])
+def test_a_dali_campaign_without_dali_stops_before_anything_with_the_fix(tmp_path, cli, monkeypatch, command):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
+    r = cli(*(arg.replace("{tmp}", str(tmp_path)) for arg in command))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "data.loader: dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]'" in r.stderr
+    assert "--set data.loader=torch" in r.stderr and not (tmp_path / "out").exists()
+    monkeypatch.delitem(sys.modules, "nvidia.dali")
+    ok = cli(*(arg.replace("{tmp}", str(tmp_path)) for arg in command[:2]), "--dry-run", "--out", str(tmp_path / "x"),
+             "--set", "data.loader=torch") if command[0] == "submit" else None
+    assert ok is None or ok.returncode == 0, ok.stderr  # the override named in the fix is enough
+
+
 @pytest.mark.parametrize("kind", ["dali", "torch"])
 def test_training_end_to_end_through_the_cli(tmp_path, kind):
     r = run_cli("run", str(SMOKE), "--set", f"data.loader={kind}", "--set", "train.max_steps=null",

@@ -90,7 +90,7 @@ def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "(synthetic data)" in text.splitlines()[0]
-    assert "| single | 128 | oom |" in text and "| ddp | 64 | completed |" in text
+    assert "| single | 128 | - | oom |" in text and "| ddp | 64 | torch | completed |" in text
     assert "still running" in text and "going" in text
     assert "master" in text  # per-rank memory for the 2-rank run
     for name in ("fig5_throughput.png", "fig5_throughput.svg"):
@@ -253,8 +253,8 @@ def test_a_run_that_makes_no_sense_is_skipped_with_its_reason(tmp_path, cli, cas
     skipped = text.split("## Runs skipped")[1].split("\n## ")[0]
     assert f"bad/metrics.h5: {reason}" in skipped
     # the good runs are reported; the bad one is no point of the table nor of the figure
-    assert "| single | 128 | completed | 300 |" in text and "| ddp | 128 | completed | 500 |" in text
-    assert "| single | 512 | oom |" in text and "| single | 256 |" not in text and "| single | 0 |" not in text
+    assert "| single | 128 | - | completed | 300 |" in text and "| ddp | 128 | - | completed | 500 |" in text
+    assert "| single | 512 | - | oom |" in text and "| single | 256 |" not in text and "| single | 0 |" not in text
     assert_tables_whole(text)
     assert sorted(p.name for p in rep.iterdir()) == ["fig5_throughput.png", "fig5_throughput.svg", "largest_batch.png",
                                                     "largest_batch.svg", "report.md"]  # whole files, no temporary

@@ -84,11 +84,11 @@ def print_summary(results: list, failed: int, report: dict, seconds: float) -> N
 def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
     """ConfigError before anything runs when the campaign's loader is not installed here (the image
     brings its own)."""
-    from ..machine.devices import loader_problem
+    from ..workload.requirements import missing_for
 
-    problem = None if cfg.container.image else loader_problem(cfg)
-    if problem:
-        raise ConfigError(experiment, *problem)
+    fix = None if cfg.container.image else missing_for(cfg.data.loader)
+    if fix:
+        raise ConfigError(experiment, "data.loader", fix)
 
 
 def report_writer(out_dir: Path, args: argparse.Namespace) -> Callable[[int], dict]:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..spec.schema import Attr, Summary
+from ..workload.requirements import missing_for
 
 GIB = 2**30
 
@@ -241,13 +242,5 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
             return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds "
                                                f"already ({held / GIB:.2f} GiB): on a CPU the cap counts Python "
                                                "and torch too")
-    return loader_problem(cfg)
-
-
-def loader_problem(cfg: Any) -> tuple[str, str] | None:
-    """("data.loader", the fix) when ``cfg``'s loader cannot be imported here, else None."""
-    from ..workload.loaders.dali import MISSING, dali_version
-
-    if cfg.data.loader == "dali" and dali_version() is None:
-        return "data.loader", MISSING
-    return None
+    fix = missing_for(cfg.data.loader)
+    return ("data.loader", fix) if fix else None

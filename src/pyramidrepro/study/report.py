@@ -159,7 +159,7 @@ def _fmt_bounds(bounds: dict[str, Any]) -> str:
 
 def _run_row(line: str, b: int, p: Point) -> str:
     ips = fmt_estimate(p.estimate) if p.images_per_s else "-"
-    return (f"| {md_text(line)} | {b} | {md_text(p.loaders or '?')} | {md_text(p.status)} | {ips} "
+    return (f"| {md_text(line)} | {b} | {md_text(p.loaders or '-')} | {md_text(p.status)} | {ips} "
             f"| {_fmt_bounds(p.bounds)} | {_fmt_mem(p.peak_memory)} | {p.runs} |")
 
 

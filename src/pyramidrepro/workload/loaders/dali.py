@@ -24,12 +24,10 @@ import numpy as np
 import torch
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD, PAD, ImageSet
+from ..requirements import DALI_MISSING
 from .base import ShardedLoader, device_order
 
-#: what to do when DALI is not installed: the extra, or the tensor loader
-MISSING = ("dali needs NVIDIA DALI: pip install 'pyramidrepro[dali]' (nvidia-dali-cuda130, matching torch's "
-           "CUDA 13 build), or use the tensor loader: --set data.loader=torch")
-INSTALL_HINT = f"data.loader: {MISSING}"
+INSTALL_HINT = f"data.loader: {DALI_MISSING}"
 OUTPUTS = ["images", "labels"]
 
 
