@@ -343,7 +343,7 @@ def all_cases() -> list[Case]:
     add(Case(g, "no runs", ["report", "{tmp}"], key="metrics.h5"))
     add(Case(g, "only unreadable runs", ["report", "{tmp}/bad"], key="skipped",
              setup=_file_at("bad/fz/r1/metrics.h5", b"not hdf5" * 100)))
-    return c + _bind_cases() + _submit_cases() + _model_flag_cases() + _scaling_cases()
+    return c + _bind_cases() + _submit_cases() + _model_flag_cases() + _scaling_cases() + _request_cases()
 
 
 def _bind_cases() -> list[Case]:
@@ -419,4 +419,45 @@ def _scaling_cases() -> list[Case]:
     c += [Case(g, f"bench --budget-s {v}", ["bench", "--budget-s", v], key="--budget-s") for v in ("nan", "inf", "-1")]
     c.append(Case(g, "a link of its own", [*given, "--depth", "20", "--alpha", "12", "--inter", "x=10:2", "--json"],
                   expect="ok", timeout_s=60))
+    return c
+
+
+def _request_cases() -> list[Case]:
+    """The GPU request forms and site keys of ``cluster`` (types, ranges, shapes, one form only, control
+    characters), and a ``sweep`` that is not a mapping or a list of them."""
+    g = "requests"
+    dry = ["submit", "{exp}", "--out", "{out}", "--dry-run", "--set", "cluster.executor=slurm"]
+    c = [Case(g, f"{key}={value}", [*dry, "--set", f"{key}={value}"], key=key) for key, value in [
+        ("cluster.gres", "3"), ("cluster.gres", "[gpu]"), ("cluster.gres", "gpu:a100:2:4"), ("cluster.gres", "gpu::2"),
+        ("cluster.gres", "gpu:0"), ("cluster.gres", "gpu:a100:99999"), ("cluster.gres", "'2'"),
+        ("cluster.gres", "gpu:a b"), ("cluster.gres", "''"), ("cluster.gres", "gpu:2,,gpu:1"),
+        ("cluster.gpu_type", "'a100 x'"), ("cluster.gpu_type", "a:b"), ("cluster.gpu_type", "''"),
+        ("cluster.gpu_type", "[a100]"), ("cluster.exclusive", "maybe"), ("cluster.exclusive", "1"),
+        ("cluster.reservation", "'a b'"), ("cluster.reservation", "a,"), ("cluster.reservation", "{{a: 1}}"),
+        ("cluster.wckey", "''"), ("cluster.wckey", "'a;b'"), ("cluster.wckey", "7"), ("cluster.master_port", "80"),
+        ("cluster.master_port", "0"), ("cluster.master_port", "65536"), ("cluster.master_port", "-1"),
+        ("cluster.master_port", "29500.5"), ("cluster.master_port", "x"), ("cluster.master_port", ".nan"),
+        ("cluster.gpus_per_node", "-1"), ("cluster.gpus_per_node", "1025"),
+    ]]
+    for values, key in [
+        ({"gres": "gpu:2", "gpu_type": "a100"}, "cluster.gpu_type"), ({"gres": "gpu:2", "gpus_per_node": 2},
+                                                                      "cluster.gpus_per_node"),
+        ({"gpu_type": "a100", "gpus_per_node": 0}, "cluster.gpus_per_node"),
+        ({"gres": "gpu:2", "additional_parameters": {"gres": "gpu:1"}}, "cluster.additional_parameters.gres"),
+        ({"gpu_type": "a100", "additional_parameters": {"gres": "gpu:1"}}, "cluster.additional_parameters.gres"),
+        ({"exclusive": True, "additional_parameters": {"exclusive": True}}, "cluster.additional_parameters"),
+        ({"reservation": "r", "additional_parameters": {"reservation": "s"}}, "cluster.additional_parameters"),
+        ({"wckey": "w", "additional_parameters": {"wckey": "v"}}, "cluster.additional_parameters.wckey"),
+        ({"gres": "shard:2"}, "cluster.gres"),  # DP (below) with no GPU in this gres
+    ]:
+        text = _smoke(cluster=values, train={"mode": "dp"} if values == {"gres": "shard:2"} else {})
+        c.append(Case(g, f"one form: {sorted(values)} {list(values.values())[0]}", dry, text=text, key=key))
+    for key, value in [("gres", "gpu:2\n#SBATCH --time=0"), ("gpu_type", "a100\rx"), ("reservation", "r\nz"),
+                       ("wckey", "w\x00"), ("gres", "gpu:\x1b[2J2")]:
+        c.append(Case(g, f"control character in cluster.{key} {value!r}", dry, text=_smoke(cluster={key: value}),
+                      key=f"cluster.{key}"))
+    for sweep in ([], 3, "x", [{}], [{"train.batch_size": [32]}, {}]):
+        for name, argv in (("validate", ["validate", "{exp}"]), ("run", RUN), ("submit", dry)):
+            c.append(Case(g, f"{name} sweep: {sweep!r}", argv, text=_smoke(sweep=sweep), key="sweep"))
+    c.append(Case(g, "sweep=[] in --set", [*dry, "--set", "sweep=[]"], key="sweep"))
     return c

@@ -61,9 +61,8 @@ def test_scancel_is_reported_quickly(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_for_metrics(tmp_path, "smoke/*/metrics.h5")
-        job_id = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "smoke"], capture_output=True,
-                                text=True).stdout.split()[0]
+        (metrics,) = wait_for_metrics(tmp_path, "smoke/*/metrics.h5")
+        job_id = read_metrics(metrics)["attrs"]["slurm_job_id"]  # this test's job, whatever else is queued
         subprocess.run(["scancel", job_id], check=True)
         t0 = time.monotonic()
         out, _ = proc.communicate(timeout=60)

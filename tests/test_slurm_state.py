@@ -35,9 +35,10 @@ def test_never_starting_reasons():
     assert never_starts("Priority", req, NODES) is None
     assert never_starts("QOSMaxJobsPerUserLimit", req, NODES) is None  # clears when the user's jobs end
     assert never_starts("Resources", req, NODES) is None
-    assert never_starts("Resources", Request(1, 4, 4), NODES).startswith("Resources: needs 16 CPUs")
-    # a required node that is drained does not come back by itself; one that is idle may free up
-    assert "none coming back" in never_starts("ReqNodeNotAvail, UnavailableNodes:big1", req, NODES)
+    assert never_starts("Resources", Request(1, 4, 4, partition="debug"), NODES).startswith("Resources: needs 16 CPUs")
+    assert never_starts("Resources", Request(1, 4, 4), NODES) is None  # the drained big1 holds it once returned
+    # a required node that is drained comes back when an admin returns it: waited on, like an idle one
+    assert never_starts("ReqNodeNotAvail, UnavailableNodes:big1", req, NODES) is None
     assert never_starts("ReqNodeNotAvail, UnavailableNodes:node[1-2]", req, NODES) is None
 
 

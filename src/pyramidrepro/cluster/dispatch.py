@@ -1,9 +1,10 @@
 """Dispatch experiments through submitit: Slurm job arrays, local processes, or in-process debug.
 
-``submit(cfg, ...)`` expands the sweep, gives every point a stable run id and its own folder, and
-submits one job array per task layout (submitit applies one set of sbatch parameters to an array:
-DDP points need one task per GPU, single and DP points one task).  The submitted callable,
-:class:`JobRunner`, lives in this importable module and is checkpointable for requeue.
+``submit(cfg, ...)`` expands the sweep, gives every point a stable run id and its own folder, skips
+the points whose run is done, and submits one job array per layout (submitit applies one set of sbatch
+parameters to an array: DDP points need one task per GPU, single and DP points one task, and each asks
+for its own GPUs, :mod:`.requests`).  The submitted callable, :class:`JobRunner`, lives in this
+importable module and is checkpointable for requeue.
 """
 
 from __future__ import annotations
@@ -19,32 +20,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..machine.container import resolve
 from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisfiable
-from ..records.runs import CONFIG_NAME, run_dir_for
+from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
 from ..spec.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
 from ..spec.schema import Attr
-from .follow import (
-    NeverStartWatch,
-    ended_outcome,
-    final_state,
-    job_state,
-    never_starts_outcome,
-    progress_line,
-    slurm_queue,
-)
-
-
-def tasks_per_node(cfg: ExperimentConfig) -> int:
-    """DDP: one task per GPU (or ``cluster.tasks_per_node`` on CPU nodes); DP and single: one."""
-    c = cfg.cluster
-    if cfg.train.mode != "ddp":
-        return 1
-    if c.tasks_per_node:
-        return c.tasks_per_node
-    return max(1, c.gpus_per_node) if c.gpus_per_node else 2
+from ..workload.requirements import missing_for
+from .follow import POLL_S, follow_jobs
+from .requests import gpu_parameters, gpu_request, tasks_per_node
 
 
 def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -56,35 +41,46 @@ def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
         "nodes": c.nodes,
         "tasks_per_node": tasks_per_node(cfg),
         "cpus_per_task": c.cpus_per_task,
+        **gpu_parameters(cfg),
     }
-    if c.gpus_per_node:
-        params["gpus_per_node"] = c.gpus_per_node
     if c.mem_gb:
         params["mem_gb"] = c.mem_gb
     if c.executor == "slurm":
-        for key in ("partition", "account", "qos", "constraint"):
-            value = getattr(c, key)
-            if value:
-                params[f"slurm_{key}"] = value
-        params["slurm_array_parallelism"] = c.array_parallelism
-        params["slurm_signal_delay_s"] = c.signal_delay_s
-        if c.additional_parameters:
-            params["slurm_additional_parameters"] = dict(c.additional_parameters)
-        # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
-        # rank's step gets one CPU
-        params["slurm_setup"] = [f"export SRUN_CPUS_PER_TASK={c.cpus_per_task}", *c.setup]
-        # one rank lost (killed, its node gone) ends the others at once instead of leaving them
-        # blocked in a collective until the job's time limit
-        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
+        params.update(slurm_only_parameters(cfg))
+    return params
+
+
+def slurm_only_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``slurm_*`` parameters of one point: where it runs, how it is signalled, what the job sets up."""
+    c = cfg.cluster
+    params: dict[str, Any] = {f"slurm_{key}": getattr(c, key) for key in ("partition", "account", "qos", "constraint")
+                              if getattr(c, key)}
+    params["slurm_array_parallelism"] = c.array_parallelism
+    params["slurm_signal_delay_s"] = c.signal_delay_s
+    if c.wckey:  # else none at all: make_executor clears submitit's own --wckey=submitit
+        params["slurm_wckey"] = c.wckey
+    if c.exclusive:
+        params["slurm_exclusive"] = True
+    extra = {**c.additional_parameters, **({"reservation": c.reservation} if c.reservation else {})}
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    port = [f"export MASTER_PORT={c.master_port}"] if c.master_port else []
+    # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
+    # rank's step gets one CPU
+    params["slurm_setup"] = [f"export SRUN_CPUS_PER_TASK={c.cpus_per_task}", *port, *c.setup]
+    # one rank lost (killed, its node gone) ends the others at once instead of leaving them
+    # blocked in a collective until the job's time limit
+    params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     return params
 
 
 def request_of(cfg: ExperimentConfig) -> Request:
     """What one point of ``cfg`` asks of each Slurm node."""
     c = cfg.cluster
+    gpus = gpu_request(cfg)
     return Request(nodes=c.nodes, tasks_per_node=tasks_per_node(cfg), cpus_per_task=c.cpus_per_task,
-                   gpus_per_node=c.gpus_per_node, mem_mb=int(c.mem_gb * 1024) if c.mem_gb else 0,
-                   partition=c.partition or "")
+                   gpus_per_node=gpus.count, mem_mb=int(c.mem_gb * 1024) if c.mem_gb else 0,
+                   partition=c.partition or "", gres=gpus.gres or "")
 
 
 def preflight(cfg: ExperimentConfig, source: str) -> None:
@@ -101,7 +97,7 @@ def preflight(cfg: ExperimentConfig, source: str) -> None:
 
 
 def _layout(cfg: ExperimentConfig) -> tuple:
-    return (tasks_per_node(cfg), cfg.cluster.nodes, cfg.cluster.gpus_per_node)
+    return (tasks_per_node(cfg), cfg.cluster.nodes, gpu_request(cfg))
 
 
 class JobRunner:
@@ -119,6 +115,10 @@ class JobRunner:
         cfg = config_from_dict(self.cfg_dict, f"{self.run_dir}/{CONFIG_NAME}")
         job_env = submitit.JobEnvironment()
         if job_env.num_tasks > 1:
+            from ..machine.parallel import rendezvous_port
+
+            # submitit would pick a port in 20000-60000, across the ephemeral range: ours, or the experiment's
+            os.environ["MASTER_PORT"] = str(rendezvous_port(cfg.cluster.master_port, job_id=job_env.job_id))
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         elif job_env.global_rank != 0:  # pragma: no cover - non-DDP points run one task
             return {"status": "skipped", "rank": job_env.global_rank}
@@ -166,6 +166,10 @@ def make_executor(cfg: ExperimentConfig, folder: Path, python: str | None = None
         kwargs[f"{cluster}_python"] = python
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster, **kwargs)
     executor.update_parameters(**slurm_parameters(cfg))
+    if cluster == "slurm" and not cfg.cluster.wckey:
+        # submitit's Slurm executor sends --wckey=submitit unless its wckey is None, a value AutoExecutor
+        # drops as "not set": cleared on the Slurm executor itself (sites refuse unknown wckeys)
+        executor._executor.update_parameters(wckey=None)
     return executor
 
 
@@ -184,15 +188,21 @@ def sbatch_preview(cfg: ExperimentConfig, folder: Path, python: str | None, arra
 
 
 def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
-           stream=sys.stdout, points: list[tuple[str, ExperimentConfig]] | None = None,  # noqa: ANN001
-           check_nodes: bool = True) -> list[Any]:
-    """Submit every sweep point (or just ``points``); returns the submitit jobs (empty for a dry run).
+           stream: TextIO | None = None, points: list[tuple[str, ExperimentConfig]] | None = None,
+           check_nodes: bool = True, rerun_done: bool = False) -> list[Any]:
+    """Submit every sweep point (or just ``points``) whose run is not done, or every one with
+    ``rerun_done``; returns the submitit jobs (empty for a dry run or when every run is done).
 
     Everything is checked before anything is written: the image, every point, Slurm's client
     (:func:`check_slurm_client`) and, with ``check_nodes``, each layout's request against the
     cluster's nodes. Folders made for a submission that sbatch then refuses are removed again."""
-    out = Path(out).resolve()
+    out, stream = Path(out).resolve(), stream or sys.stdout  # sys.stdout now, not at import (tests redirect it)
+    cfg.cluster.validate(source)
     points = expand_sweep(cfg, source) if points is None else points
+    points = points if rerun_done else not_done(points, out, cfg.name, stream)
+    if not points:
+        print(f"nothing to submit: every run of {cfg.name} is done (--rerun-done runs them again)", file=stream)
+        return []
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
     box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
@@ -223,6 +233,20 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
             remove_new_folders(new_folders)
         raise
     return jobs
+
+
+def not_done(points: list[tuple[str, ExperimentConfig]], out: Path, name: str,
+             stream: TextIO) -> list[tuple[str, ExperimentConfig]]:
+    """The points whose run is not done (:func:`.runs.is_done`, as ``reproduce`` skips them); one line per
+    point left out."""
+    todo = []
+    for run_id, point_cfg in points:
+        folder = run_dir_for(out, name, run_id)
+        if is_done(folder):
+            print(f"skip {run_id}: done ({status_of(folder)})", file=stream)
+        else:
+            todo.append((run_id, point_cfg))
+    return todo
 
 
 def check_before_writing(cfg: ExperimentConfig, source: str, groups: dict[tuple, list[tuple[str, ExperimentConfig]]],
@@ -293,41 +317,24 @@ def remove_new_folders(folders: list[Path]) -> None:
                 p.rmdir()
 
 
-def wait(jobs: list[Any], poll_s: float = 2.0, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
-    """Follow the jobs until all end; prints progress; returns the number that did not complete.
+def wait(jobs: list[Any], poll_s: float = POLL_S, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
+    """Follow the jobs until all end (:func:`.follow.follow_jobs`: one squeue per poll, polls that slow
+    down while nothing changes); returns the number that did not complete.
 
-    A Slurm job that can never start (:class:`NeverStartWatch`) ends the wait for it with the reason
-    and its request; ``on_never`` says whether it is cancelled ("cancel") or left queued ("keep")."""
-    pending = {j.job_id: j for j in jobs}
-    outcome: dict[str, str] = {}
-    watch = NeverStartWatch()
-    last = ""
-    while pending:
-        queue = slurm_queue(pending)
-        for jid, job in list(pending.items()):
-            state = final_state(job, queue.get(jid, ("", ""))[0] or job_state(job))
-            if state is not None:
-                outcome[jid] = ended_outcome(job, state)
-                del pending[jid]
-        for jid, why in watch.check({j: q for j, q in queue.items() if j in pending}).items():
-            outcome[jid] = never_starts_outcome(pending.pop(jid), why, on_never)
-        line = progress_line(len(outcome), len(jobs), pending, queue)
-        if line != last:
-            print(line, file=stream, flush=True)
-            last = line
-        if pending:
-            time.sleep(poll_s)
-    bad = 0
-    for jid, text in outcome.items():
-        print(f"{jid}: {text}", file=stream)
-        bad += not text.startswith("COMPLETED")
-    return bad
+    A Slurm job that can never start ends the wait for it with the reason and its request; ``on_never``
+    says whether it is cancelled ("cancel") or left queued ("keep"); a reason that clears is waited on."""
+    return follow_jobs(jobs, poll_s=poll_s, stream=stream, on_never=on_never)
 
 
 def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
-    """Cluster/container checks that the schema alone cannot make."""
+    """Cluster/container checks that the schema alone cannot make; without an image, the jobs run
+    with this Python, so the loader's package must import here."""
     c = cfg.cluster
+    fix = None if cfg.container.image else missing_for(cfg.data.loader)
+    if fix:
+        raise ConfigError(source, "data.loader", fix)
     if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
         raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
-    if cfg.train.mode == "dp" and c.executor == "slurm" and c.gpus_per_node < 1:
-        raise ConfigError(source, "cluster.gpus_per_node", "train.mode: dp needs GPUs on the node")
+    gpus = gpu_request(cfg)
+    if cfg.train.mode in ("dp", "dp_balanced") and c.executor == "slurm" and gpus.count < 1:
+        raise ConfigError(source, gpus.key, f"train.mode: {cfg.train.mode} needs GPUs on the node")

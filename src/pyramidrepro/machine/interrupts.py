@@ -3,7 +3,9 @@
 One process raises at once (:func:`interruption`).  A rank of a process group notes the signal
 instead (:class:`DeferredStop`) and stops at its next step boundary: an exception raised inside a
 collective would leave its peers waiting there.  The local launcher forwards both signals to its
-ranks and ends as they did (:func:`ended_interrupted`).
+ranks and ends as they did (:func:`ended_interrupted`).  Under submitit, which logs SIGTERM and goes
+on (it requeues on its own signal, USR2), SIGTERM saves a checkpoint and notes the stop in the run's
+file (:data:`SCHEDULER_STOP`): Slurm kills a cancelled job once its ``KillWait`` has passed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: a second stop signal this long after the first raises at once (a rank that does not reach a
 #: step boundary; the terminal's Ctrl-C and the launcher's copy of it arrive together)
 FORCE_AFTER_S = 2.0
+
+
+#: the error a run records when the scheduler's SIGTERM reaches it under submitit
+SCHEDULER_STOP = ("SIGTERM from the scheduler: the job was cancelled (scancel) or is being preempted; "
+                  "a preempted job is requeued and resumes")
 
 
 class RunInterrupted(KeyboardInterrupt):

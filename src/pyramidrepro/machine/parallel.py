@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,30 @@ class DistEnv:
         return self.launcher != "none"
 
 
+#: the ports :func:`port_from_job_id` derives, both included: below Linux's ephemeral range (32768-60999 by
+#: default, net.ipv4.ip_local_port_range), from which the kernel takes the local port of every outgoing
+#: connection, so a busy node has not already given the port to one (EADDRINUSE); above the ports of
+#: common services.  ``cluster.master_port`` sets one port instead.
+DERIVED_PORTS = (15000, 32767)
+
+
 def port_from_job_id(job_id: str | int) -> int:
     """A master port derived from the Slurm job id, so concurrent jobs on a node do not clash."""
     digits = re.sub(r"\D", "", str(job_id)) or "0"
-    return 15000 + int(digits) % 20000
+    low, high = DERIVED_PORTS
+    return low + int(digits) % (high - low + 1)
+
+
+def rendezvous_port(configured: int | None = None, environ: Mapping[str, str] | None = None,
+                    job_id: str | int = 0) -> int:
+    """The master port of a job's ranks: ``configured`` (``cluster.master_port``), else the environment's
+    MASTER_PORT, else derived from SLURM_JOB_ID (or ``job_id``): every rank of a job computes the same."""
+    env = os.environ if environ is None else environ
+    if configured:
+        return configured
+    if env.get("MASTER_PORT"):
+        return int(env["MASTER_PORT"])
+    return port_from_job_id(env.get("SLURM_JOB_ID") or job_id)
 
 
 def detect_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
@@ -78,7 +99,7 @@ def detect_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
             local_world_size=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
             or max(1, ntasks // nnodes),
             master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
-            master_port=int(env.get("MASTER_PORT") or port_from_job_id(env.get("SLURM_JOB_ID", 0))),
+            master_port=rendezvous_port(environ=env),
             launcher="slurm",
         )
     return DistEnv()

@@ -5,30 +5,52 @@
   ``sinfo`` lists, and what no node can hold is refused.
 * :func:`queue_states` and :func:`never_starts` let ``submit --wait`` notice a job that sits
   PENDING for a reason that does not pass with time (``PartitionConfig``, ``BadConstraints``,
-  per-job QOS/association limits, required nodes that are down or drained, resources beyond every
-  node) instead of waiting forever.
+  per-job QOS/association limits, resources beyond every node of any state) instead of waiting
+  forever; :func:`waits_for` says what any other reason waits for (nodes an admin drained or
+  reserved come back, so those jobs are waited on).
+* :func:`job_log_paths`: where the job running this process writes its stdout and stderr.
 * :func:`failed_tasks` reads srun's own lines (``srun: error: node3: task 2: Killed``) from a
   job's error log, to name the node and task that ended a multi-node job.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 #: pending reasons that never clear by waiting: the request breaks a partition, constraint or
-#: per-job limit (Slurm's job_reason codes; the per-user "...PerUser" and running-jobs limits do clear)
+#: per-job limit, or depends on a job that failed (Slurm's job_reason codes; the per-user,
+#: group and running-jobs limits clear as other jobs end, and a hold is released by a person)
 NEVER_REASONS = frozenset({
     "PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidAccount",
     "InvalidQOS", "AccountNotAllowed", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "QOSMaxNodePerJobLimit",
     "QOSMaxWallDurationPerJobLimit", "QOSMaxMemoryPerJob", "QOSMinCpuNotSatisfied", "QOSMinGRES",
     "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit",
-    "AssocMaxGRESPerJob", "AssocMaxMemPerJob", "MaxCpuPerAccount", "JobHeldAdmin",
+    "AssocMaxGRESPerJob", "AssocMaxMemPerJob", "MaxCpuPerAccount", "DependencyNeverSatisfied",
 })
-#: node states (sinfo %t, without the '*' "not responding" flag) from which no node comes back by itself
-GONE_STATES = ("down", "drain", "drng", "fail", "failg", "maint", "inval", "futr")
+#: a pending reason that is final only when no node of the cluster, in any state, is big enough
+SIZE_REASONS = frozenset({"Resources"})
+#: pending reasons whose report names the state of the nodes they mention
+NODE_REASONS = frozenset({"ReqNodeNotAvail", "Resources"})
+#: what a job pending for a reason that clears waits for (by reason code; others: :func:`waits_for`)
+WAITS_FOR = {
+    "Priority": "jobs of higher priority to start first",
+    "Resources": "nodes to free up",
+    "ReqNodeNotAvail": "its nodes to come back (an admin returns a drained, down or maintenance-reserved node)",
+    "Reservation": "its reservation to start",
+    "JobHeldAdmin": "an admin to release it (scontrol release)",
+    "JobHeldUser": "its owner to release it (scontrol release)",
+    "Dependency": "the jobs it depends on",
+    "BeginTime": "its begin time",
+    "PartitionDown": "its partition to be set up again",
+    "PartitionInactive": "its partition to be set up again",
+    "NodeDown": "a node to come back",
+}
+#: reason code prefixes of limits shared with other jobs: they clear as those jobs end
+SHARED_LIMITS = ("QOSGrp", "AssocGrp", "QOSMax", "AssocMax", "MaxJob", "MaxCpu", "MaxNode", "MaxMem")
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -54,13 +76,13 @@ class SlurmQueryError(RuntimeError):
     """A Slurm command was missing or failed."""
 
 
-def _slurm(*cmd: str) -> str:
+def _slurm(*cmd: str, timeout_s: float = 30) -> str:
     if shutil.which(cmd[0]) is None:
         raise SlurmQueryError(f"{cmd[0]} not found: Slurm's client tools are needed")
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise SlurmQueryError(f"{' '.join(cmd)}: no answer in 30 s") from None
+        raise SlurmQueryError(f"{' '.join(cmd)}: no answer in {timeout_s:g} s") from None
     if r.returncode != 0:
         raise SlurmQueryError(f"{' '.join(cmd)}: {r.stderr.strip() or f'exit {r.returncode}'}")
     return r.stdout
@@ -76,11 +98,13 @@ class Request:
     gpus_per_node: int = 0
     mem_mb: int = 0
     partition: str = ""
+    #: the GPUs as asked with --gres (``gpu:a100:2``), when they are; ``gpus_per_node`` is their count
+    gres: str = ""
 
     def describe(self) -> str:
         parts = [f"{self.nodes} node(s) x {self.tasks_per_node} task(s) x {self.cpus_per_task} CPU(s)"]
         if self.gpus_per_node:
-            parts.append(f"{self.gpus_per_node} GPU(s) per node")
+            parts.append(f"{self.gpus_per_node} GPU(s) per node" + (f" (--gres={self.gres})" if self.gres else ""))
         if self.mem_mb:
             parts.append(f"{self.mem_mb} MB per node")
         if self.partition:
@@ -174,22 +198,64 @@ def parse_job_request(text: str) -> Request:
                    mem_mb=mem_mb, partition=fields.get("Partition", ""))
 
 
+def reason_code(reason: str) -> str:
+    """``ReqNodeNotAvail`` of ``ReqNodeNotAvail, UnavailableNodes:node3``."""
+    return reason.split(",")[0].strip()
+
+
 def never_starts(reason: str, req: Request, nodes: list[Node]) -> str | None:
-    """Why a PENDING job with ``reason`` will never start, or None if waiting may help."""
-    code = reason.split(",")[0].strip()
+    """Why a PENDING job with ``reason`` will never start, or None if waiting may help.
+
+    Only what no person's action on the nodes changes is final: a reason of :data:`NEVER_REASONS`, or
+    ``Resources`` for a request that no listed node holds in any state (a drained or down node comes
+    back when an admin returns it).  Without ``nodes`` (sinfo not read) ``Resources`` is waited on."""
+    code = reason_code(reason)
     if code in NEVER_REASONS:
         return code
-    if code == "ReqNodeNotAvail":
-        wanted = set(re.findall(r"UnavailableNodes:(\S+)", reason))
-        listed = {n.name: n.state for n in nodes}
-        names = [n for w in wanted for n in expand_nodelist(w)]
-        if names and all(listed.get(n, "down").startswith(GONE_STATES) for n in names):
-            return f"{reason} (down or drained, none coming back)"
-        return None
-    if code == "Resources":
-        why = unsatisfiable(req, [n for n in nodes if not n.state.startswith(GONE_STATES)])
-        return f"Resources: {why}" if why else None
+    if code in SIZE_REASONS and nodes:
+        why = unsatisfiable(req, nodes)
+        return f"{code}: {why}" if why else None
     return None
+
+
+def waits_for(reason: str) -> str:
+    """What a job PENDING for ``reason`` (one that clears) waits for."""
+    code = reason_code(reason)
+    if code in WAITS_FOR:
+        return WAITS_FOR[code]
+    if code.startswith(SHARED_LIMITS):
+        return "a user, account or QOS limit to free up as other jobs end"
+    return "the scheduler"
+
+
+def node_states(reason: str, nodes: list[Node]) -> str:
+    """``node3 drain, node4 maint``: the state of each node ``reason`` names as unavailable ('' if none)."""
+    named = [n for w in re.findall(r"UnavailableNodes:(\S+)", reason) for n in expand_nodelist(w)]
+    listed = {n.name: n.state for n in nodes}
+    return ", ".join(f"{n} {listed[n]}" for n in named if n in listed)
+
+
+def under_submitit() -> bool:
+    """Whether submitit's job runner started this process (Slurm or local executor)."""
+    return os.environ.get("SUBMITIT_EXECUTOR", "") in ("slurm", "local")
+
+
+def job_log_paths() -> tuple[str, str]:
+    """(stdout, stderr) of the job running this process: submitit's log files of this task when
+    submitit started it, else the batch job's as Slurm holds them (``scontrol``), else ('', '')."""
+    if under_submitit():
+        import submitit
+
+        paths = submitit.JobEnvironment().paths
+        return str(paths.stdout), str(paths.stderr)
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    if not job_id.isdigit():
+        return "", ""
+    try:
+        fields = dict(re.findall(r"(\S+?)=(\S*)", _slurm("scontrol", "-o", "show", "job", job_id, timeout_s=5)))
+    except SlurmQueryError:
+        return "", ""
+    return fields.get("StdOut", ""), fields.get("StdErr", "")
 
 
 _SRUN_ERROR = re.compile(r"^srun: error: (\S+): tasks? ([\d,\-]+): (.+)$", re.M)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import errno
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ..spec.config import ExperimentConfig
-from ..spec.schema import END_ATTRIBUTES, Status
+from ..spec.schema import END_ATTRIBUTES, Attr, Status
 from .metrics import FINAL_WRITE_RESERVE_BYTES, MetricsWriter
 from .runs import METRICS_NAME, prepare
 
@@ -29,6 +30,7 @@ class RunRecorder:
         self.cfg, self.run_dir, self.is_main = cfg, Path(run_dir), is_main
         self.writer: MetricsWriter | None = None
         self.finished_with: str | None = None
+        self.noted = False  # note_end wrote a status the run has not replaced yet
         self.lock = threading.Lock()
 
     @property
@@ -95,6 +97,21 @@ class RunRecorder:
         return self.writer.write_seconds if self.writer is not None else 0.0
 
     # -- the outcome --------------------------------------------------------------------------
+    def note_end(self, status: str, info: dict[str, Any]) -> None:
+        """Record ``status`` now while the run goes on, as the outcome if nothing follows (a kill may);
+        the run's own outcome replaces it.  From any thread but one inside the writer (it waits for it)."""
+        with self.lock:
+            if not self.is_main or self.finished_with is not None or self.writer is None:
+                return
+            self.noted = True
+            try:
+                self.writer.set_attrs(**{Attr.STATUS: Status(status).value,
+                                         Attr.FINISHED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")}, **info)
+                self.writer.flush(force=True)
+            except OSError as exc:
+                print(f"pyramidrepro: could not record status {status} in {self.metrics_path}: {exc}",
+                      file=sys.stderr, flush=True)
+
     def finish(self, status: str, info: dict[str, Any], identity: dict[str, Any]) -> bool:
         """Write the final status (rank 0, once); a run stopped before setup still gets its file.
 
@@ -105,6 +122,8 @@ class RunRecorder:
             if not self.is_main or self.finished_with is not None:
                 return False
             self.finished_with = status
+            if self.noted:  # what note_end said is replaced, its error included
+                info = {Attr.ERROR: "", **info}
             try:
                 self.open(identity)
                 assert self.writer is not None

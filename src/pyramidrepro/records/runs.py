@@ -1,15 +1,14 @@
 """A run: its folder, its ``config.yaml``, whether it is done, and reading it back.
 
 A run lives in ``OUT/<experiment>/<run id>/`` and holds ``config.yaml`` (what it was asked to do),
-``metrics.h5`` (what happened, :mod:`.metrics`) and ``checkpoint.pt`` (where a resume starts).
+``metrics.h5`` (what happened, :mod:`.metrics`) and ``checkpoint.pt`` (where a resume starts); its
+writer holds ``.lock`` (:mod:`.lock`, whose RunLock and RunFolderError are named here too).
 Every command that names, prepares or asks about a run goes through this module; the names it
 reads from ``metrics.h5`` are those of :mod:`.schema`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -23,20 +22,16 @@ from ..spec.config import SAFE_COMPONENT, ConfigError, ExperimentConfig, parse_y
 from ..spec.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from ..stats.measure import Estimate, windows_of
 from .fields import Fields, is_missing, series
+from .lock import RunFolderError as RunFolderError
+from .lock import RunLock as RunLock
 from .metrics import read_metrics
 from .storage import write_atomically
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.h5"
 CHECKPOINT_NAME = "checkpoint.pt"
-LOCK_NAME = ".lock"
 #: every status a run can record (schema.Status): any other makes no sense as a run
 STATUSES = tuple(s.value for s in Status)
-
-
-class RunFolderError(RuntimeError):
-    """The run folder cannot be used as asked: another process owns it, its checkpoint is for another
-    config or unreadable, or the disk is full.  Nothing of the earlier run was changed."""
 
 
 def check_run_id(run_id: str, flag: str = "--run-id") -> str:
@@ -65,36 +60,6 @@ def prepare(folder: str | Path, cfg: ExperimentConfig) -> Path:
     path = folder / CONFIG_NAME
     write_atomically(path, cfg.to_yaml().encode())
     return path
-
-
-class RunLock:
-    """An exclusive lock on a run folder, held for the run's life by the process that writes it.
-
-    ``flock`` on the folder itself (no lock file is left behind): the OS releases it when the
-    process ends, however it ends, so a killed run never leaves a stale lock.  A second writer
-    gets :class:`RunFolderError`.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunFolderError(f"{self.folder}: in use by a run that is still going; wait for it to end, "
-                                 "or give another --run-id") from None
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the lock
-            self.fd = None
 
 
 def status_of(folder: str | Path) -> str | None:

@@ -89,6 +89,7 @@ class ExperimentConfig:
         self._check_batch_fits_data(source)
         self.train.check_micro_batches(source)
         self.container.validate(source)
+        self.cluster.validate(source)
         self.train.validate(source)
         self.data.validate(source)
         self._check_sweep(source)
@@ -105,6 +106,9 @@ class ExperimentConfig:
                               f"{d.synthetic_train_size} images are fewer than one global batch of {t.batch_size}")
 
     def _check_sweep(self, source: str) -> None:
+        if isinstance(self.sweep, list) and not (self.sweep and all(self.sweep)):
+            raise ConfigError(source, "sweep", "a list of sweeps holds one or more mappings of dotted keys to values, "
+                                               "none empty (no sweep: leave `sweep` out)")
         for i, block in enumerate(sweep_blocks(self)):
             where = f"sweep[{i}]" if isinstance(self.sweep, list) else "sweep"
             for key, values in block.items():

@@ -82,6 +82,8 @@ class Attr(StrEnum):
     SLURM_ARRAY_TASK_ID = "slurm_array_task_id"
     SLURM_NODELIST = "slurm_nodelist"
     SUBMITIT_JOB_ID = "submitit_job_id"
+    JOB_STDOUT = "job_stdout"  # the job's log files (submitit's of rank 0's task, else Slurm's StdOut/StdErr)
+    JOB_STDERR = "job_stderr"
     CONTAINER_IMAGE = "container_image"
     CONTAINER_DIGEST = "container_digest"
     IMAGE_COMMIT = "image_commit"  # what the image says of itself (container.py): the commit baked in

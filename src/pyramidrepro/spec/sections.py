@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, Optional, Union
 
@@ -20,6 +21,13 @@ from .errors import ConfigError, shown
 #: torch.compile modes (``train.compile_mode``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CONTAINER_RUNTIMES = ("auto", "apptainer", "bwrap")
+#: a Slurm name (a GPU type, a wckey, a reservation): letters, digits and ``_ . + -``
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+#: one generic resource as sbatch --gres takes it: NAME[:TYPE][:COUNT]
+GRES_ITEM = re.compile(r"(?P<name>[A-Za-z][A-Za-z0-9_.+-]*)(?::(?P<type>[A-Za-z0-9_.+-]*[A-Za-z_.+-][A-Za-z0-9_.+-]*))?"
+                       r"(?::(?P<count>[0-9]+))?")
+#: the most GPUs one node is asked for, in any form
+MAX_GPUS_PER_NODE = 1024
 
 
 class Bound(NamedTuple):
@@ -241,7 +249,19 @@ class ClusterConfig(Section):
     constraint: Optional[str] = None
     time_min: int = 60
     nodes: int = 1
-    gpus_per_node: int = 0
+    #: None: derived from the point (see cluster.requests.gpu_request); 0: no GPUs
+    gpus_per_node: Optional[int] = None
+    #: --gres=gpu:TYPE:N, N being gpus_per_node or the point's own count
+    gpu_type: Optional[str] = None
+    #: sent as it is (--gres=gpu:a100:2), instead of gpus_per_node and gpu_type
+    gres: Optional[str] = None
+    #: --exclusive: no other job on the nodes (clean throughput measurements)
+    exclusive: bool = False
+    reservation: Optional[str] = None
+    #: None: no --wckey line (submitit would send --wckey=submitit)
+    wckey: Optional[str] = None
+    #: the rendezvous port of DDP ranks (None: derived from the job id, below the ephemeral range)
+    master_port: Optional[int] = None
     tasks_per_node: Optional[int] = None
     cpus_per_task: int = 2
     mem_gb: Optional[float] = None
@@ -253,10 +273,69 @@ class ClusterConfig(Section):
 
     BOUNDS = (
         Bound("nodes", 0, 100_000), Bound("cpus_per_task", 0, 100_000), Bound("time_min", 0),
-        Bound("array_parallelism", 0), Bound("gpus_per_node", 0, 1024, at_least=True),
+        Bound("array_parallelism", 0), Bound("gpus_per_node", 0, MAX_GPUS_PER_NODE, at_least=True),
         Bound("tasks_per_node", 0, 1024), Bound("mem_gb", 0), Bound("signal_delay_s", 0, at_least=True),
-        Bound("max_requeues", 0, at_least=True),
+        Bound("max_requeues", 0, at_least=True), Bound("master_port", 1024, 65535, at_least=True),
     )
+
+    def validate(self, source: str) -> None:
+        """Names Slurm can take, and GPUs asked in one form only: ``gres``, or ``gpu_type`` (with
+        ``gpus_per_node`` or the point's count), or ``gpus_per_node``."""
+        if self.gres is not None:
+            gres_gpus(self.gres, source, "cluster.gres")
+        for key in ("gpu_type", "wckey"):
+            _check_name(getattr(self, key), source, f"cluster.{key}")
+        for name in [] if self.reservation is None else self.reservation.split(","):
+            _check_name(name, source, "cluster.reservation")
+        self._check_one_gpu_form(source)
+        self._check_no_twin_in_additional_parameters(source)
+
+    def _check_one_gpu_form(self, source: str) -> None:
+        if self.gres is not None and self.gpu_type is not None:
+            raise ConfigError(source, "cluster.gpu_type", f"conflicts with cluster.gres ({self.gres}): {_ONE_FORM}")
+        if self.gres is not None and self.gpus_per_node is not None:
+            raise ConfigError(source, "cluster.gpus_per_node",
+                              f"conflicts with cluster.gres ({self.gres}): {_ONE_FORM}")
+        if self.gpu_type is not None and self.gpus_per_node == 0:
+            raise ConfigError(source, "cluster.gpus_per_node", f"0 GPUs of type {self.gpu_type}: {_ONE_FORM}")
+
+    def _check_no_twin_in_additional_parameters(self, source: str) -> None:
+        """What a key of this section sends is not sent again through ``additional_parameters``."""
+        given = {str(k).replace("-", "_"): k for k in self.additional_parameters}
+        sent = (("gres", "gres", self.gres), ("gres", "gpu_type", self.gpu_type),
+                ("exclusive", "exclusive", self.exclusive), ("reservation", "reservation", self.reservation),
+                ("wckey", "wckey", self.wckey))
+        for flag, key, value in sent:
+            if value and flag in given:
+                raise ConfigError(source, f"cluster.additional_parameters.{given[flag]}",
+                                  f"conflicts with cluster.{key}: set it in one place")
+
+
+_ONE_FORM = "give the GPUs in one form: gres, or gpu_type (with gpus_per_node or the count each point needs), " \
+            "or gpus_per_node"
+
+
+def _check_name(value: Optional[str], source: str, key: str) -> None:
+    if value is not None and not SLURM_NAME.fullmatch(value):
+        raise ConfigError(source, key, f"{shown(value)} is not a Slurm name (letters, digits, _ . + -)")
+
+
+def gres_gpus(gres: str, source: str = "--gres", key: str = "cluster.gres") -> int:
+    """The GPUs per node ``gres`` asks for (``gpu:a100:2`` 2, ``gpu`` 1, ``shard:4`` 0); ConfigError for a
+    string that is not comma-separated NAME[:TYPE][:COUNT] items, or a count of 0 or above the bound."""
+    total = 0
+    for item in gres.split(","):
+        m = GRES_ITEM.fullmatch(item)
+        if m is None:
+            raise ConfigError(source, key, f"{shown(gres)} is not NAME[:TYPE][:COUNT] (e.g. gpu:a100:2), "
+                                           "comma-separated for several")
+        count = int(m["count"] or 1)
+        if not 0 < count <= MAX_GPUS_PER_NODE:
+            raise ConfigError(source, key, f"{shown(gres)}: a count is >= 1 and <= {MAX_GPUS_PER_NODE}")
+        total += count if m["name"] == "gpu" else 0
+    if total > MAX_GPUS_PER_NODE:
+        raise ConfigError(source, key, f"{shown(gres)}: more than {MAX_GPUS_PER_NODE} GPUs per node")
+    return total
 
 
 @dataclass

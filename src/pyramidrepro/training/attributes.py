@@ -1,5 +1,6 @@
-"""The attributes a run records of itself in ``metrics.h5``: what it is (known before setup) and
-what it was set up with (the devices that share a step, the path trained, the link measured)."""
+"""The attributes a run records of itself in ``metrics.h5``: what it is (known before setup: where
+it runs and logs included) and what it was set up with (the devices that share a step, the path
+trained, the link measured)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from ..machine.container import container_attributes
 from ..machine.devices import allocator_settings, capability, device_name
 from ..machine.provenance import git_commit, versions
+from ..machine.slurm_state import job_log_paths
 from ..machine.system import describe_system, slurm_attributes
 from ..spec.config import ExperimentConfig
 from ..spec.schema import Attr
@@ -41,8 +43,15 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.ALLOCATOR_SETTINGS: allocator_settings() if ctx.device.type == "cuda" else "",
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
         Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
-        **slurm_attributes(), **container_attributes(), **extra,
+        **slurm_attributes(), **job_log_attributes(ctx.is_main), **container_attributes(), **extra,
     }
+
+
+def job_log_attributes(is_main: bool) -> dict[str, Any]:
+    """Where the job's stdout and stderr go (``job_stdout``, ``job_stderr``), asked by rank 0 only;
+    {} outside a scheduler's job."""
+    out, err = job_log_paths() if is_main else ("", "")
+    return {Attr.JOB_STDOUT: out, Attr.JOB_STDERR: err} if out or err else {}
 
 
 def setup_attributes(cfg: ExperimentConfig, ctx: RunContext, training: Training, loop: TrainingLoop) -> dict[str, Any]:

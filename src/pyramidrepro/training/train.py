@@ -20,10 +20,12 @@ from typing import Any
 import torch.distributed as dist
 
 from ..machine.devices import is_out_of_memory
-from ..machine.interrupts import DeferredStop, interruption, interruption_reason
+from ..machine.interrupts import SCHEDULER_STOP, DeferredStop, interruption, interruption_reason
 from ..machine.parallel import shutdown_process_group
+from ..machine.slurm_state import under_submitit
+from ..records.lock import RunFolderError, RunLock
 from ..records.recorder import RunRecorder
-from ..records.runs import METRICS_NAME, RunFolderError, RunLock
+from ..records.runs import METRICS_NAME
 from ..spec.config import ConfigError, ExperimentConfig
 from ..spec.schema import EXIT_CODES, Attr, Status
 from ..step.bounds import measure_bounds
@@ -51,7 +53,10 @@ class Trainer:
 
     ``handle_signals``: SIGTERM ends the run like Ctrl-C (status interrupted, a checkpoint if the
     run keeps them); a rank of a process group notes both and stops at its next step boundary, with
-    its peers.  Off under submitit, which handles the scheduler's signals itself.
+    its peers.  Off under submitit, which handles the scheduler's signals itself: there SIGTERM
+    (``scancel``, or a preemption before submitit's requeue signal) saves a checkpoint if the run
+    keeps them and records ``interrupted`` (:meth:`_on_scheduler_term`), and the run goes on until
+    Slurm kills it or submitit requeues it; a run that still ends by itself records its own outcome.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None,
@@ -71,6 +76,7 @@ class Trainer:
         self.deferred = DeferredStop()  # a rank's stop signals, acted on at a step boundary
         self.lock: RunLock | None = None
         self.requeued = False  # set by prepare_requeue
+        self.submitit_term: Any = None  # submitit's SIGTERM handler, called after ours
 
     @property
     def distributed(self) -> bool:
@@ -88,8 +94,12 @@ class Trainer:
     def run(self) -> str:
         """Run to the end; returns the status (``schema.Status``)."""
         previous = None
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        if threading.current_thread() is threading.main_thread():
+            if self.handle_signals:
+                previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+            elif under_submitit():
+                previous = signal.signal(signal.SIGTERM, self._on_scheduler_term)
+                self.submitit_term = previous
         try:
             return self._run()
         finally:
@@ -98,6 +108,18 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
             if self.lock is not None:
                 self.lock.release()
+
+    def _on_scheduler_term(self, signum: int, frame: Any) -> None:
+        """SIGTERM under submitit: checkpoint if the state allows (as its requeue hook does, in this
+        handler), then record ``interrupted`` from another thread (this one may be inside the
+        metrics writer), and hand the signal on to submitit, which logs it and goes on."""
+        if self.loop is not None and self.cfg.train.checkpoint_every_s is not None:
+            self.loop.save_if_checkpointable()
+        if self.recorder is not None:
+            threading.Thread(target=self.recorder.note_end, name="scheduler-stop", daemon=True,
+                             args=(Status.INTERRUPTED, {Attr.ERROR: SCHEDULER_STOP})).start()
+        if callable(self.submitit_term):
+            self.submitit_term(signum, frame)
 
     def _run(self) -> str:
         ctx = self.context = open_context(self.cfg, self.requested_run_dir, self.out_dir)
