@@ -188,6 +188,21 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli)
     assert started == [first, second, first + "-r2", second + "-r2"]
     row = next(line for line in (out / "rep" / "report.md").read_text().splitlines() if line.startswith("| single |"))
     assert row.rstrip().endswith("| 4 |")  # the repeats column: both points are one line at one batch
+    # the report is written after each pass (it says which) and once more at the end; within a pass,
+    # again once REPORT_EVERY_S have passed
+    assert "reproduce: report (pass 1 of at most 2 done, the campaign goes on)" in r.stdout
+    assert "reproduce: report (pass 2 of at most 2 done" in r.stdout
+    assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
+    from argparse import Namespace
+
+    from pyramidrepro.cli.reproduce import ReportSchedule
+    from pyramidrepro.cluster.campaign import Progress
+
+    settings = Namespace(out=str(out), max_repeats=2)
+    ReportSchedule(out / "rep", settings, every_s=3600)(Progress(1, 1, 2))  # too soon: not written
+    assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
+    ReportSchedule(out / "rep", settings, every_s=0)(Progress(1, 1, 2))
+    assert "Campaign: pass 1 of at most 2 under way: 1 of 2 points done" in (out / "rep" / "report.md").read_text()
     again = run_cli(*args, "--ci-target", "0.01")
     assert again.stdout.count("already done, skipped") == 4, again.stdout
     # a 100 % target is met by one run: --min-repeats still runs each point twice

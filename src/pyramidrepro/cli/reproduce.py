@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec.config import ConfigError, ExperimentConfig, load_config
 from ._common import add_container_arg, add_out_arg, add_set_arg, container_override, default_nproc, hardware
 from ._types import int_between, percentage
+
+if TYPE_CHECKING:
+    from ..cluster.campaign import Progress
 
 MAX_REPEATS = 20
 ONE_GPU_SWEEP = "sweep={train.mode: [single], train.batch_size: [32, 64, 128, 256, 512, 1024]}"
@@ -91,19 +94,39 @@ def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
         raise ConfigError(experiment, "data.loader", fix)
 
 
-def report_writer(out_dir: Path, args: argparse.Namespace) -> Callable[[int], dict]:
-    """The report, (re)written after pass ``n`` of the campaign and saying which pass it reflects."""
-    from ..study.report import build_report
+#: while a pass runs, the report is written again once this long has passed since the last one
+REPORT_EVERY_S = 240.0
 
-    def write(n: int, final: bool = False) -> dict:
-        stage = (f"complete after {n} pass(es)" if final
-                 else f"pass {n} of at most {args.max_repeats} done, the campaign goes on")
-        report = build_report(out_dir, out_dir, command=f"pyramidrepro reproduce --out {args.out}", stage=stage)
+
+class ReportSchedule:
+    """The campaign's report, written at the end of every pass and, within a pass, once
+    :data:`REPORT_EVERY_S` have passed since the last one; each says how far the campaign had come."""
+
+    def __init__(self, out_dir: Path, args: argparse.Namespace, every_s: float = REPORT_EVERY_S) -> None:
+        self.out_dir, self.args, self.every_s = out_dir, args, every_s
+        self.last = time.monotonic()
+        self.passes = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.pass_ended:
+            self.passes = progress.number
+            self.write(f"pass {progress.number} of at most {self.args.max_repeats} done, the campaign goes on")
+        elif time.monotonic() - self.last >= self.every_s:
+            self.write(f"pass {progress.number} of at most {self.args.max_repeats} under way: "
+                       f"{progress.point} of {progress.points} points done, the campaign goes on")
+
+    def write(self, stage: str, final: bool = False) -> dict:
+        from ..study.report import build_report
+
+        report = build_report(self.out_dir, self.out_dir, command=f"pyramidrepro reproduce --out {self.args.out}",
+                              stage=stage)
+        self.last = time.monotonic()
         if not final:
-            print(f"reproduce: report after pass {n} at {report['report']}", flush=True)
+            print(f"reproduce: report ({stage}) at {report['report']}", flush=True)
         return report
 
-    return write
+    def final(self) -> dict:
+        return self.write(f"complete after {self.passes} pass(es)", final=True)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -119,12 +142,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
           + f", DDP with {ranks} ranks, loader {cfg.data.loader}, results in {args.out}", flush=True)
     t0 = time.monotonic()
-    passes: list[int] = []
-    write_report = report_writer(Path(args.out) / cfg.name, args)
+    reports = ReportSchedule(Path(args.out) / cfg.name, args)
     repeats = Repeats(args.min_repeats, args.max_repeats, args.ci_target / 100)
-    results = run_campaign(cfg, experiment, args.out, ranks, repeats,
-                           after_pass=lambda n: (passes.append(n), write_report(n)))
-    report = write_report(passes[-1] if passes else 0, final=True)
+    results = run_campaign(cfg, experiment, args.out, ranks, repeats, on_progress=reports)
+    report = reports.final()
     failed = sum("exit" in r[1] for r in results)
     print_summary(results, failed, report, time.monotonic() - t0)
     return 1 if failed else 0

@@ -83,36 +83,53 @@ def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
             and estimate.ci > ci_target * estimate.images_per_s)
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a campaign stands after a run: pass ``number``, its ``point`` of ``points``, and whether
+    that pass has ended (then ``point == points``)."""
+
+    number: int
+    point: int
+    points: int
+    pass_ended: bool = False
+
+
+def why_repeat(estimate: Estimate | None, repeat: int, repeats: Repeats) -> str | None:
+    """Why a point with ``estimate`` so far runs its ``repeat``-th time (> 1), or None: it does not."""
+    if estimate is None:
+        return None
+    if repeat <= repeats.minimum:
+        return f"repeat {repeat} of at least {repeats.minimum}"
+    if needs_repeat(estimate, repeats.ci_target):
+        return (f"± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (repeats.ci_target or 0):g} %: "
+                f"repeat {repeat} of at most {repeats.maximum}")
+    return None
+
+
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
                  repeats: Repeats = Repeats(), stream: TextIO = sys.stdout,
-                 after_pass: Callable[[int], None] | None = None) -> list[tuple[str, str, float]]:
+                 on_progress: Callable[[Progress], None] | None = None) -> list[tuple[str, str, float]]:
     """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
 
     The first ``repeats.minimum`` passes run every point; each later pass runs again the points whose
     pooled interval is still wider than ``repeats.ci_target``.  A point's repeats are thus a pass
-    apart, not back to back, so a slow drift of the machine shows in their spread instead of in one point alone.  The
-    outcome is the run's status, with `` (exit N)`` added when its job did not end cleanly.
-    ``after_pass(n)`` is called after each pass ``n`` that ran something, the last one included.
+    apart, not back to back, so a slow drift of the machine shows in their spread instead of in one
+    point alone.  The outcome is the run's status, with `` (exit N)`` added when its job did not end
+    cleanly.  ``on_progress`` hears of every run and of the end of every pass that ran something.
     """
     points = expand_sweep(cfg, source)
-    results = []
+    results: list[tuple[str, str, float]] = []
     stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
     campaign = Campaign(cfg, source, out, ddp_ranks, stream, time.monotonic())
-    ci_target, max_repeats, min_repeats = repeats.ci_target, repeats.maximum, repeats.minimum
-    for repeat in range(1, max_repeats + 1):
+    tell = on_progress or (lambda progress: None)
+    for repeat in range(1, repeats.maximum + 1):
         ran = len(results)
         for i, (run_id, point_cfg) in enumerate(points, 1):
             counter = f"[{i}/{len(points)}]"
             if repeat > 1:
                 estimate = point_estimate(out, cfg.name, run_id, repeat - 1)
-                if run_id in stopped or estimate is None:
-                    continue
-                if repeat <= min_repeats:
-                    why = f"repeat {repeat} of at least {min_repeats}"
-                elif needs_repeat(estimate, ci_target):
-                    why = (f"± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (ci_target or 0):g} %: "
-                           f"repeat {repeat} of at most {max_repeats}")
-                else:
+                why = None if run_id in stopped else why_repeat(estimate, repeat, repeats)
+                if why is None:
                     continue
                 print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s ({why})",
                       file=stream, flush=True)
@@ -120,8 +137,10 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
             results.append(outcome)
             if outcome[1] not in (Status.COMPLETED, "skipped"):
                 stopped.add(run_id)
-        if after_pass and len(results) > ran:
-            after_pass(repeat)
+            if outcome[1] != "skipped":
+                tell(Progress(repeat, i, len(points)))
+        if len(results) > ran:
+            tell(Progress(repeat, len(points), len(points), pass_ended=True))
     return results
 
 
