@@ -230,7 +230,7 @@ SLURM_REASON = slurm_unavailable(min_nodes=2)
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
 def test_submit_to_slurm_runs_ranks_in_the_image_on_two_nodes(image, tmp_path):
     """A single point and a 2-node DDP point through sbatch + srun: every rank in the image."""
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--wait", "--out", str(tmp_path),
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--wait", "--poll", "2", "--out", str(tmp_path),
                 "--container", str(image), *TINY, "--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10",
                 "--set", "sweep=[{train.mode: [single]}, {train.mode: [ddp], cluster.nodes: [2]}]", *DDP[2:],
                 "--set", "cluster.tasks_per_node=1", timeout=600)

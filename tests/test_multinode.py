@@ -48,8 +48,8 @@ def _ranks_in(node: str, marker: str) -> list[int]:
 
 @pytest.mark.parametrize(("per_node", "loader"), [(1, "dali"), (2, "torch")])
 def test_ddp_across_two_nodes(tmp_path, per_node, loader):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *TINY, *DDP_ACROSS,
-                "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}",
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY,
+                *DDP_ACROSS, "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}",
                 "--set", f"data.loader={loader}")
     assert r.returncode == 0, r.stdout + r.stderr
     m = _only_metrics(tmp_path)

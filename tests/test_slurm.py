@@ -25,7 +25,7 @@ def _runs(out):
 
 
 def test_single_task_run(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *TINY)
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
     assert m["attrs"]["status"] == "completed"
@@ -34,7 +34,7 @@ def test_single_task_run(tmp_path):
 
 
 def test_two_task_ddp_run(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait",
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
                 "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
@@ -43,7 +43,7 @@ def test_two_task_ddp_run(tmp_path):
 
 
 def test_three_point_sweep_is_one_job_array(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait",
+    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
                 "--set", "sweep={train.batch_size: [32, 64, 128]}", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = _runs(tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cluster.follow import MAX_POLL_S, POLL_S, QUIET_S
+from ..cluster.follow import LOCAL_POLL_S, MAX_POLL_S, POLL_S, QUIET_S
 from ..spec.config import load_config
 from ..spec.schema import FINISHED
 from ._common import add_config_args, add_container_arg, add_out_arg, container_override
@@ -22,9 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="override cluster.executor")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and points; submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the jobs; exit non-zero if any failed")
-    p.add_argument("--poll", type=positive_float, default=POLL_S,
-                   help="seconds between state checks with --wait (one squeue call for all jobs each); after "
-                        f"{QUIET_S:g} s without a change they grow to {MAX_POLL_S:g} s (default %(default)g)")
+    p.add_argument("--poll", type=positive_float,
+                   help="seconds between state checks with --wait (on Slurm one squeue call for all jobs each; "
+                        f"after {QUIET_S:g} s without a change they grow to {MAX_POLL_S:g} s). Default: {POLL_S:g} "
+                        f"on Slurm, {LOCAL_POLL_S:g} for local jobs, which ask no scheduler")
     p.add_argument("--never-starts", choices=["cancel", "keep"], default="cancel",
                    help="with --wait, a Slurm job pending for a reason that never clears (PartitionConfig, "
                         "a per-job limit, more than any node of the cluster has) ends the wait with the "
@@ -51,6 +52,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            rerun_done=args.rerun_done)
     if args.dry_run or not args.wait:
         return 0
-    bad = dispatch.wait(jobs, poll_s=args.poll, on_never=args.never_starts)
+    poll = args.poll or (POLL_S if cfg.cluster.executor == "slurm" else LOCAL_POLL_S)
+    bad = dispatch.wait(jobs, poll_s=poll, on_never=args.never_starts)
     print(f"submit: {len(jobs) - bad}/{len(jobs)} job(s) completed")
     return 1 if bad else 0

@@ -40,6 +40,8 @@ TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", 
 ENDED = TERMINAL_BAD | {"COMPLETED"}
 #: seconds between polls by default (``submit --poll``)
 POLL_S = 30.0
+#: the default for jobs of the local executor: following them asks no scheduler
+LOCAL_POLL_S = 1.0
 #: after this long without a change the interval grows ``BACKOFF`` times a poll, up to ``MAX_POLL_S``
 QUIET_S = 300.0
 BACKOFF = 1.5
