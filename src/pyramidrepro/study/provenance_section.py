@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 
 from ..records.runs import RunRecord
 from .markdown import md_block, md_text
@@ -90,9 +91,7 @@ def _logging_overhead(records: list[RunRecord]) -> str:
 
 def _loaders(records: list[RunRecord]) -> str:
     """Which loader fed how many runs, DALI with its version and mode."""
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.loader or "not recorded"] = counts.get(r.loader or "not recorded", 0) + 1
+    counts = Counter(r.loader or "not recorded" for r in records)
     dali = sorted({str(r.versions.get("dali")) for r in records if r.loader == "dali" and r.versions.get("dali")})
     modes = sorted({"GPU" if r.gpu else "CPU-only mode" for r in records if r.loader == "dali"})
     parts = []

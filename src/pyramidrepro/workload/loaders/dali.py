@@ -77,8 +77,6 @@ class DaliLoader(ShardedLoader):
             self.images, self.labels = torch.from_numpy(images).to(device), torch.from_numpy(data.labels).to(device)
         else:
             self.images, self.labels = images, data.labels
-        self.order: Any = np.zeros(0, dtype=np.int64)
-        self.bounds: list[int] = [0]
         #: fresh: nothing asked of DALI yet; active: DALI may hold batches of the current order;
         #: exhausted: the order was read to its end and the iterator waits for a reset
         self.state = "fresh"
