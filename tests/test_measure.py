@@ -100,3 +100,19 @@ def test_pooling_narrows_agreeing_repeats_and_widens_for_disagreeing_ones():
     assert pool([one, one]).ci < one.ci
     apart = pool([Estimate(100.0, 1.0, 5), Estimate(120.0, 1.0, 5)])
     assert apart.images_per_s == pytest.approx(110.0) and apart.ci > 5 * 1.0  # the runs' spread, not their own
+
+
+def test_a_point_whose_runs_give_one_window_has_no_interval_and_runs_again():
+    """A short run whose warm-up leaves under four steps has one window and ci 0 ("unknown"): against
+    any target it is too wide, not met; two pooled runs have an interval and are judged by it."""
+    from pyramidrepro.cluster.campaign import Repeats, needs_repeat, why_repeat
+
+    one_window = Estimate(100.0, 0.0, 1)
+    assert needs_repeat(one_window, 0.5)
+    assert not needs_repeat(one_window, None)  # no target: never repeated for width
+    assert why_repeat(one_window, 2, Repeats(1, 3, 0.5)) == "no interval from one window: repeat 2 of at most 3"
+    narrow, wide = Estimate(100.0, 1.0, 4), Estimate(100.0, 30.0, 4)
+    assert not needs_repeat(narrow, 0.05) and needs_repeat(wide, 0.05)
+    assert why_repeat(wide, 2, Repeats(1, 3, 0.05)) == "± 30.0 % > 5 %: repeat 2 of at most 3"
+    assert why_repeat(narrow, 2, Repeats(1, 3, 0.05)) is None
+    assert why_repeat(narrow, 2, Repeats(2, 3, 0.05)) == "repeat 2 of at least 2"

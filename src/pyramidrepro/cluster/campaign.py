@@ -79,8 +79,10 @@ def point_estimate(out: str | Path, experiment: str, run_id: str, repeats: int) 
 
 
 def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
+    """Whether a point's interval is still wider than ``ci_target``; one window gives no interval
+    (its 0 means unknown, e.g. a short run whose warm-up left under four steps), so it is too wide."""
     return (ci_target is not None and estimate is not None
-            and estimate.ci > ci_target * estimate.images_per_s)
+            and (estimate.samples < 2 or estimate.ci > ci_target * estimate.images_per_s))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +103,9 @@ def why_repeat(estimate: Estimate | None, repeat: int, repeats: Repeats) -> str 
     if repeat <= repeats.minimum:
         return f"repeat {repeat} of at least {repeats.minimum}"
     if needs_repeat(estimate, repeats.ci_target):
-        return (f"± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (repeats.ci_target or 0):g} %: "
-                f"repeat {repeat} of at most {repeats.maximum}")
+        width = ("no interval from one window" if estimate.samples < 2 else
+                 f"± {100 * estimate.ci / estimate.images_per_s:.1f} % > {100 * (repeats.ci_target or 0):g} %")
+        return f"{width}: repeat {repeat} of at most {repeats.maximum}"
     return None
 
 
