@@ -6,9 +6,10 @@ import pytest
 import torch
 import yaml
 
-from pyramidrepro.machine.system import SHM_MIN_BYTES, confounders, describe_system
+from pyramidrepro.machine.system import describe_system
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import RunRecord
+from pyramidrepro.study.confounders import SHM_MIN_BYTES, confounders
 from pyramidrepro.study.report import build_report
 
 

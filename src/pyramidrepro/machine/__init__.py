@@ -6,7 +6,7 @@ from .._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "devices": ("machine_problem", "cap_gpu_memory", "is_out_of_memory"),
     "parallel": ("DistEnv", "detect_dist_env", "pick_device", "launch_local", "wrap_model"),
-    "system": ("describe_system", "confounders"),
+    "system": ("describe_system",),
     "provenance": ("git_commit", "versions"),
     "container": ("Container", "resolve", "run_in_image", "image_info"),
     "slurm_state": ("SlurmQueryError", "queue_states", "never_starts"),

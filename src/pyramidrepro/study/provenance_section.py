@@ -1,5 +1,5 @@
 """The report's provenance: where, on what and with what software the runs ran, and the known
-confounders they fall into (machine.system.confounders).  Every recorded text in it goes through
+confounders they fall into (study.confounders).  Every recorded text in it goes through
 :mod:`.markdown`."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import statistics
 from collections import Counter
 
 from ..records.runs import RunRecord
+from .confounders import CONFOUNDERS_CHECKED, confounders
 from .markdown import md_block, md_text
 
 
@@ -32,8 +33,6 @@ def _topology_lines(records: list[RunRecord]) -> list[str]:
 
 def system_lines(records: list[RunRecord]) -> list[str]:
     """Provenance: each distinct system the runs describe, their environment, and the confounder checks."""
-    from ..machine.system import CONFOUNDERS_CHECKED, confounders  # torch: only when a report is made
-
     systems = ({k: v for k, v in r.system.items() if k not in ("env", "topology")} for r in records)
     lines = [f"- system: {md_text(text)}"  # distinct, in the order first seen
              for text in dict.fromkeys(_system_text(s) for s in systems if s)]
