@@ -10,36 +10,17 @@ import sys
 import time
 
 from support import ROOT
-
-HIDE = '''
-import sys
-
-HIDDEN = {"torchvision", "matplotlib", "submitit"}
-
-
-class _Hidden:
-    """Refuse the packages the device image does not have, as if they were not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if any(name == h or name.startswith(h + ".") for h in HIDDEN):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden: the device image lacks it)")
-        return None
-
-
-sys.meta_path.insert(0, _Hidden())
-'''
+from support.hide import hiding_env
 
 RUN_STEPS = ["cap_b256", "cap_b512", "sync_fp32", "sync_bf16", "ddp_gloo_ws1", "ddp_gloo_2ranks", "dp",
              "dp_balanced_bf16", "fp16_scaler", "compile_bf16", "dali_single_sync", "dali_gloo_2ranks"]
 
 
 def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(HIDE)
     out = tmp_path / "out"
+    hidden = hiding_env(tmp_path / "hide", {"torchvision", "matplotlib", "submitit"}, str(ROOT / "src"))
     env = dict(os.environ, GPU_CHECK_DEVICE="cpu", PYTHON=str(ROOT / ".venv" / "bin" / "python"),
-               OUT=str(out), PYTHONPATH=f"{hide}:{ROOT / 'src'}", TMPDIR=str(tmp_path))
+               OUT=str(out), TMPDIR=str(tmp_path), **hidden)
     if not os.path.exists(env["PYTHON"]):
         env["PYTHON"] = __import__("sys").executable
     t0 = time.monotonic()

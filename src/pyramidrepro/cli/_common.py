@@ -63,7 +63,12 @@ def container_override(args: argparse.Namespace) -> list[str]:
 
 
 def check_runnable(cfg: ExperimentConfig, source: str) -> None:
-    """ConfigError, before anything is created, when this machine cannot run ``cfg``."""
+    """ConfigError, before anything is created, when this machine cannot run ``cfg`` (torch first:
+    a login node's package may have none)."""
+    from ..workload.requirements import torch_missing
+
+    if fix := torch_missing():
+        raise ConfigError(source, "container.image", fix)
     from ..machine.devices import machine_problem
 
     problem = machine_problem(cfg)
@@ -72,7 +77,15 @@ def check_runnable(cfg: ExperimentConfig, source: str) -> None:
 
 
 def hardware() -> tuple[str, int]:
-    """("cuda", GPUs) when CUDA sees GPUs, else ("cpu", 0)."""
+    """("cuda", GPUs) when CUDA sees GPUs, else ("cpu", 0); without torch here (a login node whose
+    runs go into an image), the GPUs nvidia-smi lists."""
+    from ..workload.requirements import torch_missing
+
+    if torch_missing():
+        from ..machine.driver import gpus_without_torch
+
+        n = gpus_without_torch()
+        return ("cuda" if n else "cpu"), n
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -35,6 +35,10 @@ def exit_code_for(exc: Exception) -> int | None:
     if isinstance(exc, (ConfigError, DataError, FileNotFoundError, RunFolderError)):
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in ("torch", "torchvision"):
+        _say(f"error: this command needs {exc.name.split('.')[0]}, which is not installed here (a login node's "
+             "package has none; jobs train in the image): pip install 'pyramidrepro[train]'")
+        return EXIT_BAD_INPUT
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # a full disk
         _say(f"error: {exc.strerror or exc}")
         return 1

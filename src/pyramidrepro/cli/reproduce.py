@@ -85,13 +85,12 @@ def print_summary(results: list, failed: int, report: dict, seconds: float) -> N
 
 
 def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
-    """ConfigError before anything runs when the campaign's loader is not installed here (the image
-    brings its own)."""
-    from ..workload.requirements import missing_for
+    """ConfigError before anything runs when torch or the campaign's loader is not installed here (the
+    image brings its own)."""
+    from ..workload.requirements import host_problem
 
-    fix = None if cfg.container.image else missing_for(cfg.data.loader)
-    if fix:
-        raise ConfigError(experiment, "data.loader", fix)
+    if problem := host_problem(cfg.data.loader, cfg.container.image):
+        raise ConfigError(experiment, *problem)
 
 
 #: while a pass runs, the report is written again once this long has passed since the last one

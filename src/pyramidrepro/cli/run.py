@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def check_request(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
-    """ConfigError, before anything is created, for what ``run`` cannot do with ``cfg`` here."""
+def check_request(args: argparse.Namespace, cfg: ExperimentConfig, in_image: bool = False) -> None:
+    """ConfigError, before anything is created, for what ``run`` cannot do with ``cfg``; ``in_image``:
+    the run goes into an image, whose own ``run`` checks the devices and packages with its torch."""
     from ..workload.data import per_rank_batch
 
     if cfg.sweep:
@@ -58,7 +59,8 @@ def check_request(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
         raise ConfigError(args.experiment, "train.batch_size", str(exc)) from None
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError("run", "--out", f"{args.out} is a file; give a folder for the results")
-    check_runnable(cfg, args.experiment)
+    if not in_image:
+        check_runnable(cfg, args.experiment)
 
 
 def run_dir_of(args: argparse.Namespace, cfg: ExperimentConfig) -> Path | None:
@@ -79,9 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..workload.data import check_data_available
 
     cfg = load_config(args.experiment, [*args.set, *container_override(args)])
-    check_request(args, cfg)
-    check_data_available(cfg.data)
     box = resolve(cfg, args.experiment)
+    check_request(args, cfg, in_image=box is not None)
+    check_data_available(cfg.data)
     if box:  # the same command, in the image (where container.image is the image it is in)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         paths = [args.out, cfg.data.root, Path(args.experiment).parent]

@@ -27,7 +27,7 @@ from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisf
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
 from ..spec.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
 from ..spec.schema import Attr
-from ..workload.requirements import missing_for
+from ..workload.requirements import host_problem
 from .follow import POLL_S, follow_jobs
 from .requests import gpu_parameters, gpu_request, tasks_per_node
 
@@ -328,11 +328,10 @@ def wait(jobs: list[Any], poll_s: float = POLL_S, stream=sys.stdout, on_never: s
 
 def validate_dispatch(cfg: ExperimentConfig, source: str) -> None:
     """Cluster/container checks that the schema alone cannot make; without an image, the jobs run
-    with this Python, so the loader's package must import here."""
+    with this Python, so torch and the loader's package must import here."""
     c = cfg.cluster
-    fix = None if cfg.container.image else missing_for(cfg.data.loader)
-    if fix:
-        raise ConfigError(source, "data.loader", fix)
+    if problem := host_problem(cfg.data.loader, cfg.container.image):
+        raise ConfigError(source, *problem)
     if c.executor == "slurm" and c.nodes > 1 and cfg.train.mode != "ddp":
         raise ConfigError(source, "cluster.nodes", f"{c.nodes} nodes need train.mode: ddp")
     gpus = gpu_request(cfg)
