@@ -30,6 +30,7 @@ import torch
 
 from ..spec.schema import Attr, Summary
 from ..workload.requirements import missing_for
+from .driver import driver_problem, node_driver
 
 GIB = 2**30
 
@@ -228,7 +229,8 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     on_gpu = dev.device == "cuda" or (dev.device == "auto" and gpus > 0)
     if dev.device == "cuda" and not gpus:
-        return "devices.device", "cuda requested but this machine has no CUDA device (use auto or cpu)"
+        too_old = driver_problem(node_driver(), torch.version.cuda)
+        return "devices.device", too_old or "cuda requested but this machine has no CUDA device (use auto or cpu)"
     if t.mode in ("dp", "dp_balanced") and gpus < 2 and not t.allow_cpu_dp:
         return "train.mode", (f"{t.mode} needs >= 2 CUDA GPUs (found {gpus}); set train.allow_cpu_dp: true "
                               "for the degenerate one-device case")
