@@ -5,25 +5,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= results/local
+# test processes: the suite's work is mostly other processes (ranks, jobs, images) that wait on each
+# other, so two workers overlap it even on 2 cores; the Slurm and image tests stay on one of them
+TEST_WORKERS ?= 2
 
 .PHONY: reproduce test venv tools image lint bench stress cluster-up cluster-down clean
 
-## venv: create .venv with pip and install the package with DALI and the test tools
+## venv: create .venv with pip and install the package with torch, DALI and the test tools
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dali,test]'
+	$(PY) -m pip install -q -e '.[train,dali,test]'
 	@touch $(STAMP)
 
 ## reproduce: run the quick campaign sized for this machine and write the report
 reproduce: $(STAMP)
 	$(VENV)/bin/pyramidrepro reproduce --out $(OUT)
 
-## tools: as root, the Debian packages the image tests need (mmdebstrap builds it, bwrap runs it)
+## tools: as root, the Debian packages the image tests need (mmdebstrap builds it, bwrap runs it,
+## Charliecloud's ch-run runs it the way a site's own runtime would)
 tools:
-	@if [ "$$(id -u)" = 0 ] && { ! command -v mmdebstrap >/dev/null || ! command -v bwrap >/dev/null; }; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap bubblewrap >/dev/null; fi
+	@if [ "$$(id -u)" = 0 ] && { ! command -v mmdebstrap >/dev/null || ! command -v bwrap >/dev/null \
+		|| ! command -v ch-run >/dev/null; }; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap bubblewrap charliecloud-runtime >/dev/null; fi
 
 ## image: the container image as a folder (about 2.5 min and 6.4 GB cold here; cached by recipe hash), path printed last
 image: $(STAMP) tools
@@ -32,7 +37,7 @@ image: $(STAMP) tools
 ## test: lint, then the whole suite (starts the local Slurm test cluster when it can; builds the image)
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check src tests benchmarks
-	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q --durations=15 tests
+	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

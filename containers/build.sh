@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the Apptainer image on a machine that has Apptainer (a login or build node):
-#   bash containers/build.sh [OUTPUT.sif]          (DEF=containers/pyramidrepro-ngc.def for the NGC base)
+# Build the Apptainer image on a machine that has Apptainer (a login or build node, or a laptop):
+#   bash containers/build.sh [OUTPUT.sif]     unprivileged (--fakeroot), from debian:bookworm-slim
+#   sudo FAKEROOT= DEF=containers/pyramidrepro-debootstrap.def bash containers/build.sh [OUTPUT.sif]
+#                                             as root, with debootstrap, without a registry
 # then:  pyramidrepro submit EXPERIMENT --container OUTPUT.sif   or   apptainer run --nv OUTPUT.sif run ...
 # The same recipe (containers/install.sh) as containers/build-local.sh, which builds it without Apptainer.
 set -euo pipefail
@@ -12,6 +14,8 @@ command -v apptainer >/dev/null || { echo "build.sh: apptainer not found (https:
 # the image has no .git: bake the commit into the package it copies, and take it out afterwards
 bash containers/bake_commit.sh src/pyramidrepro
 trap 'rm -f src/pyramidrepro/BUILD_COMMIT' EXIT
-apptainer build --fakeroot "$out" "$def"
+# --fakeroot unless FAKEROOT is set empty (root builds; debootstrap fails under --fakeroot)
+apptainer build ${FAKEROOT---fakeroot} "$out" "$def"
 apptainer test "$out"
-sha256sum "$out"
+# its digest beside it: runs and submits read it instead of hashing a multi-GB file per job
+sha256sum "$out" | tee "$out.sha256"

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from pyramidrepro.machine.container import ENV_DIGEST, IMAGE_MANIFEST, IMAGE_PYTHON, Container, resolve
+from pyramidrepro.machine.container import (
+    ENV_DIGEST,
+    IMAGE_CLEAN_ENV,
+    IMAGE_MANIFEST,
+    IMAGE_PYTHON,
+    Container,
+    resolve,
+)
 from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support.hide import hiding_env
 from support.slurm import sbatch_multinode_template, slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
@@ -31,23 +39,61 @@ def _recipe_packages() -> list[str]:
             if ln.strip() and not ln.startswith("#")]
 
 
-def test_apptainer_definition_builds_the_local_recipe():
-    """One recipe: the .def bootstraps the same Debian release with the same packages as the local
-    builder, and both install through containers/install.sh from the same lock file."""
-    definition = (CONTAINERS / "pyramidrepro.def").read_text()
-    header = dict(re.findall(r"^(\w+):\s*(.+)$", definition.split("%", 1)[0], re.M))
-    assert header["Bootstrap"] == "debootstrap" and header["OSVersion"] == "bookworm"
-    assert sorted(header["Include"].split()) == sorted(_recipe_packages())
+def _sections(definition: str) -> tuple[dict[str, str], dict[str, str]]:
+    """An Apptainer definition's header keys and its sections (``%post`` -> body)."""
+    head, *parts = re.split(r"^%(\w+)\s*$", definition, flags=re.M)
+    header = dict(re.findall(r"^(\w+):\s*(.+)$", head, re.M))
+    return header, {parts[i]: parts[i + 1] for i in range(0, len(parts), 2)}
+
+
+def test_both_apptainer_definitions_build_the_local_recipe():
+    """One image: the primary definition starts from the registry's Debian bookworm (builds under
+    --fakeroot anywhere), the debootstrap one from Debian's mirror; both install containers/packages.txt
+    (the local builder's list) and run containers/install.sh from the same lock, with the same files,
+    environment, runscript and test."""
+    header, primary = _sections((CONTAINERS / "pyramidrepro.def").read_text())
+    assert header["Bootstrap"] == "docker" and header["From"] == "debian:bookworm-slim"
+    assert "apt-get install" in primary["post"] and "containers/packages.txt" in primary["post"]
+    boot_header, boot = _sections((CONTAINERS / "pyramidrepro-debootstrap.def").read_text())
+    assert boot_header["Bootstrap"] == "debootstrap" and boot_header["OSVersion"] == "bookworm"
+    assert sorted(boot_header["Include"].split()) == sorted(_recipe_packages())
     local = (CONTAINERS / "build-local.sh").read_text()
     assert "--variant=minbase" in local and " bookworm " in local and "packages.txt" in local
     assert "install.sh deps --wheels" in local and "install.sh package" in local
-    post = definition.split("%post", 1)[1].split("\n%", 1)[0]
-    assert "install.sh deps" in post and "install.sh package" in post
-    for name in ("install.sh", "packages.txt", "requirements.lock"):
-        assert f"containers/{name} /opt/pyramidrepro/containers/{name}" in definition
+    for sections in (primary, boot):
+        post = sections["post"]
+        assert post.index("install.sh deps") < post.index("install.sh package")
+        for name in ("install.sh", "packages.txt", "requirements.lock"):
+            assert f"containers/{name} /opt/pyramidrepro/containers/{name}" in sections["files"]
+    for section in ("files", "environment", "runscript", "test", "labels"):
+        assert primary[section] == boot[section], section
     lock = [ln for ln in (CONTAINERS / "requirements.lock").read_text().splitlines() if ln and ln[0] != "#"]
     assert lock and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.+\-]+", ln) for ln in lock)  # every one pinned
     assert {"torch", "nvidia-dali-cuda130", "h5py", "submitit"} <= {ln.split("==")[0] for ln in lock}
+    assert {"libibverbs1", "librdmacm1", "ibverbs-providers"} <= set(_recipe_packages())  # NCCL over InfiniBand
+
+
+def test_a_run_under_apptainer_records_the_sif_it_names_and_reads_its_digest_beside_it(tmp_path, monkeypatch):
+    """Started by `apptainer exec x.sif ...`, not by the package: the SIF comes from the runtime's
+    variable and its digest from `x.sif.sha256` (build.sh writes it), never from hashing the SIF;
+    a digest file older than the SIF is for another build and is not used."""
+    from pyramidrepro.machine.container import container_attributes, image_digest, started_by
+
+    sif = tmp_path / "x.sif"
+    sif.write_bytes(b"not really an image")
+    sidecar = tmp_path / "x.sif.sha256"
+    sidecar.write_text("ab" * 32 + "  x.sif\n")
+    for variable in ("PYRAMIDREPRO_CONTAINER_IMAGE", "PYRAMIDREPRO_CONTAINER_DIGEST", "CH_RUNNING"):
+        monkeypatch.delenv(variable, raising=False)
+    assert started_by() == ""
+    monkeypatch.setenv("APPTAINER_CONTAINER", str(sif))
+    a = container_attributes()
+    assert (a["container_runtime"], a["container_image"], a["container_digest"]) == (
+        "apptainer", str(sif), "sha256:" + "ab" * 32)
+    assert image_digest(sif) == "sha256:" + "ab" * 32  # the host side reads it too
+    os.utime(sidecar, ns=(0, 0))  # older than the SIF: written for an earlier build
+    assert container_attributes()["container_digest"] == ""
+    assert image_digest(sif) == "sha256:" + hashlib.sha256(sif.read_bytes()).hexdigest()  # hashed, once
 
 
 def _bad_image_run(tmp_path: Path, *sets: str) -> subprocess.CompletedProcess:
@@ -121,7 +167,35 @@ def test_bwrap_command_lays_the_image_read_only_and_binds_host_paths_in_place(tm
     assert str(out / "inner") not in cmd and str(tmp_path / "missing") not in cmd  # inside a bind / not there
     assert ("--bind", "/", "/") not in pairs and ("--chdir", "/") in zip(cmd, cmd[1:])  # / never bound over
     assert ("--unsetenv", "PYTHONPATH") in zip(cmd, cmd[1:]) and ("--setenv", ENV_DIGEST, "sha256:x") in pairs
-    assert ("--setenv", "OMP_NUM_THREADS", "1") in pairs and cmd[-1] == IMAGE_PYTHON
+    assert ("--setenv", "OMP_NUM_THREADS", "1") in pairs and cmd[-4:] == IMAGE_CLEAN_ENV
+    assert ("--setenv", "PYRAMIDREPRO_CONTAINER_KEEP", "OMP_NUM_THREADS") in pairs  # the experiment's own variables
+
+
+def test_only_the_pass_through_variables_reach_the_run_with_their_values_on_the_node():
+    """clean_env keeps Slurm's, NCCL's, the rendezvous and the package's variables as they are where
+    the rank starts, the experiment's container.env, and a runtime's own library path; a host's
+    PYTHONPATH, LD_PRELOAD, VIRTUAL_ENV, CONDA_* and library path stay out, and the run is told
+    which names were passed."""
+    from pyramidrepro.machine.clean_env import IMAGE_PYTHON as SCRIPT_PYTHON
+    from pyramidrepro.machine.clean_env import PASSED_VARIABLE, cleaned
+
+    assert SCRIPT_PYTHON == IMAGE_PYTHON  # the script imports nothing of the package: the same path twice
+    host = {"SLURM_PROCID": "3", "SLURM_JOB_NODELIST": "node[1-2],node5", "NCCL_IB_HCA": "mlx5_0", "MASTER_ADDR": "n1",
+            "MASTER_PORT": "15123", "SUBMITIT_EXECUTOR": "slurm", "PYRAMIDREPRO_CONTAINER_IMAGE": "/i.sif",
+            "OMP_NUM_THREADS": "4", "HOME": "/home/u", "PYTHONPATH": "/home/u/broken", "LD_PRELOAD": "/x.so",
+            "VIRTUAL_ENV": "/home/u/.venv", "CONDA_PREFIX": "/c", "LD_LIBRARY_PATH": "/host/lib", "PATH": "/host/bin",
+            "MY_SETTING": "1", "PYRAMIDREPRO_CONTAINER_KEEP": "MY_SETTING"}
+    env = cleaned(host)
+    for name in ("SLURM_PROCID", "SLURM_JOB_NODELIST", "NCCL_IB_HCA", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR",
+                 "PYRAMIDREPRO_CONTAINER_IMAGE", "OMP_NUM_THREADS", "HOME", "MY_SETTING"):
+        assert env[name] == host[name], name
+    for name in ("PYTHONPATH", "LD_PRELOAD", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH"):
+        assert name not in env, name
+    assert env["PATH"].startswith("/opt/venv/bin:") and "/host/bin" not in env["PATH"]
+    passed = env[PASSED_VARIABLE].split(",")
+    assert passed == sorted(passed) and "SLURM_PROCID" in passed and "PYTHONPATH" not in passed
+    under_apptainer = cleaned({**host, "APPTAINER_CONTAINER": "/i.sif", "LD_LIBRARY_PATH": "/.singularity.d/libs"})
+    assert under_apptainer["LD_LIBRARY_PATH"] == "/.singularity.d/libs"  # --nv's driver libraries
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +222,35 @@ def _manifest_digest(image: Path) -> str:
 def _check_ran_in(image: Path, metrics: dict) -> None:
     """The run's Python was the image's, and the run recorded which image, built from which commit."""
     a = metrics["attrs"]
-    assert a["status"] == "completed"
+    assert a["status"] == "completed" and a["container_runtime"] == "pyramidrepro"
     assert a["python_executable"] == IMAGE_PYTHON != sys.executable
     assert a["container_image"] == str(image)
     assert a["container_digest"] == _manifest_digest(image)
     assert a["image_commit"] == git_commit() == a["git_commit"]  # baked from this checkout
     assert re.fullmatch(r"[0-9a-f]{16}", a["image_recipe"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", a["image_built"])
+
+
+def test_a_run_started_by_charliecloud_records_the_image_it_ran_in(image, tmp_path):
+    """`ch-run IMAGE -- pyramidrepro run ...`, the package not starting the container: the run still
+    records the image's commit, recipe, build date and manifest digest, and which runtime ran it."""
+    ch_run = shutil.which("ch-run")
+    if ch_run is None:
+        pytest.skip("Charliecloud's ch-run is not installed (`make test` installs charliecloud-runtime)")
+    experiment = tmp_path / "smoke.yaml"  # ch-run binds the host's /tmp (and $HOME), not this checkout
+    shutil.copy(SMOKE, experiment)
+    cmd = [ch_run, str(image), "--", f"{Path(IMAGE_PYTHON).parent}/pyramidrepro", "run", str(experiment),
+           "--out", str(tmp_path / "out"), "--no-progress", *TINY]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # ch-run passes all on
+    env["USER"] = env.get("USER") or "root"  # ch-run refuses to start without $USER
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = (tmp_path / "out").glob("smoke/*/metrics.h5")
+    a = read_metrics(path)["attrs"]
+    assert a["status"] == "completed" and a["container_runtime"] == "charliecloud"
+    assert a["python_executable"] == IMAGE_PYTHON and a["container_image"] == ""  # ch-run names no image
+    assert a["container_digest"] == _manifest_digest(image)  # the image's own manifest, read inside
+    assert a["image_commit"] == git_commit() and re.fullmatch(r"[0-9a-f]{16}", a["image_recipe"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", a["image_built"])
 
 
@@ -166,10 +263,27 @@ def test_version_inside_the_image_says_what_it_was_built_from(image):
 
 
 def test_smoke_run_inside_the_image(image, tmp_path):
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), *TINY)
+    """A host PYTHONPATH at a broken package and a stray variable do not reach the run; the run
+    records the variables that did."""
+    broken = tmp_path / "broken" / "pyramidrepro"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('the host package leaked into the image')\n")
+    (broken / "__main__.py").write_text("raise SystemExit(9)\n")
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path / "out"), "--container", str(image), *TINY,
+                env={"HOST_ONLY_SETTING": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
-    (path,) = tmp_path.glob("smoke/*/metrics.h5")
-    _check_ran_in(image, read_metrics(path))
+    box = resolve(load_config(SMOKE, [f"container.image={image}"]), "test")
+    code = "import os, pyramidrepro; print(pyramidrepro.__file__, 'PYTHONPATH' in os.environ)"
+    inside = subprocess.run([*box.python([tmp_path]), "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(broken.parent)))  # the image's Python: not the host's
+    assert inside.returncode == 0 and inside.stdout.split() == ["/opt/pyramidrepro/src/pyramidrepro/__init__.py",
+                                                                "False"], inside.stdout + inside.stderr
+    (path,) = (tmp_path / "out").glob("smoke/*/metrics.h5")
+    m = read_metrics(path)
+    _check_ran_in(image, m)
+    passed = m["attrs"]["container_env_passed"].split(",")
+    assert {"PYRAMIDREPRO_CONTAINER_IMAGE", "PYRAMIDREPRO_CONTAINER_DIGEST", "HOME"} <= set(passed)
+    assert not {"HOST_ONLY_SETTING", "PYTHONPATH", "VIRTUAL_ENV"} & set(passed)
 
 
 def test_two_rank_ddp_inside_the_image(image, tmp_path):
@@ -228,12 +342,25 @@ SLURM_REASON = slurm_unavailable(min_nodes=2)
 
 @pytest.mark.slurm
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
-def test_submit_to_slurm_runs_ranks_in_the_image_on_two_nodes(image, tmp_path):
-    """A single point and a 2-node DDP point through sbatch + srun: every rank in the image."""
+def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_and_reports(image, tmp_path):
+    """The host has the package but no torch (nor torchvision, DALI): it validates, refuses to train
+    here in one line, submits a single point and a 2-node DDP point through sbatch + srun with every
+    rank in the image, follows them and writes the report."""
+    light = hiding_env(tmp_path / "hide", {"torch", "torchvision", "nvidia.dali"})
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
+                           env=dict(os.environ, **light))
+    assert probe.returncode == 1 and "No module named 'torch'" in probe.stderr
+    assert run_cli("validate", str(SMOKE), env=light).returncode == 0
+    for command in (["run", str(SMOKE), *TINY], ["reproduce", "--experiment", str(SMOKE)]):  # would train here
+        here = run_cli(*command, "--out", str(tmp_path / "here"), env=light)
+        assert here.returncode == 2 and len(here.stderr.strip().splitlines()) == 1, here.stderr
+        assert "torch is not installed here" in here.stderr and not (tmp_path / "here").exists()
+    info = run_cli("model-info", "--depth", "20", "--alpha", "12", env=light)
+    assert info.returncode == 2 and "needs torch, which is not installed here" in info.stderr, info.stderr
     r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--wait", "--poll", "2", "--out", str(tmp_path),
                 "--container", str(image), *TINY, "--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10",
                 "--set", "sweep=[{train.mode: [single]}, {train.mode: [ddp], cluster.nodes: [2]}]", *DDP[2:],
-                "--set", "cluster.tasks_per_node=1", timeout=600)
+                "--set", "cluster.tasks_per_node=1", timeout=600, env=light)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = {m["attrs"]["mode"]: m for m in map(read_metrics, tmp_path.glob("smoke/*/metrics.h5"))}
     assert set(runs) == {"single", "ddp"}
@@ -243,6 +370,11 @@ def test_submit_to_slurm_runs_ranks_in_the_image_on_two_nodes(image, tmp_path):
     ddp = runs["ddp"]
     assert ddp["attrs"]["world_size"] == 2 and expand_nodelist(ddp["attrs"]["slurm_nodelist"]) == ["node1", "node2"]
     assert ddp["ranks"]["hostname"] == ["node1", "node2"]
+    report = run_cli("report", str(tmp_path / "smoke"), env=light)
+    assert report.returncode == 0, report.stderr
+    table = (tmp_path / "smoke" / "report.md").read_text()
+    for line in ("ddp+1thread", "single+1thread"):
+        assert f"| {line} | 32 | torch | completed |" in table, table
 
 
 @pytest.mark.slurm

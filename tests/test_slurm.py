@@ -102,7 +102,8 @@ def test_dry_run_shows_the_generated_scripts(tmp_path):
     assert "#SBATCH --ntasks-per-node=4" in out and "#SBATCH --nodes=2" in out
     assert "#SBATCH --gpus-per-node=4" in out
     assert "apptainer exec --nv --pwd " in out and "--bind /scratch " in out  # an image not here: shown unchecked
-    assert "/img/pyramidrepro.sif /opt/venv/bin/python -u -m submitit.core._submit" in out
+    assert ("/img/pyramidrepro.sif /opt/venv/bin/python -I -S /opt/pyramidrepro/src/pyramidrepro/machine/clean_env.py "
+            "-u -m submitit.core._submit") in out  # only the pass-through variables reach the job
     assert f"--bind {tmp_path.resolve()}:{tmp_path.resolve()}" in out
     assert "--env PYRAMIDREPRO_CONTAINER_IMAGE=/img/pyramidrepro.sif" in out
     assert not list(tmp_path.glob("smoke/*"))  # nothing submitted, no run folders

@@ -24,10 +24,13 @@ from typing import Any
 from ..spec.binds import IMAGE_FOLDERS, IMAGE_HOME, IMAGE_PYTHON, IMAGE_VENV, parse_bind
 from ..spec.config import ConfigError, ExperimentConfig
 from ..spec.schema import Attr
+from .clean_env import KEEP_VARIABLE, PASSED_VARIABLE
 
 IMAGE_INFO = f"{IMAGE_HOME}/IMAGE_INFO.json"  # written by containers/install.sh package
 IMAGE_MANIFEST = f"{IMAGE_HOME}/MANIFEST.sha256"  # written by containers/build-local.sh
 IMAGE_PACKAGE = f"{IMAGE_HOME}/src/pyramidrepro/__init__.py"
+#: run inside by the image's Python before the command: only the variables a run needs go on (clean_env)
+IMAGE_CLEAN_ENV = [IMAGE_PYTHON, "-I", "-S", f"{IMAGE_HOME}/src/pyramidrepro/machine/clean_env.py"]
 #: set in the container for the run: the image's host path and digest (and that it is inside one)
 ENV_IMAGE = "PYRAMIDREPRO_CONTAINER_IMAGE"
 ENV_DIGEST = "PYRAMIDREPRO_CONTAINER_DIGEST"
@@ -36,9 +39,29 @@ HOST_FILES = ("/etc/hosts", "/etc/passwd", "/etc/group", "/etc/resolv.conf")
 BUILD_HINT = "build one with `make image` (containers/build-local.sh) or containers/build.sh (Apptainer)"
 
 
+#: what container runtimes set inside the containers they start: (variable, runtime).  Apptainer and
+#: Singularity name the image (its host path); Charliecloud's ch-run names none.
+RUNTIME_VARIABLES = (("APPTAINER_CONTAINER", "apptainer"), ("SINGULARITY_CONTAINER", "singularity"),
+                     ("CH_RUNNING", "charliecloud"))
+#: beside a SIF, its digest written at build time (containers/build.sh): read instead of hashing GBs
+DIGEST_SUFFIX = ".sha256"
+
+
+def started_by() -> str:
+    """The runtime of the container this process runs in: ``pyramidrepro`` when the package itself
+    started it, else the one whose variable is set (:data:`RUNTIME_VARIABLES`), ``unknown`` in an image
+    of this recipe that no known runtime names; ``""`` on the host."""
+    if os.environ.get(ENV_IMAGE):
+        return "pyramidrepro"
+    for variable, runtime in RUNTIME_VARIABLES:
+        if os.environ.get(variable):
+            return runtime
+    return "unknown" if Path(IMAGE_INFO).is_file() else ""
+
+
 def inside() -> bool:
-    """Whether this process runs in an image started by :class:`Container`."""
-    return bool(os.environ.get(ENV_IMAGE))
+    """Whether this process runs in a container, however it was started (:func:`started_by`)."""
+    return bool(started_by())
 
 
 def image_info() -> dict[str, str]:
@@ -50,26 +73,57 @@ def image_info() -> dict[str, str]:
 
 
 def container_attributes() -> dict[str, Any]:
-    """The run's container attributes: the image and its digest, what the image says it was built
-    from, and the Python that ran (``/opt/venv/bin/python`` in an image)."""
-    info = image_info() if inside() else {}
+    """The run's container attributes: the runtime, the image and its digest where they are known,
+    what the image says it was built from, and the Python that ran (``/opt/venv/bin/python`` in an
+    image).  Started by the package, the image and digest come from the host; started otherwise,
+    the image is the path the runtime names and the digest is read, never computed from a SIF."""
+    runtime = started_by()
+    info = image_info() if runtime else {}
+    image = os.environ.get(ENV_IMAGE) or os.environ.get("APPTAINER_CONTAINER") or os.environ.get(
+        "SINGULARITY_CONTAINER", "")
+    digest = os.environ.get(ENV_DIGEST) or (digest_inside(image) if runtime else "")
     return {
-        Attr.CONTAINER_IMAGE: os.environ.get(ENV_IMAGE, ""),
-        Attr.CONTAINER_DIGEST: os.environ.get(ENV_DIGEST, ""),
+        Attr.CONTAINER_RUNTIME: runtime,
+        Attr.CONTAINER_IMAGE: image,
+        Attr.CONTAINER_DIGEST: digest,
         Attr.IMAGE_COMMIT: info.get("commit", ""),
         Attr.IMAGE_RECIPE: info.get("recipe", ""),
         Attr.IMAGE_BUILT: info.get("built", ""),
         Attr.PYTHON_EXECUTABLE: sys.executable,
+        Attr.CONTAINER_ENV_PASSED: os.environ.get(PASSED_VARIABLE, "") if runtime else "",
     }
 
 
+def digest_inside(image: str) -> str:
+    """The digest of the image this process runs in, without hashing an image file: a SIF's from the
+    file its build wrote beside it (when visible here), a folder image's from its own manifest (the
+    same ``sha256:`` that :func:`image_digest` gives from the host); ``""`` when neither is there."""
+    if image and not Path(image).is_dir():
+        return read_digest_beside(Path(image))
+    return image_digest("/")
+
+
+def read_digest_beside(sif: Path) -> str:
+    """``sha256:…`` from ``SIF.sha256`` (``sha256sum`` output) when it is newer than the SIF; else ""."""
+    sidecar = sif.with_name(sif.name + DIGEST_SUFFIX)
+    try:
+        if sidecar.stat().st_mtime_ns < sif.stat().st_mtime_ns:
+            return ""  # written for an earlier build of this path
+        word = sidecar.read_text().split()[0]
+    except (OSError, IndexError):
+        return ""
+    return f"sha256:{word}" if len(word) == 64 and all(c in "0123456789abcdef" for c in word) else ""
+
+
 def image_digest(image: str | Path) -> str:
-    """``sha256:…`` of a SIF file, or of a folder image's manifest (every file's sha256, written at
-    build time); ``""`` for a folder without one."""
+    """``sha256:…`` of a SIF file (read from ``SIF.sha256`` when its build wrote one), or of a folder
+    image's manifest (every file's sha256, written at build time); ``""`` for a folder without one."""
     p = Path(image)
     target = p / IMAGE_MANIFEST.lstrip("/") if p.is_dir() else p
     if not target.is_file():
         return ""
+    if not p.is_dir() and (written := read_digest_beside(p)):
+        return written  # a multi-GB SIF is hashed once, at build time
     st = target.stat()
     return _sha256_of(str(target.resolve()), st.st_size, st.st_mtime_ns)
 
@@ -86,7 +140,8 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - th
 
 @dataclass(frozen=True)
 class Container:
-    """An image and the runtime that runs it; :meth:`python` is the command that starts its Python."""
+    """An image and the runtime that runs it; :meth:`python` is the command that starts its Python,
+    through :mod:`.clean_env`: the run sees only the variables it needs, with their values on the node."""
 
     image: str
     runtime: str  # "apptainer" | "bwrap"
@@ -101,13 +156,15 @@ class Container:
         cwd = str(Path(cwd or os.getcwd()).resolve())
         binds = [*(f"{p}:{p}" for p in same_place(host_paths + [cwd])), *self.binds]
         env = [(ENV_IMAGE, self.image), (ENV_DIGEST, self.digest), *self.env]
+        if self.env:
+            env.append((KEEP_VARIABLE, ",".join(k for k, _ in self.env)))
         if self.runtime == "apptainer":
             cmd = [self.executable, "exec", "--nv", "--pwd", cwd]
             for b in binds:
                 cmd += ["--bind", b]
             for k, v in env:
                 cmd += ["--env", f"{k}={v}"]
-            return [*cmd, self.image, IMAGE_PYTHON]
+            return [*cmd, self.image, *IMAGE_CLEAN_ENV]
         cmd = [self.executable, *root_from(Path(self.image)), "--proc", "/proc", "--dev", "/dev",
                "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--ro-bind", "/sys", "/sys"]
         for f in HOST_FILES:
@@ -121,7 +178,7 @@ class Container:
             cmd += ["--unsetenv", k]
         for k, v in env:
             cmd += ["--setenv", k, v]
-        return [*cmd, IMAGE_PYTHON]
+        return [*cmd, *IMAGE_CLEAN_ENV]
 
     def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
         """:meth:`python` as one shell string (submitit's ``python`` parameter)."""

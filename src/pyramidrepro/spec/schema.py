@@ -84,7 +84,9 @@ class Attr(StrEnum):
     SUBMITIT_JOB_ID = "submitit_job_id"
     JOB_STDOUT = "job_stdout"  # the job's log files (submitit's of rank 0's task, else Slurm's StdOut/StdErr)
     JOB_STDERR = "job_stderr"
+    CONTAINER_RUNTIME = "container_runtime"  # what started the container (machine.container.started_by)
     CONTAINER_IMAGE = "container_image"
+    CONTAINER_ENV_PASSED = "container_env_passed"  # the variables passed into the image (machine.clean_env)
     CONTAINER_DIGEST = "container_digest"
     IMAGE_COMMIT = "image_commit"  # what the image says of itself (container.py): the commit baked in
     IMAGE_RECIPE = "image_recipe"  # the hash of its recipe (containers/install.sh recipe-hash)
