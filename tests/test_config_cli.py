@@ -139,11 +139,11 @@ def test_local_executor_runs_a_point(tmp_path):
 
 def test_apptainer_definitions_and_templates():
     root = Path(__file__).parents[1]
-    ngc = (root / "containers" / "pyramidrepro-ngc.def").read_text()  # the documented alternative
-    assert "Bootstrap: docker" in ngc and "From: nvcr.io/nvidia/pytorch:" in ngc
-    text = (root / "containers" / "pyramidrepro.def").read_text()  # the tested one (test_container.py)
-    for section in ("%files", "%post", "%environment", "%runscript", "%test", "%labels"):
-        assert section in text and section in ngc
+    for name in ("pyramidrepro.def", "pyramidrepro-debootstrap.def"):  # one image (test_container.py)
+        text = (root / "containers" / name).read_text()
+        for section in ("%files", "%post", "%environment", "%runscript", "%test", "%labels"):
+            assert section in text, (name, section)
+    assert not list((root / "containers").glob("*ngc*"))  # an image --container refuses is not offered
     for name in ("single.sbatch", "dp.sbatch", "ddp_1node.sbatch", "ddp_multinode.sbatch"):
         body = (root / "slurm" / name).read_text()
         assert body.startswith("#!/bin/bash") and "#SBATCH" in body and "pyramidrepro run" in body
