@@ -27,7 +27,7 @@ from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from support import ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
-from support.slurm import sbatch_multinode_template, slurm_unavailable
+from support.slurm import slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]
@@ -379,8 +379,72 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
 
 @pytest.mark.slurm
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
-def test_sbatch_template_runs_each_rank_in_the_image(image, tmp_path):
-    """slurm/ddp_multinode.sbatch with IMAGE set: srun starts one `pyramidrepro run --container` per node."""
-    m = sbatch_multinode_template(tmp_path, [*TINY, "--set", "train.batch_size=32"], IMAGE=str(image))
+def _steps(run_dir: Path) -> list[int]:
+    try:
+        return list(read_metrics(run_dir / "metrics.h5", retries=1)["steps"]["step"])
+    except (OSError, KeyError):
+        return []
+
+
+def _sbatch(template: str, tmp_path: Path, args: list[str], **env: str) -> str:
+    """``sbatch TEMPLATE ARGS`` on 2 nodes x 1 task, not waited for; its job id."""
+    full_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", EXP=str(SMOKE), **env)
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=2",
+                        "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / template),
+                        *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=60, check=True)
+    return r.stdout.strip().split(";")[0]
+
+
+def _status(run_dir: Path) -> str:
+    try:
+        return read_metrics(run_dir / "metrics.h5", retries=1)["attrs"]["status"]
+    except (OSError, KeyError):
+        return ""
+
+
+def _job(job_id: str) -> dict[str, str]:
+    """The job's fields in ``scontrol show job`` ({} once Slurm has forgotten it)."""
+    r = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
+
+
+def _until(what: str, check, timeout: float = 180) -> None:  # noqa: ANN001 - a predicate
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself_at_the_time_limit(image, tmp_path):
+    """slurm/ddp_multinode.sbatch with IMAGE set, every rank in the image on two nodes: cancelled, then
+    resubmitted, it resumes in the same folder; warned of its time limit (the USR1 its --signal asks
+    for), it checkpoints and requeues itself from the batch shell on the host (the image has no Slurm
+    client) and resumes again.  Steps 1..N once each over the three starts."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--set", "train.batch_size=32", "--set", "train.max_steps=null", "--set", "train.epochs=8",
+            "--set", "train.checkpoint_every_s=1"]
+    first = _sbatch("ddp_multinode.sbatch", tmp_path, args, IMAGE=str(image), RUN_DIR=str(run_dir))
+    _until("20 steps written", lambda: len(_steps(run_dir)) >= 20)
+    subprocess.run(["scancel", first], check=True)
+    _until("the cancelled job gone", lambda: _job(first).get("JobState") in (None, "CANCELLED"))
+    _until("the run interrupted", lambda: _status(run_dir) == "interrupted")
+    assert _job(first).get("Restarts", "0") == "0"  # a cancel is not requeued
+    done_before = len(_steps(run_dir))
+
+    second = _sbatch("ddp_multinode.sbatch", tmp_path, args, IMAGE=str(image), RUN_DIR=str(run_dir))
+    _until("the resubmitted job past the first", lambda: len(_steps(run_dir)) >= done_before + 20)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", second], check=True)  # what --signal=B:USR1@120 sends
+    _until("the requeued job completed", lambda: _job(second).get("JobState") == "COMPLETED", timeout=240)
+    assert _job(second)["Restarts"] == "1"
+    m = read_metrics(run_dir / "metrics.h5")
+    steps = list(m["steps"]["step"])
+    assert steps == list(range(1, 8 * 16 + 1))  # no gap, no duplicate step over three starts
     _check_ran_in(image, m)
+    assert int(m["attrs"]["resumed_from_step"]) > done_before
     assert m["attrs"]["world_size"] == 2 and m["ranks"]["hostname"] == ["node1", "node2"]
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert f"requeue.sh: the run ended with exit 143; requeueing job {second} to resume in {run_dir}" in logs, logs
+
+
