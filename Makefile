@@ -5,10 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= results/local
-# pytest-xdist workers: much of the suite waits on other processes (ranks, Slurm jobs, images), so two
-# overlap even on 2 cores (pytest 17 min 55 s against 22 min 43 s with one, same host, same day);
-# the Slurm and image tests run in order on one of them (tests/conftest.py)
-TEST_WORKERS ?= 2
 
 .PHONY: reproduce test venv tools image lint bench stress cluster-up cluster-down clean
 
@@ -38,7 +34,7 @@ image: $(STAMP) tools
 ## test: lint, then the whole suite (starts the local Slurm test cluster when it can; builds the image)
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check src tests benchmarks
-	bash slurm/dev/with-cluster.sh $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
+	bash slurm/dev/with-cluster.sh bash tests/run_suite.sh $(PY)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -28,15 +28,3 @@ def cli() -> Callable[..., CliResult]:
     for tests that check an exit code, a message and what was (not) created."""
     return call_main
 
-
-#: modules whose tests use the one Slurm test cluster or the one image build: under pytest-xdist
-#: (``-n 2 --dist loadgroup``) they run in order on one worker, the rest spread over both
-SHARED_RESOURCE_MODULES = {"test_slurm", "test_multinode", "test_container", "test_follow_lock",
-                           "test_submit_requests"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.stem in SHARED_RESOURCE_MODULES:
-            item.add_marker(pytest.mark.xdist_group("cluster"))
