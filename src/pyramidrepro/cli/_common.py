@@ -63,12 +63,13 @@ def container_override(args: argparse.Namespace) -> list[str]:
 
 
 def check_runnable(cfg: ExperimentConfig, source: str) -> None:
-    """ConfigError, before anything is created, when this machine cannot run ``cfg`` (torch first:
-    a login node's package may have none)."""
-    from ..workload.requirements import torch_missing
+    """ConfigError, before anything is created, when this machine cannot run ``cfg``: first what this
+    Python lacks (torch, the loader's package: a login node's package may have neither), then what the
+    machine lacks."""
+    from ..workload.requirements import host_problem
 
-    if fix := torch_missing():
-        raise ConfigError(source, "container.image", fix)
+    if problem := host_problem(cfg.data.loader, image=""):  # it trains here, in this Python
+        raise ConfigError(source, *problem)
     from ..machine.devices import machine_problem
 
     problem = machine_problem(cfg)

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from ..spec.schema import Attr, Summary
-from ..workload.requirements import missing_for
 from .driver import driver_problem, node_driver
 
 GIB = 2**30
@@ -244,5 +243,4 @@ def machine_problem(cfg: Any) -> tuple[str, str] | None:
             return "devices.memory_limit_gb", (f"{dev.memory_limit_gb:g} GiB is less than this process holds "
                                                f"already ({held / GIB:.2f} GiB): on a CPU the cap counts Python "
                                                "and torch too")
-    fix = missing_for(cfg.data.loader)
-    return ("data.loader", fix) if fix else None
+    return None
