@@ -96,8 +96,7 @@ def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path):
     m = read_metrics(only_run_dir(out) / "metrics.h5")
     acc = float(m["summary"]["final_test_acc"])
     print(f"learning test: test accuracy {acc:.3f} in {elapsed:.1f} s")
-    assert acc >= 0.90
-    assert elapsed < 60
+    assert acc >= 0.90  # the time is printed, not asserted: it is the host's speed, not a behaviour
 
 
 def test_non_finite_loss_stops_with_status_nan(tmp_path):
