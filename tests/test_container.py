@@ -27,7 +27,7 @@ from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from support import ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
-from support.slurm import slurm_unavailable
+from support.slurm import preempt_and_resume, slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]
@@ -379,6 +379,32 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
 
 @pytest.mark.slurm
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_and_resumes(image, tmp_path):
+    """A 2-node DDP job submitted with the image (every rank in it) is preempted (SIGTERM, then
+    submitit's USR2): rank 0 checkpoints and calls `scontrol requeue`, the image's relay stub writes
+    it down and the host side of the task runs it; resumed, the job is requeued again from outside
+    (`scontrol requeue`: no warning, it resumes from its last periodic checkpoint).  Steps 1..N once
+    each over the three starts, in the image each time."""
+    r = preempt_and_resume(tmp_path, ["train.epochs=6", "train.mode=ddp", "train.batch_size=32", "train.threads=1",
+                                      "cluster.nodes=2", "cluster.tasks_per_node=1", f"container.image={image}"],
+                           requeue_after=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESULT {'status': 'completed'" in r.stdout and "requeued from outside" in r.stdout, r.stdout
+    (metrics,) = tmp_path.glob("smoke/*/metrics.h5")
+    m = read_metrics(metrics)
+    steps = list(m["steps"]["step"])
+    assert steps == list(range(1, 6 * 16 + 1))  # no gap, no duplicate step over three starts
+    _check_ran_in(image, m)
+    assert m["attrs"]["world_size"] == 2 and m["ranks"]["hostname"] == ["node1", "node2"]
+    assert int(m["attrs"]["resumed_from_step"]) > 20  # the last start resumed past the first preemption
+    logs = "".join(p.read_text() for p in (tmp_path / ".submitit").rglob("*_log.err"))
+    assert re.search(r"relay\.sh: the run in the image asked to requeue job (\S+) \(exit \d+\): scontrol requeue \1",
+                     logs), logs
+    assert "pyramidrepro: preempted or timed out: requeued, resumes from step" in logs
+    job = subprocess.run(["scontrol", "show", "job", m["attrs"]["slurm_job_id"]], capture_output=True, text=True)
+    assert "Restarts=2" in job.stdout, job.stdout
+
+
 def _steps(run_dir: Path) -> list[int]:
     try:
         return list(read_metrics(run_dir / "metrics.h5", retries=1)["steps"]["step"])

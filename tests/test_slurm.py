@@ -1,6 +1,7 @@
 """Dispatch on the real Slurm test cluster (slurm/dev/cluster.sh, started by `make test`); one node per job here,
 multi-node jobs in test_multinode.py."""
 
+import re
 import subprocess
 import sys
 import time
@@ -106,4 +107,6 @@ def test_dry_run_shows_the_generated_scripts(tmp_path):
             "-u -m submitit.core._submit") in out  # only the pass-through variables reach the job
     assert f"--bind {tmp_path.resolve()}:{tmp_path.resolve()}" in out
     assert "--env PYRAMIDREPRO_CONTAINER_IMAGE=/img/pyramidrepro.sif" in out
-    assert not list(tmp_path.glob("smoke/*"))  # nothing submitted, no run folders
+    # each task's command starts on the host in the requeue relay (machine/requeue_relay), copied at submit
+    assert re.search(r"/bin/sh \S+/\.submitit/[\w-]+/relay/relay\.sh \S*apptainer exec --nv", out), out
+    assert not list(tmp_path.glob("smoke/*")) and not list(tmp_path.rglob("relay.sh"))  # nothing submitted

@@ -1,18 +1,23 @@
 """Submit the smoke experiment to the Slurm test cluster, preempt it once its metrics hold some steps,
 and follow the requeued job to its answer.
 
-    python preempt_job.py SMOKE OUT AFTER_STEPS OVERRIDES_JSON
+    python preempt_job.py SMOKE OUT AFTER_STEPS OVERRIDES_JSON [REQUEUE_AFTER_STEPS]
 
-Preempting uses submitit's test hook ``job._interrupt()`` (SIGTERM, then USR2, as Slurm does). Prints
-``interrupted``, then ``STATUSES [(status, seconds), ...]`` (how the run's recorded status went from
-the interrupt on, the requeue included) and ``RESULT <the job's result>``.
+Preempting uses submitit's test hook ``job._interrupt()`` (SIGTERM, then USR2, as Slurm does). With
+REQUEUE_AFTER_STEPS, once the requeued job has resumed and run that many steps more, it is requeued
+once again from outside (``scontrol requeue``, as an admin or a preempting partition does: no warning
+signal, the run resumes from its last periodic checkpoint).  Prints ``interrupted``, then
+``STATUSES [(status, seconds), ...]`` (how the run's recorded status went from the interrupt on, the
+requeues included) and ``RESULT <the job's result>``.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import subprocess
 import sys
+import threading
 import time
 
 from pyramidrepro.cluster import dispatch
@@ -49,15 +54,32 @@ def follow_status(job, metrics_file: str) -> list[tuple[str, float]]:  # noqa: A
     return statuses
 
 
-def main(smoke: str, out: str, after_steps: int, overrides: list[str]) -> None:
+def requeue_once_resumed(job, metrics_file: str, more_steps: int) -> None:  # noqa: ANN001 - a submitit job
+    """``scontrol requeue`` the job once its run has resumed and gone ``more_steps`` past that step."""
+    while not job.done():
+        try:
+            m = read_metrics(metrics_file, retries=1)
+        except OSError:
+            m = None
+        resumed = int(m["attrs"].get("resumed_from_step", 0)) if m else 0
+        if resumed and len(m["steps"]["step"]) >= resumed + more_steps:
+            subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+            print(f"requeued from outside at step {len(m['steps']['step'])}", flush=True)
+            return
+        time.sleep(0.2)
+
+
+def main(smoke: str, out: str, after_steps: int, overrides: list[str], requeue_after: int = 0) -> None:
     cfg = load_config(smoke, [*BASE, *overrides])
     (job,) = dispatch.submit(cfg, "smoke", out)
     files = wait_for_steps(out, after_steps)
     job._interrupt()
     print("interrupted", flush=True)
+    if requeue_after:
+        threading.Thread(target=requeue_once_resumed, args=(job, files[0], requeue_after), daemon=True).start()
     print("STATUSES", follow_status(job, files[0]))
     print("RESULT", job.results()[0])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), *map(int, sys.argv[5:6]))

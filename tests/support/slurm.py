@@ -30,10 +30,13 @@ def slurm_unavailable(min_nodes: int = 1) -> str | None:
     return None
 
 
-def preempt_and_resume(out: Path, overrides: list[str], after_steps: int = 20) -> subprocess.CompletedProcess:
+def preempt_and_resume(out: Path, overrides: list[str], after_steps: int = 20,
+                       requeue_after: int = 0) -> subprocess.CompletedProcess:
     """Submit the smoke experiment to Slurm with ``overrides``, preempt it once its metrics hold
-    ``after_steps`` steps, and wait for the requeued job's answer (``preempt_job.py``)."""
-    args = [sys.executable, str(PREEMPT_JOB), str(SMOKE), str(out), str(after_steps), json.dumps(overrides)]
+    ``after_steps`` steps, and wait for the requeued job's answer (``preempt_job.py``); with
+    ``requeue_after``, requeue it from outside too once it has resumed and run that many steps."""
+    args = [sys.executable, str(PREEMPT_JOB), str(SMOKE), str(out), str(after_steps), json.dumps(overrides),
+            *([str(requeue_after)] if requeue_after else [])]
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=400)
 
 

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..machine import requeue_relay
 from ..machine.container import resolve
 from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisfiable
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
@@ -220,6 +221,9 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     if box and not dry_run:
         out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
     python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
+    if python and cfg.cluster.executor == "slurm":  # submitit's requeue, from inside the image
+        relay = folder / "relay" / "relay.sh"
+        python = requeue_relay.relayed(python, relay if dry_run else requeue_relay.install(relay.parent))
     if dry_run:
         for members in groups.values():
             print_preview(cfg.name, out, members, folder, python, stream)
