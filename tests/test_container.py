@@ -385,19 +385,22 @@ def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_an
     it down and the host side of the task runs it; resumed, the job is requeued again from outside
     (`scontrol requeue`: no warning, it resumes from its last periodic checkpoint).  Steps 1..N once
     each over the three starts, in the image each time."""
-    r = preempt_and_resume(tmp_path, ["train.epochs=6", "train.mode=ddp", "train.batch_size=32", "train.threads=1",
+    # 16 epochs (256 steps, ~20 s here): the outside requeue must land with more than KillWait (5 s) of
+    # work left, or a run that goes on after SIGTERM (as under submitit it does) ends before the kill
+    r = preempt_and_resume(tmp_path, ["train.epochs=16", "train.mode=ddp", "train.batch_size=32", "train.threads=1",
                                       "cluster.nodes=2", "cluster.tasks_per_node=1", f"container.image={image}"],
-                           requeue_after=20)
+                           requeue_after=10)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "RESULT {'status': 'completed'" in r.stdout and "requeued from outside" in r.stdout, r.stdout
     (metrics,) = tmp_path.glob("smoke/*/metrics.h5")
     m = read_metrics(metrics)
     steps = list(m["steps"]["step"])
-    assert steps == list(range(1, 6 * 16 + 1))  # no gap, no duplicate step over three starts
+    assert steps == list(range(1, 16 * 16 + 1))  # no gap, no duplicate step over three starts
     _check_ran_in(image, m)
     assert m["attrs"]["world_size"] == 2 and m["ranks"]["hostname"] == ["node1", "node2"]
-    assert int(m["attrs"]["resumed_from_step"]) > 20  # the last start resumed past the first preemption
     logs = "".join(p.read_text() for p in (tmp_path / ".submitit").rglob("*_log.err"))
+    first_resume = int(re.search(r"requeued, resumes from step (\d+)", logs).group(1))
+    assert int(m["attrs"]["resumed_from_step"]) > first_resume  # the third start resumed past the second's start
     assert re.search(r"relay\.sh: the run in the image asked to requeue job (\S+) \(exit \d+\): scontrol requeue \1",
                      logs), logs
     assert "pyramidrepro: preempted or timed out: requeued, resumes from step" in logs
