@@ -131,6 +131,20 @@ def test_an_epoch_left_early_does_not_leak_into_the_next(kind):
     assert [list(y.numpy()) for _, y in loader] == [list(w) for w in want[2:]]
 
 
+def test_every_run_records_the_dali_version_without_importing_dali():
+    code = ("import sys\n"
+            "from pyramidrepro.machine.provenance import versions\n"
+            "recorded = versions()['dali']\n"
+            "assert 'nvidia.dali' not in sys.modules, 'imported'\n"
+            "import nvidia.dali\n"
+            "assert recorded == nvidia.dali.__version__ == versions()['dali'], recorded\n"
+            "sys.modules['nvidia.dali'] = None  # as if it were not installed\n"
+            "from pyramidrepro.workload.loaders.dali import dali_version\n"
+            "assert dali_version() is None\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
 def test_dali_missing_is_a_clear_error():
     code = (
         "import sys; sys.modules['nvidia.dali'] = None\n"

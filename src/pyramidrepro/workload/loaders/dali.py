@@ -16,8 +16,12 @@ DALI's CPU-only mode with :func:`dali_threads` worker threads.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +46,24 @@ def _import_dali():  # noqa: ANN202
 
 
 def dali_version() -> str | None:
-    """The installed DALI version, or None."""
+    """The installed DALI version, or None.  Read from the ``__version__`` line of DALI's own
+    ``__init__.py`` when DALI is not imported yet: every run records it, and importing DALI costs a
+    run that does not use it 0.6 s (measured on a 2-core AMD EPYC)."""
+    if (module := sys.modules.get("nvidia.dali")) is not None:
+        return module.__version__
     try:
+        spec = importlib.util.find_spec("nvidia.dali")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    try:
+        found = re.search(r"""^__version__ = ['"]([^'"]+)['"]""", Path(spec.origin).read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    if found:
+        return found.group(1)
+    try:  # a layout that does not write it so: ask the module
         import nvidia.dali as dali
     except ImportError:
         return None
