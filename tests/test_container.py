@@ -381,8 +381,8 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
 def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_and_resumes(image, tmp_path):
     """A 2-node DDP job submitted with the image (every rank in it) is preempted (SIGTERM, then
-    submitit's USR2): rank 0 checkpoints and calls `scontrol requeue`, the image's relay stub writes
-    it down and the host side of the task runs it; resumed, the job is requeued again from outside
+    submitit's USR2): rank 0 checkpoints and calls `scontrol requeue`, the image's stub writes it
+    down and the task's watcher on the host runs it; resumed, the job is requeued again from outside
     (`scontrol requeue`: no warning, it resumes from its last periodic checkpoint).  Steps 1..N once
     each over the three starts, in the image each time."""
     # 16 epochs (256 steps, ~20 s here): the outside requeue must land with more than KillWait (5 s) of
@@ -401,8 +401,7 @@ def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_an
     logs = "".join(p.read_text() for p in (tmp_path / ".submitit").rglob("*_log.err"))
     first_resume = int(re.search(r"requeued, resumes from step (\d+)", logs).group(1))
     assert int(m["attrs"]["resumed_from_step"]) > first_resume  # the third start resumed past the second's start
-    assert re.search(r"relay\.sh: the run in the image asked to requeue job (\S+) \(exit \d+\): scontrol requeue \1",
-                     logs), logs
+    assert re.search(r"relay\.sh: the run in the image asked to requeue job (\S+): scontrol requeue \1\n", logs), logs
     assert "pyramidrepro: preempted or timed out: requeued, resumes from step" in logs
     job = subprocess.run(["scontrol", "show", "job", m["attrs"]["slurm_job_id"]], capture_output=True, text=True)
     assert "Restarts=2" in job.stdout, job.stdout

@@ -4,7 +4,7 @@ The container runtime starts this file with the image's Python (``-I -S``: no ``
 user site, nothing imported but the standard library); it keeps the variables of
 :data:`PASS_PREFIXES` and :data:`PASS_NAMES` with the values they have *on the node, at that moment*
 (Slurm's task variables differ per rank, which no list fixed at submit time could give), sets the
-image's ``PATH`` (after the requeue relay's folder where the host set one: ``relay/relay.sh``), names
+image's ``PATH`` (after ``relay/``, whose ``scontrol`` relays a requeue, when ``relay.sh`` started the task), names
 what it kept in :data:`PASSED_VARIABLE`, and replaces itself with the image's Python and the
 arguments that follow.  A host's ``PYTHONPATH``, ``LD_PRELOAD``, ``VIRTUAL_ENV`` or
 ``CONDA_*`` therefore never reach the run.  A runtime's own library path (Apptainer's ``--nv``
@@ -31,8 +31,10 @@ PASSED_VARIABLE = "PYRAMIDREPRO_CONTAINER_PASSED"
 KEEP_VARIABLE = "PYRAMIDREPRO_CONTAINER_KEEP"
 IMAGE_PYTHON = "/opt/venv/bin/python"  # spec.binds.IMAGE_PYTHON: this file imports nothing of the package
 IMAGE_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
-#: set by the host's requeue relay (relay/relay.sh): the folder whose ``scontrol`` goes first on the PATH
-RELAY_BIN_VARIABLE = "PYRAMIDREPRO_RELAY_BIN"
+#: set by the host's requeue relay (relay/relay.sh): the file its ``scontrol`` writes a request to
+RELAY_REQUEST_VARIABLE = "PYRAMIDREPRO_RELAY_REQUEST"
+#: that ``scontrol``: the image's own copy, beside this file (no exec from the results folder needed)
+RELAY_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay")
 #: runtimes that set the library path themselves (their drivers' folder): kept only under them
 LIBRARY_PATH_RUNTIMES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")
 
@@ -49,8 +51,7 @@ def cleaned(environ: dict[str, str]) -> dict[str, str]:
     if any(environ.get(k) for k in LIBRARY_PATH_RUNTIMES) and environ.get("LD_LIBRARY_PATH"):
         kept["LD_LIBRARY_PATH"] = environ["LD_LIBRARY_PATH"]
     kept[PASSED_VARIABLE] = ",".join(sorted(kept))
-    relay = environ.get(RELAY_BIN_VARIABLE)
-    kept["PATH"] = f"{relay}:{IMAGE_PATH}" if relay else IMAGE_PATH
+    kept["PATH"] = f"{RELAY_BIN}:{IMAGE_PATH}" if environ.get(RELAY_REQUEST_VARIABLE) else IMAGE_PATH
     return kept
 
 

@@ -3,10 +3,11 @@
 submitit requeues a preempted or timed-out Slurm job from the job's own process (``scontrol requeue``
 once the job has checkpointed).  With ``--container`` that process runs in the image, which has no
 Slurm client.  So each task's command becomes ``/bin/sh relay.sh CONTAINER_PYTHON…``: ``relay.sh``
-stays on the host, puts its folder's ``scontrol`` first on the image's PATH (that one only writes the
-request down), outlives Slurm's signals, and runs the request with the host's ``scontrol`` once the
-run has exited.  Both scripts are copied into the submission's folder, which the nodes and the image
-see, so a compute node needs nothing of the login node's Python.
+starts a watcher on the host and replaces itself with the container command; in the image,
+``relay/scontrol`` (put first on the PATH by :mod:`.clean_env`) writes the request down, the watcher
+runs it with the node's ``scontrol`` at once and hands back its exit status.  ``relay.sh`` is copied
+into the submission's folder, which the nodes see, so a compute node needs nothing of the login
+node's Python; it is run by ``/bin/sh``, so that folder need not allow exec.
 """
 
 from __future__ import annotations
@@ -15,22 +16,19 @@ import shlex
 import shutil
 from pathlib import Path
 
-#: the scripts, shipped beside this module
+#: the scripts, shipped beside this module (``scontrol`` runs from the image's own copy)
 SOURCE = Path(__file__).with_name("relay")
-FILES = ("relay.sh", "scontrol")
+#: runtimes whose own process forwards no signal to the run (relay.sh --outlive-signals)
+NOT_FORWARDING = ("bwrap",)
 
 
 def install(folder: Path) -> Path:
-    """Copy the relay's scripts into ``folder`` (made if missing; it must be bound into the image) and
-    return the path of ``relay.sh`` there."""
+    """Copy ``relay.sh`` into ``folder`` (made if missing; the nodes must see it) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        target = folder / name
-        shutil.copyfile(SOURCE / name, target)
-        target.chmod(0o755)
-    return folder / "relay.sh"
+    return Path(shutil.copyfile(SOURCE / "relay.sh", folder / "relay.sh"))
 
 
-def relayed(command: str, relay: Path) -> str:
-    """``command`` (a container's Python, as one shell string) started through ``relay``."""
-    return f"/bin/sh {shlex.quote(str(relay))} {command}"
+def relayed(command: str, relay: Path, runtime: str) -> str:
+    """``command`` (a container's Python, as one shell string, run by ``runtime``) started through ``relay``."""
+    flag = " --outlive-signals" if runtime in NOT_FORWARDING else ""
+    return f"/bin/sh {shlex.quote(str(relay))}{flag} {command}"
