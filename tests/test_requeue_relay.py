@@ -30,7 +30,7 @@ def _node(tmp_path: Path, host_rc: int = 0, host_s: float = 0) -> tuple[Path, di
 
 def test_a_requeue_asked_in_the_image_runs_on_the_node_at_once_and_its_status_comes_back(tmp_path):
     relay, env = _node(tmp_path)
-    command = requeue_relay.relayed(f"sh -c '{IN_IMAGE}; exit 255' run {tmp_path}/said", relay, "apptainer")
+    command = requeue_relay.relayed(f"sh -c '{IN_IMAGE}; exit 255' run {tmp_path}/said", relay, outlive_signals=False)
     r = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 255, r.stderr  # the run's own exit status
     assert (tmp_path / "said").read_text() == "stub: 0\n"  # answered while the run was still there
@@ -83,7 +83,7 @@ def test_outlive_signals_keeps_a_runtime_that_forwards_nothing_alive(tmp_path):
     --outlive-signals it ignores both (where Slurm signals every process, the run gets its own)."""
     relay, env = _node(tmp_path)
     script = 'echo up >"$1.up"; sleep 1; echo done >"$1"'
-    command = requeue_relay.relayed(f"sh -c '{script}' run {tmp_path}/ran", relay, "bwrap")
+    command = requeue_relay.relayed(f"sh -c '{script}' run {tmp_path}/ran", relay, outlive_signals=True)
     assert "--outlive-signals" in command
     proc = subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], env=env)
     _until(tmp_path / "ran.up", proc)

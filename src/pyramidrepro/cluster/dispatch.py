@@ -223,7 +223,8 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
     if python and cfg.cluster.executor == "slurm":  # submitit's requeue, from inside the image
         relay = folder / "relay" / "relay.sh"
-        python = requeue_relay.relayed(python, relay if dry_run else requeue_relay.install(relay.parent), box.runtime)
+        python = requeue_relay.relayed(python, relay if dry_run else requeue_relay.install(relay.parent),
+                                       outlive_signals=not box.forwards_signals)
     if dry_run:
         for members in groups.values():
             print_preview(cfg.name, out, members, folder, python, stream)

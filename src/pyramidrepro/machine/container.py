@@ -180,6 +180,12 @@ class Container:
             cmd += ["--setenv", k, v]
         return [*cmd, *IMAGE_CLEAN_ENV]
 
+    @property
+    def forwards_signals(self) -> bool:
+        """Whether the runtime's own process passes the signals it gets on to the run: Apptainer's
+        does; bwrap's does not, and dies of SIGTERM, leaving the run orphaned."""
+        return self.runtime != "bwrap"
+
     def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
         """:meth:`python` as one shell string (submitit's ``python`` parameter)."""
         return " ".join(shlex.quote(p) for p in self.python(host_paths, cwd))
@@ -303,7 +309,7 @@ def run_in_image(box: Container, host_paths: list[str | Path], args: list[str]) 
     not pass them on and is started ignoring SIGTERM, so a signal to the group reaches only its child."""
     import signal
 
-    ignore = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if box.runtime == "bwrap" else None
+    ignore = None if box.forwards_signals else (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     proc = subprocess.Popen([*box.python(host_paths), *args], start_new_session=True, preexec_fn=ignore)
 
     def forward(signum: int, frame: Any) -> None:  # noqa: ARG001

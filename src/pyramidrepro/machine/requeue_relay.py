@@ -18,8 +18,6 @@ from pathlib import Path
 
 #: the scripts, shipped beside this module (``scontrol`` runs from the image's own copy)
 SOURCE = Path(__file__).with_name("relay")
-#: runtimes whose own process forwards no signal to the run (relay.sh --outlive-signals)
-NOT_FORWARDING = ("bwrap",)
 
 
 def install(folder: Path) -> Path:
@@ -28,7 +26,8 @@ def install(folder: Path) -> Path:
     return Path(shutil.copyfile(SOURCE / "relay.sh", folder / "relay.sh"))
 
 
-def relayed(command: str, relay: Path, runtime: str) -> str:
-    """``command`` (a container's Python, as one shell string, run by ``runtime``) started through ``relay``."""
-    flag = " --outlive-signals" if runtime in NOT_FORWARDING else ""
+def relayed(command: str, relay: Path, outlive_signals: bool) -> str:
+    """``command`` (a container's Python, as one shell string) started through ``relay``;
+    ``outlive_signals`` for a runtime that forwards none (``Container.forwards_signals``)."""
+    flag = " --outlive-signals" if outlive_signals else ""
     return f"/bin/sh {shlex.quote(str(relay))}{flag} {command}"
