@@ -121,7 +121,7 @@ def test_the_chooser_keeps_an_option_its_trial_shows_faster():
     assert choice.decisions[0].kept and choice.decisions[0].ratio > 1.4
 
 
-def test_auto_on_an_avx2_only_cpu_keeps_fp32_by_capability_and_caches_the_trials(tmp_path):
+def test_auto_on_an_avx2_only_cpu_keeps_fp32_by_capability_and_caches_the_trials(tmp_path, cli):
     env = {**AVX2_ONLY, "PYRAMIDREPRO_CACHE_DIR": str(tmp_path / "cache")}
     args = ["run", str(SMOKE), "--out", str(tmp_path), *TINY, "--set", "train.precision=auto",
             "--set", "train.channels_last=auto"]
@@ -147,7 +147,7 @@ def test_auto_on_an_avx2_only_cpu_keeps_fp32_by_capability_and_caches_the_trials
         reused = json.loads(attrs2["auto_choices"])
         assert all(c["cached"] for c in reused) and not any(c["cached"] for c in choices.values())
         assert [{**c, "cached": False} for c in reused] == json.loads(attrs["auto_choices"])
-    r = run_cli("report", str(tmp_path), "--out", str(tmp_path / "report"))
+    r = cli("report", str(tmp_path), "--out", str(tmp_path / "report"))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert "isa AVX2" in text and "fast_bf16 False" in text and "bf16 left out (capability" in text

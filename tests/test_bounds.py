@@ -67,7 +67,7 @@ def test_the_lowest_rate_names_the_bound_and_missing_parts_are_left_out():
         Summary.COMPUTE_IMAGES_PER_S: 900.0, Summary.INPUT_IMAGES_PER_S: 5000.0, Summary.BOUND: "compute"}
 
 
-def test_a_ddp_run_records_all_three_and_the_report_shows_them(tmp_path):
+def test_a_ddp_run_records_all_three_and_the_report_shows_them(tmp_path, cli):
     done = run_cli("run", str(SMOKE), "--set", "devices.device=cpu", "--set", "train.mode=ddp", "--nproc", "2",
                    "--set", "train.bucket_cap_mb=0.01", "--set", "train.measure_bounds=true", "--out", str(tmp_path),
                    "--run-id", "ddp", "--no-progress")
@@ -79,7 +79,7 @@ def test_a_ddp_run_records_all_three_and_the_report_shows_them(tmp_path):
     lowest = min(rates, key=rates.get)
     assert summary[Summary.BOUND] == {Summary.COMPUTE_IMAGES_PER_S: "compute", Summary.INPUT_IMAGES_PER_S: "input",
                                       Summary.ALLREDUCE_IMAGES_PER_S: "communication"}[lowest]
-    report = run_cli("report", str(tmp_path))
+    report = cli("report", str(tmp_path))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| ddp | 64 |"))

@@ -112,15 +112,16 @@ def test_shards_are_disjoint_equal_and_cover_each_epoch():
         shard_batches(n, 63, 0, 2, seed=0, epoch=0)
 
 
-def test_training_runs_on_official_format_files(tmp_path, cifar_root):
+def test_training_runs_on_official_format_files(tmp_path, cifar_root, cli):
     from pyramidrepro.records.metrics import read_metrics
-    from support import SMOKE, only_run_dir, run_cli
+    from support import SMOKE, only_run_dir
 
     root, sums = cifar_root
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--set", "data.source=cifar10", "--set", f"data.root={root}",
-                "--set", f"data.checksums={sums}", "--set", "train.batch_size=40",
-                "--set", "train.evaluate=true", "--set", "train.max_steps=null", "--out", str(out))
+    r = cli("run", str(SMOKE), "--set", "data.source=cifar10", "--set", f"data.root={root}",
+            "--set", f"data.checksums={sums}", "--set", "train.batch_size=40", "--set", "model.depth=8",
+            "--set", "model.alpha=4", "--set", "train.evaluate=true", "--set", "train.max_steps=null",
+            "--out", str(out))
     assert r.returncode == 0, r.stderr
     m = read_metrics(only_run_dir(out) / "metrics.h5")
     assert m["attrs"]["status"] == "completed"

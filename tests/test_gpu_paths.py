@@ -76,10 +76,10 @@ def test_oom_on_one_ddp_rank_is_recorded_and_every_rank_leaves(tmp_path):
 
 
 @pytest.mark.parametrize("nproc,inject", [(1, "0:setup"), (2, "1:setup")])
-def test_oom_during_setup_still_leaves_an_oom_record(tmp_path, nproc, inject):
+def test_oom_during_setup_still_leaves_an_oom_record(tmp_path, cli, nproc, inject):
     if nproc == 1:
-        r = run_cli("run", str(SMOKE), "--run-id", "setup", "--out", str(tmp_path), *TINY,
-                    env={"PYRAMIDREPRO_INJECT_OOM": inject})
+        r = cli("run", str(SMOKE), "--run-id", "setup", "--out", str(tmp_path), *TINY,
+                env={"PYRAMIDREPRO_INJECT_OOM": inject})
         elapsed = 0.0
     else:
         r, elapsed = _ddp_run(tmp_path, "setup", inject)
@@ -92,8 +92,8 @@ def test_oom_during_setup_still_leaves_an_oom_record(tmp_path, nproc, inject):
     assert elapsed < 60
 
 
-def test_a_bad_injection_spec_is_an_error_not_a_silent_run(tmp_path):
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), *TINY, env={"PYRAMIDREPRO_INJECT_OOM": "rank1"})
+def test_a_bad_injection_spec_is_an_error_not_a_silent_run(tmp_path, cli):
+    r = cli("run", str(SMOKE), "--out", str(tmp_path), *TINY, env={"PYRAMIDREPRO_INJECT_OOM": "rank1"})
     assert r.returncode != 0 and "PYRAMIDREPRO_INJECT_OOM" in r.stderr
 
 
@@ -102,11 +102,11 @@ def test_a_bad_injection_spec_is_an_error_not_a_silent_run(tmp_path):
     (["train.mode=dp_balanced", "train.compile=true"], "train.compile"),
     (["train.mode=ddp", "train.compile=true", "train.compile_mode=reduce-overhead"], "train.compile_mode"),
 ])
-def test_unsupported_combinations_are_config_errors(sets, key):
+def test_unsupported_combinations_are_config_errors(cli, sets, key):
     with pytest.raises(ConfigError) as err:
         load_config(SMOKE, sets)
     assert err.value.key == key and str(SMOKE) in str(err.value)
-    r = run_cli("run", str(SMOKE), *[a for s in sets for a in ("--set", s)])
+    r = cli("run", str(SMOKE), *[a for s in sets for a in ("--set", s)])
     assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
     load_config(SMOKE, ["train.mode=ddp", "train.compile=true", "train.compile_mode=default"])  # this one is fine
 
@@ -169,13 +169,13 @@ def test_auto_optimizer_is_fused_on_gpus_so_fp16_needs_no_host_sync():
     assert resolve_optimizer_impl("foreach", torch.device("cuda", 0)) == "foreach"
 
 
-def test_runs_record_tf32_and_optimizer_and_the_report_shows_tf32(tmp_path):
-    r = run_cli("run", str(SMOKE), "--run-id", "a", "--out", str(tmp_path), *TINY)
+def test_runs_record_tf32_and_optimizer_and_the_report_shows_tf32(tmp_path, cli):
+    r = cli("run", str(SMOKE), "--run-id", "a", "--out", str(tmp_path), *TINY)
     assert r.returncode == 0, r.stderr
     attrs = read_metrics(tmp_path / "smoke" / "a" / "metrics.h5")["attrs"]
     assert attrs["optimizer_impl"] == "default" and attrs["allow_tf32"] == ""  # no TF32 on a CPU
     assert load_config(SMOKE).devices.allow_tf32 is False  # off unless asked: the paper's card had none
-    r = run_cli("report", str(tmp_path), "--out", str(tmp_path / "report"))
+    r = cli("report", str(tmp_path), "--out", str(tmp_path / "report"))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert "- TF32 on GPUs: n/a (no GPU runs)" in text

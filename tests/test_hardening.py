@@ -71,7 +71,7 @@ def test_second_writer_is_refused_and_sigterm_ends_the_first_as_interrupted(tmp_
     ("TERM", 11, "interrupted", 143),  # step 10 done and its row out
     ("KILL", 12, "running", -9),       # rows 9-10 out of the loop but not yet flushed (a 1000 s interval)
 ])
-def test_a_stop_inside_a_logging_window_resumes_from_a_recorded_step(tmp_path, sig, stop_before, status, code):
+def test_a_stop_inside_a_logging_window_resumes_from_a_recorded_step(tmp_path, cli, sig, stop_before, status, code):
     """Wherever a stop lands in a logging window (``log_every`` 2), the checkpoint stands on a step
     whose row is on disk, so the resumed run has every step once: 10 here, the last one recorded."""
     args = ["run", str(SMOKE), "--out", str(tmp_path), "--run-id", "w", "--no-progress", *TINY,
@@ -81,7 +81,7 @@ def test_a_stop_inside_a_logging_window_resumes_from_a_recorded_step(tmp_path, s
     assert stopped.returncode == code, stopped.stderr
     metrics = tmp_path / "smoke" / "w" / "metrics.h5"
     assert read_metrics(metrics)["attrs"]["status"] == status
-    resumed = run_cli(*args)
+    resumed = cli(*args)  # the stop needed a process of its own (a signal to itself); the resume does not
     assert resumed.returncode == 0, resumed.stderr
     m = read_metrics(metrics)
     assert m["attrs"]["status"] == "completed" and int(m["attrs"]["resumed_from_step"]) == 10
@@ -89,8 +89,8 @@ def test_a_stop_inside_a_logging_window_resumes_from_a_recorded_step(tmp_path, s
     assert list(m["epochs"]["epoch"]) == [0, 1]
 
 
-def test_a_malformed_signal_injection_is_refused_with_the_form_expected(tmp_path):
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY,
+def test_a_malformed_signal_injection_is_refused_with_the_form_expected(tmp_path, cli):
+    r = cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY,
                 env={"PYRAMIDREPRO_INJECT_SIGNAL": "0:3:HUP"})
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == ("pyramidrepro: error: environment: PYRAMIDREPRO_INJECT_SIGNAL: '0:3:HUP': "
@@ -98,16 +98,16 @@ def test_a_malformed_signal_injection_is_refused_with_the_form_expected(tmp_path
     assert not list(tmp_path.rglob("*"))  # refused before the run folder was made
 
 
-def test_rerun_without_checkpoint_starts_afresh_and_keeps_the_old_metrics(tmp_path):
+def test_rerun_without_checkpoint_starts_afresh_and_keeps_the_old_metrics(tmp_path, cli):
     args = ["--out", str(tmp_path), "--run-id", "r", "--set", "train.checkpoint_every_s=null",
             "--set", "train.max_steps=4"]
     folder = tmp_path / "smoke" / "r"
-    assert run_cli("run", str(SMOKE), "--no-progress", *TINY, *args).returncode == 0
+    assert cli("run", str(SMOKE), "--no-progress", *TINY, *args).returncode == 0
     (folder / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
     with h5py.File(folder / "metrics.h5", "a") as f:
         f.attrs["status"] = "running"
         f.attrs["error"] = "stale"
-    r = run_cli("run", str(SMOKE), "--no-progress", *TINY, *args)
+    r = cli("run", str(SMOKE), "--no-progress", *TINY, *args)
     assert r.returncode == 0, r.stderr
     assert "kept as metrics.1.h5" in r.stdout
     fresh, old = read_metrics(folder / "metrics.h5"), read_metrics(folder / "metrics.1.h5")
@@ -115,12 +115,12 @@ def test_rerun_without_checkpoint_starts_afresh_and_keeps_the_old_metrics(tmp_pa
     assert fresh["attrs"]["status"] == "completed" and fresh["attrs"]["error"] == ""
 
 
-def test_refused_resume_leaves_the_run_as_it_was(tmp_path):
+def test_refused_resume_leaves_the_run_as_it_was(tmp_path, cli):
     args = ["--out", str(tmp_path), "--run-id", "r", "--set", "train.max_steps=3", "--no-progress", *TINY]
-    assert run_cli("run", str(SMOKE), *args).returncode == 0
+    assert cli("run", str(SMOKE), *args).returncode == 0
     folder = tmp_path / "smoke" / "r"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    r = run_cli("run", str(SMOKE), *args, "--set", "train.lr=0.5")
+    r = cli("run", str(SMOKE), *args, "--set", "train.lr=0.5")
     assert r.returncode == 2 and "different config" in r.stderr and r.stderr.strip().count("\n") == 0
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
@@ -249,7 +249,7 @@ def _fill(disk: Path, leave_bytes: int) -> None:
         fh.write(b"\0" * max(0, free - leave_bytes))
 
 
-def test_full_disk_keeps_the_rows_already_written(small_disk):
+def test_full_disk_keeps_the_rows_already_written(small_disk, cli):
     """The disk fills while a run writes: it ends with one line, its flushed rows stay readable, no temporaries,
     and the room it held for its last write records it failed."""
     run = _start("--out", str(small_disk), "--run-id", "r", "--set", "metrics.flush_interval_s=0", *LONG)
@@ -271,7 +271,7 @@ def test_full_disk_keeps_the_rows_already_written(small_disk):
     assert "no space left on device writing" in m["attrs"]["error"]
     assert not [p.name for p in folder.iterdir() if "tmp" in p.name or "reserve" in p.name]
 
-    fresh = run_cli("run", str(SMOKE), "--out", str(small_disk), "--run-id", "new", "--no-progress", *TINY)
+    fresh = cli("run", str(SMOKE), "--out", str(small_disk), "--run-id", "new", "--no-progress", *TINY)
     assert fresh.returncode == 1 and "no space left on device writing" in fresh.stderr, fresh.stderr
     assert fresh.stderr.strip().count("\n") == 0
     assert not [p for p in (small_disk / "smoke" / "new").iterdir() if "tmp" in p.name or p.suffix == ".h5"]
@@ -331,11 +331,11 @@ def test_reader_takes_a_consistent_snapshot(tmp_path):
 
 
 @pytest.mark.parametrize("status,code", [("oom", 3), ("nan", 4)])
-def test_a_finished_run_that_did_not_complete_exits_non_zero(tmp_path, status, code):
+def test_a_finished_run_that_did_not_complete_exits_non_zero(tmp_path, cli, status, code):
     sets = (["--set", "train.lr=1e30", "--set", "train.max_steps=40", "--set", "data.synthetic_train_size=2048",
              "--set", "train.epochs=10"] if status == "nan" else ["--set", "train.max_steps=4"])
     env = {"PYRAMIDREPRO_INJECT_OOM": "0:2"} if status == "oom" else None
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY, *sets, env=env)
+    r = cli("run", str(SMOKE), "--out", str(tmp_path), "--no-progress", *TINY, *sets, env=env)
     assert r.returncode == code, r.stderr
     folder = next(tmp_path.glob("smoke/*"))
     assert read_metrics(folder / "metrics.h5")["attrs"]["status"] == status

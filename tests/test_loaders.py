@@ -176,19 +176,21 @@ def test_a_dali_campaign_without_dali_stops_before_anything_with_the_fix(tmp_pat
 
 
 @pytest.mark.parametrize("kind", ["dali", "torch"])
-def test_training_end_to_end_through_the_cli(tmp_path, kind):
-    r = run_cli("run", str(SMOKE), "--set", f"data.loader={kind}", "--set", "train.max_steps=null",
-                "--set", "train.evaluate=true", "--out", str(tmp_path))
+def test_training_end_to_end_through_the_cli(tmp_path, cli, kind):
+    """DALI's pipeline runs in a process of its own (its worker threads stay out of the suite's)."""
+    args = ["run", str(SMOKE), "--set", f"data.loader={kind}", "--set", "train.max_steps=null",
+            "--set", "train.evaluate=true", "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(tmp_path)]
+    r = run_cli(*args) if kind == "dali" else cli(*args)
     assert r.returncode == 0, r.stderr
     m = read_metrics(only_run_dir(tmp_path) / "metrics.h5")
     assert m["attrs"]["status"] == "completed" and m["attrs"]["loader"] == kind
     assert len(m["steps"]["step"]) == 8 and len(m["epochs"]["test_acc"]) == 1
 
 
-def test_bench_loader_prints_json():
+def test_bench_loader_prints_json(cli):
     import json
 
-    r = run_cli("bench-loader", "--loader", "torch", "--images", "1024", "--epochs", "2")
+    r = cli("bench-loader", "--loader", "torch", "--images", "1024", "--epochs", "2")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["images_per_s"] > 0 and len(d["images_per_s_all"]) == 2 and "machine" in d

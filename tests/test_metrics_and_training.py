@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 
 from pyramidrepro.records.metrics import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, read_metrics
-from support import ROOT, SMOKE, only_run_dir, run_cli
+from support import ROOT, SMOKE, only_run_dir
+
+TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 
 
-def test_run_writes_the_documented_layout(tmp_path):
+def test_run_writes_the_documented_layout_and_no_progress_bar_without_a_tty(tmp_path, cli):
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--out", str(out), "--set", "train.evaluate=true",
-                "--set", "train.max_steps=null")
+    r = cli("run", str(SMOKE), "--out", str(out), *TINY, "--set", "train.evaluate=true",
+            "--set", "train.max_steps=null")
     assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr  # no progress bar redraws
+    assert "epoch 1/1" in r.stdout
     run_dir = only_run_dir(out)
     assert str(run_dir / "metrics.h5") in r.stdout
     assert (run_dir / "config.yaml").is_file()
@@ -83,10 +87,10 @@ def test_writer_rewind_drops_rows_past_a_checkpoint(tmp_path):
     assert list(m["steps"]["step"]) == [1, 2, 3, 4, 5] and list(m["epochs"]["epoch"]) == [0]
 
 
-def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path):
+def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path, cli):
     out = tmp_path / "out"
     start = time.monotonic()
-    r = run_cli("run", str(SMOKE), "--out", str(out),
+    r = cli("run", str(SMOKE), "--out", str(out),
                 "--set", "data.synthetic_learnable=true", "--set", "data.synthetic_train_size=2048",
                 "--set", "data.synthetic_test_size=512", "--set", "train.evaluate=true",
                 "--set", "train.max_steps=null", "--set", "train.epochs=3",
@@ -99,9 +103,9 @@ def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path):
     assert acc >= 0.90  # the time is printed, not asserted: it is the host's speed, not a behaviour
 
 
-def test_non_finite_loss_stops_with_status_nan(tmp_path):
+def test_non_finite_loss_stops_with_status_nan(tmp_path, cli):
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--out", str(out), "--set", "train.lr=1e30",
+    r = cli("run", str(SMOKE), "--out", str(out), *TINY, "--set", "train.lr=1e30",
                 "--set", "train.max_steps=40", "--set", "train.epochs=10",
                 "--set", "data.synthetic_train_size=2048")
     assert r.returncode == 4, r.stderr  # schema.EXIT_CODES: nan
@@ -112,9 +116,9 @@ def test_non_finite_loss_stops_with_status_nan(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_runs_on_cpu(tmp_path, precision):
+def test_reduced_precision_runs_on_cpu(tmp_path, cli, precision):
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--out", str(out), "--set", f"train.precision={precision}",
+    r = cli("run", str(SMOKE), "--out", str(out), *TINY, "--set", f"train.precision={precision}",
                 "--set", "train.channels_last=true", "--set", "train.max_steps=3")
     assert r.returncode == 0, r.stderr
     m = read_metrics(only_run_dir(out) / "metrics.h5")
@@ -122,21 +126,12 @@ def test_reduced_precision_runs_on_cpu(tmp_path, precision):
     assert np.isfinite(m["steps"]["loss"]).all()
 
 
-def test_progress_is_quiet_without_a_tty(tmp_path):
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path / "o"), "--set", "train.evaluate=true",
-                "--set", "train.max_steps=null")
-    assert r.returncode == 0
-    assert "\r" not in r.stderr  # no progress bar redraws
-    assert "epoch 1/1" in r.stdout
-
-
-
-def test_rerun_into_a_finished_run_resumes_at_its_end(tmp_path):
+def test_rerun_into_a_finished_run_resumes_at_its_end(tmp_path, cli):
     args = ["run", str(SMOKE), "--out", str(tmp_path), "--run-id", "same", "--set", "train.max_steps=null",
-            "--set", "train.epochs=2", "--set", "model.depth=8", "--set", "model.alpha=4"]
-    assert run_cli(*args).returncode == 0
+            "--set", "train.epochs=2", *TINY]
+    assert cli(*args).returncode == 0
     first = read_metrics(tmp_path / "smoke" / "same" / "metrics.h5")
-    r = run_cli(*args)
+    r = cli(*args)
     assert r.returncode == 0, r.stderr
     again = read_metrics(tmp_path / "smoke" / "same" / "metrics.h5")
     assert again["attrs"]["status"] == "completed" and int(again["attrs"]["resumed_from_step"]) == 16

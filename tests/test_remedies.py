@@ -38,7 +38,7 @@ def test_accumulation_equals_one_big_batch():
     assert any(not torch.equal(pa, p0) for pa, p0 in zip(a.parameters(), init.parameters()))  # it moved
 
 
-def test_ddp_accumulation_with_no_sync_matches_single_process(tmp_path):
+def test_ddp_accumulation_with_no_sync_matches_single_process(tmp_path, cli):
     """2 ranks x 2 micro batches (no_sync on the first) == 1 process x 4 micro batches.
 
     Rank r's half of the batch splits into quarters 2r and 2r+1, the same quarters the single
@@ -49,7 +49,7 @@ def test_ddp_accumulation_with_no_sync_matches_single_process(tmp_path):
     r = run_cli("run", str(SMOKE), "--set", "train.mode=ddp", "--nproc", "2", "--run-id", "ddp",
                 "--set", "train.accumulation_steps=2", *common)
     assert r.returncode == 0, r.stderr
-    r = run_cli("run", str(SMOKE), "--set", "train.accumulation_steps=4", "--run-id", "single", *common)
+    r = cli("run", str(SMOKE), "--set", "train.accumulation_steps=4", "--run-id", "single", *common)
     assert r.returncode == 0, r.stderr
     a = torch.load(tmp_path / "smoke" / "ddp" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "smoke" / "single" / "checkpoint.pt", weights_only=True)["model"]

@@ -71,22 +71,22 @@ def test_claims_not_run_without_the_needed_runs(tmp_path):
     assert claims["C4"].verdict == "NOT RUN"
 
 
-def test_report_from_real_short_runs_marks_running_and_oom(tmp_path):
+def test_report_from_real_short_runs_marks_running_and_oom(tmp_path, cli):
     out = tmp_path / "runs"
     for mode, batch in (("single", 32), ("single", 64)):
-        r = run_cli("run", str(SMOKE), "--set", f"train.mode={mode}", "--set", f"train.batch_size={batch}",
-                    "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
+        r = cli("run", str(SMOKE), "--set", f"train.mode={mode}", "--set", f"train.batch_size={batch}",
+                "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
         assert r.returncode == 0, r.stderr
     r = run_cli("run", str(SMOKE), "--set", "train.mode=ddp", "--nproc", "2", "--set", "train.batch_size=64",
                 "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     # the one-device base of the scaling model: one thread, like each of the two ranks
-    r = run_cli("run", str(SMOKE), "--set", "train.threads=1", "--set", "train.batch_size=32",
-                "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
+    r = cli("run", str(SMOKE), "--set", "train.threads=1", "--set", "train.batch_size=32",
+            "--set", "model.depth=8", "--set", "model.alpha=4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     fake_run(out / "smoke", "oomrun", "single", 128, "oom", None, gpu=False, cap=None)
     fake_run(out / "smoke", "going", "single", 256, "running", None, gpu=False, cap=None)
-    r = run_cli("report", str(out), "--out", str(tmp_path / "rep"))
+    r = cli("report", str(out), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "(synthetic data)" in text.splitlines()[0]

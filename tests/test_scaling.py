@@ -99,13 +99,11 @@ def test_links_parse_by_name_or_spec():
         parse_link("warp-drive")
 
 
-def test_scaling_command_predicts_from_a_given_step(tmp_path):
+def test_scaling_command_predicts_from_a_given_step(cli):
     import json
 
-    from support import run_cli
-
-    r = run_cli("scaling", "--step-time-ms", "250", "--batch-per-device", "128", "--depth", "20", "--alpha", "12",
-                "--devices", "1", "2", "16", "--inter", "100g", "400g", "--json")
+    r = cli("scaling", "--step-time-ms", "250", "--batch-per-device", "128", "--depth", "20", "--alpha", "12",
+            "--devices", "1", "2", "16", "--inter", "100g", "400g", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["grad_bytes"] == 4 * 84765 and d["overlap"] == 1.0
@@ -113,17 +111,17 @@ def test_scaling_command_predicts_from_a_given_step(tmp_path):
     assert slow[0]["images_per_s"] == pytest.approx(512.0) and slow[0]["efficiency"] == pytest.approx(1.0)
     assert [p["nodes"] for p in slow] == [1, 1, 2]
     assert fast[2]["images_per_s"] >= slow[2]["images_per_s"]
-    r = run_cli("scaling", "--step-time-ms", "250", "--batch-per-device", "128", "--devices", "1", "8")
+    r = cli("scaling", "--step-time-ms", "250", "--batch-per-device", "128", "--devices", "1", "8")
     assert r.returncode == 0 and "PyramidNet-110 alpha=270 basic" in r.stdout and "200 Gb/s network" in r.stdout
 
 
-def test_scaling_command_reads_a_run_and_rejects_bad_input(tmp_path):
-    from support import SMOKE, run_cli
+def test_scaling_command_reads_a_run_and_rejects_bad_input(tmp_path, cli):
+    from support import SMOKE
 
-    r = run_cli("run", str(SMOKE), "--set", "train.threads=1", "--run-id", "one", "--out", str(tmp_path))
+    r = cli("run", str(SMOKE), "--set", "train.threads=1", "--run-id", "one", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = tmp_path / "smoke" / "one"
-    r = run_cli("scaling", "--run", str(run), "--devices", "1", "2", "--inter", "ib=10:5")
+    r = cli("scaling", "--run", str(run), "--devices", "1", "2", "--inter", "ib=10:5")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("PyramidNet-20 alpha=12 basic: 64 images per device") and "overlap 0," in r.stdout
     (tmp_path / "junk.h5").write_text("not HDF5")
@@ -133,5 +131,5 @@ def test_scaling_command_reads_a_run_and_rejects_bad_input(tmp_path):
            (["--devices", "0"], "--devices"),
            ([], "--step-time-ms")]
     for args, message in bad:
-        r = run_cli("scaling", *args)
+        r = cli("scaling", *args)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)

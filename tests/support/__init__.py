@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +40,38 @@ class CliResult:
     stderr: str
 
 
-def call_main(*args: str) -> CliResult:
-    """``pyramidrepro ARGS`` through ``pyramidrepro.cli.main`` in this process (argparse's exit too)."""
+@contextlib.contextmanager
+def environment(env: dict[str, str] | None) -> Iterator[None]:
+    """``os.environ`` with ``env`` added for the block, as it was afterwards."""
+    before = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def call_main(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """``pyramidrepro ARGS`` through ``pyramidrepro.cli.main`` in this process (argparse's exit too),
+    with ``env`` added to the environment meanwhile: a single-process ``run`` too, whose handlers
+    and lock are given back when it ends, so the process adds only its start (torch's import)."""
     from pyramidrepro.cli import main
 
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(list(args))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            if threads is not None:  # a run sets its own (train.threads); the suite keeps its
+                torch.set_num_threads(threads)
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
