@@ -140,11 +140,10 @@ def test_installed_package_finds_its_experiments(tmp_path):
         assert load_config(path).name
 
 
-def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_ones(tmp_path):
-    """The local campaign is submit --cluster local, one point at a time; a rerun skips results (nan too)."""
+def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_ones(tmp_path, cli):
+    """The local campaign is submit --cluster local, one point at a time; a rerun skips results (nan too).
+    ``reproduce`` runs in this process: each point is a process of submitit's, as for a user."""
     import yaml
-
-    from support import run_cli
 
     exp = yaml.safe_load(SMOKE.read_text())
     exp.update(name="tiny", model={"depth": 8, "alpha": 4, "block": "basic"},
@@ -153,15 +152,15 @@ def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_one
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out"
-    r = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
-                "--min-repeats", "1")
+    r = cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+            "--min-repeats", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[1/3]" in r.stdout and ": completed in" in r.stdout and ": nan in" in r.stdout
     folders = sorted(p.parent for p in out.glob("tiny/*/metrics.h5"))
     assert [status_of(f) for f in folders] == ["completed", "completed", "nan"]
     assert list((out / ".submitit").iterdir())  # the jobs were submitit's
     assert (out / "tiny" / "report.md").is_file()
-    again = run_cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+    again = cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
                 "--min-repeats", "1")
     assert again.returncode == 0 and again.stdout.count("already done, skipped") == 3, again.stdout
 
@@ -172,15 +171,15 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli)
     a rerun finds every repeat done."""
     import yaml
 
-    from support import run_cli
-
     exp = yaml.safe_load(SMOKE.read_text())
     exp.update(name="rep", model={"depth": 8, "alpha": 4, "block": "basic"}, sweep={"train.max_steps": [12, 14]})
     path = tmp_path / "rep.yaml"
     path.write_text(yaml.safe_dump(exp))
+    one_point = tmp_path / "one.yaml"
+    one_point.write_text(yaml.safe_dump({**exp, "sweep": {"train.max_steps": [12]}}))
     out = tmp_path / "out"
     args = ["reproduce", "--experiment", str(path), "--out", str(out), "--max-repeats", "2", "--min-repeats", "1"]
-    r = run_cli(*args, "--ci-target", "0.01")
+    r = cli(*args, "--ci-target", "0.01")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "repeat 2 of at most 2" in r.stdout and "4 runs of 2 points" in r.stdout
     started = [line.split()[1].rstrip(":") for line in r.stdout.splitlines() if line.endswith(": running ...")]
@@ -203,12 +202,13 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli)
     assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
     ReportSchedule(out / "rep", settings, every_s=0)(Progress(1, 1, 2))
     assert "Campaign: pass 1 of at most 2 under way: 1 of 2 points done" in (out / "rep" / "report.md").read_text()
-    again = run_cli(*args, "--ci-target", "0.01")
+    again = cli(*args, "--ci-target", "0.01")
     assert again.stdout.count("already done, skipped") == 4, again.stdout
     # a 100 % target is met by one run: --min-repeats still runs each point twice
-    wide = run_cli(*args[:4], str(tmp_path / "wide"), "--max-repeats", "2", "--min-repeats", "2", "--ci-target", "100")
+    wide = cli("reproduce", "--experiment", str(one_point), "--out", str(tmp_path / "wide"), "--max-repeats", "2",
+               "--min-repeats", "2", "--ci-target", "100")
     assert wide.returncode == 0, wide.stdout + wide.stderr
-    assert wide.stdout.count("(repeat 2 of at least 2)") == 2 and "4 runs of 2 points" in wide.stdout
+    assert wide.stdout.count("(repeat 2 of at least 2)") == 1 and "2 runs of 1 points" in wide.stdout
     bad = cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
     assert bad.returncode == 2 and "--min-repeats: must be between 1 and --max-repeats (2), got 3" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -110,7 +110,7 @@ def why_repeat(estimate: Estimate | None, repeat: int, repeats: Repeats) -> str 
 
 
 def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
-                 repeats: Repeats = Repeats(), stream: TextIO = sys.stdout,
+                 repeats: Repeats = Repeats(), stream: TextIO | None = None,
                  on_progress: Callable[[Progress], None] | None = None) -> list[tuple[str, str, float]]:
     """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
 
@@ -119,11 +119,12 @@ def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks:
     apart, not back to back, so a slow drift of the machine shows in their spread instead of in one
     point alone.  The outcome is the run's status, with `` (exit N)`` added when its job did not end
     cleanly.  ``on_progress`` hears of every run and of the end of every pass that ran something.
+    ``stream``: where the lines go (default: ``sys.stdout`` as it is at the call).
     """
     points = expand_sweep(cfg, source)
     results: list[tuple[str, str, float]] = []
     stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
-    campaign = Campaign(cfg, source, out, ddp_ranks, stream, time.monotonic())
+    campaign = Campaign(cfg, source, out, ddp_ranks, stream or sys.stdout, time.monotonic())
     tell = on_progress or (lambda progress: None)
     for repeat in range(1, repeats.maximum + 1):
         ran = len(results)

@@ -322,7 +322,7 @@ def remove_new_folders(folders: list[Path]) -> None:
                 p.rmdir()
 
 
-def wait(jobs: list[Any], poll_s: float = POLL_S, stream=sys.stdout, on_never: str = "cancel") -> int:  # noqa: ANN001
+def wait(jobs: list[Any], poll_s: float = POLL_S, stream: TextIO | None = None, on_never: str = "cancel") -> int:
     """Follow the jobs until all end (:func:`.follow.follow_jobs`: one squeue per poll, polls that slow
     down while nothing changes); returns the number that did not complete.
 

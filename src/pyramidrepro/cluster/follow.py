@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..machine.slurm_state import (
     NEVER_REASONS,
@@ -316,11 +316,13 @@ class Follow:
         return bad
 
 
-def follow_jobs(jobs: list[Any], poll_s: float = POLL_S, stream: Any = sys.stdout, on_never: str = "cancel") -> int:
+def follow_jobs(jobs: list[Any], poll_s: float = POLL_S, stream: TextIO | None = None, on_never: str = "cancel") -> int:
     """Follow ``jobs`` until all end, printing a line per change; returns the number that did not complete.
 
     A Slurm job that can never start ends the wait for it with the reason and its request; ``on_never``
-    says whether it is cancelled ("cancel") or left queued ("keep")."""
+    says whether it is cancelled ("cancel") or left queued ("keep"); ``stream`` (default: ``sys.stdout``
+    as it is at the call) hears the lines."""
+    stream = stream or sys.stdout
     follow, clock = Follow(jobs, on_never), PollClock(poll_s)
     while follow.pending:
         lines = follow.poll()
