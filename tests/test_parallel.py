@@ -22,7 +22,7 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
-def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
+def test_two_rank_ddp_matches_the_single_process_run(tmp_path, cli):
     """2 gloo ranks x B/2 == one process with batch B, exactly for this setting.
 
     BatchNorm normalises each rank's half separately (SyncBatchNorm does not run on CPU), so
@@ -30,10 +30,10 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
     (train.accumulation_steps=2): every BatchNorm sees the same samples as on the ranks, and
     the averaged gradient is the same sum.  Augmentation is off; the seed fixes init and order.
     """
-    common = ["--set", "data.augment=false", "--set", "train.max_steps=4", "--out", str(tmp_path)]
+    common = ["--set", "data.augment=false", "--set", "train.max_steps=4", "--out", str(tmp_path), *TINY]
     r = run_cli("run", str(SMOKE), "--set", "train.mode=ddp", "--nproc", "2", "--run-id", "ddp", *common)
     assert r.returncode == 0, r.stderr
-    r = run_cli("run", str(SMOKE), "--set", "train.accumulation_steps=2", "--run-id", "single", *common)
+    r = cli("run", str(SMOKE), "--set", "train.accumulation_steps=2", "--run-id", "single", *common)
     assert r.returncode == 0, r.stderr
     a, b = _params(tmp_path / "smoke" / "ddp"), _params(tmp_path / "smoke" / "single")
     assert a.keys() == b.keys()
@@ -49,7 +49,7 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path):
     assert 0.01 < m["attrs"]["link_bandwidth_GBps"] < 1000 and m["attrs"]["link_latency_us"] >= 0
     from pyramidrepro.workload.model import PyramidNet
 
-    assert m["attrs"]["grad_bytes"] == 4 * sum(p.numel() for p in PyramidNet(20, 12).parameters())
+    assert m["attrs"]["grad_bytes"] == 4 * sum(p.numel() for p in PyramidNet(8, 4).parameters())
     assert m["ranks"]["step_time_s"].shape == (2, 4)
     assert m["ranks"]["peak_memory_bytes"].shape == (2,)
     single = read_metrics(tmp_path / "smoke" / "single" / "metrics.h5")
@@ -126,8 +126,8 @@ def test_global_batch_must_divide_by_ranks(tmp_path, cli):
 def test_dp_on_cpu_is_a_clear_error_unless_allowed(tmp_path, cli):
     r = cli("run", str(SMOKE), "--set", "train.mode=dp", "--out", str(tmp_path))
     assert r.returncode != 0 and "allow_cpu_dp" in r.stderr
-    r = run_cli("run", str(SMOKE), "--set", "train.mode=dp", "--set", "train.allow_cpu_dp=true",
-                "--set", "train.max_steps=2", "--out", str(tmp_path / "ok"), *TINY)
+    r = cli("run", str(SMOKE), "--set", "train.mode=dp", "--set", "train.allow_cpu_dp=true",
+            "--set", "train.max_steps=2", "--out", str(tmp_path / "ok"), *TINY)
     assert r.returncode == 0, r.stderr
     m = read_metrics(only_run_dir(tmp_path / "ok") / "metrics.h5")
     assert m["attrs"]["mode"] == "dp" and m["attrs"]["world_size"] == 1
