@@ -74,9 +74,10 @@ if [ "$DEV" = cuda ]; then
     OOM_512=()
     BENCH=(110 270 256 10)
     LOADER_BENCH=(50000 3)
-else  # shrunk: a tiny model; the 512 case's OOM is injected (a CPU has no allocator cap to hit)
+else  # shrunk: a tiny model and batch (fp16 has no fast CPU kernels); the 512 case's OOM is injected (a CPU
+      # has no allocator cap to hit)
     SMOKE=(experiments/smoke.yaml --set devices.device=cpu --set model.depth=8 --set model.alpha=4 --set train.threads=1
-           --set train.max_steps=8 --set train.warmup_steps=2 --set train.log_every=3)
+           --set train.batch_size=16 --set train.max_steps=8 --set train.warmup_steps=2 --set train.log_every=3)
     BIG=("${SMOKE[@]}")
     OOM_512=(env PYRAMIDREPRO_INJECT_OOM=0:setup)
     BENCH=(8 4 16 3)

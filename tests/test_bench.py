@@ -1,13 +1,13 @@
 import json
 
-from support import run_cli
+from support import INDUCTOR_CACHE, run_cli
 
 
 def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--steps", "3", "--repeats", "1",
                 "--peak-tflops", "1.0", "--compile", "auto", "--compile-modes", "default", "--ablate",
-                "--budget-s", "900", "--json-out", str(out), timeout=600)
+                "--budget-s", "900", "--json-out", str(out), timeout=600, env=INDUCTOR_CACHE)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["baseline_images_per_s"] > 0 and data["optimized_images_per_s"] > 0

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from support import ROOT
+from support import INDUCTOR_CACHE, ROOT
 from support.hide import hiding_env
 
 RUN_STEPS = ["cap_b256", "cap_b512", "sync_fp32", "sync_bf16", "ddp_gloo_ws1", "ddp_gloo_2ranks", "dp",
@@ -20,7 +20,7 @@ def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
     out = tmp_path / "out"
     hidden = hiding_env(tmp_path / "hide", {"torchvision", "matplotlib", "submitit"}, str(ROOT / "src"))
     env = dict(os.environ, GPU_CHECK_DEVICE="cpu", PYTHON=str(ROOT / ".venv" / "bin" / "python"),
-               OUT=str(out), TMPDIR=str(tmp_path), **hidden)
+               OUT=str(out), TMPDIR=str(tmp_path), **hidden, **INDUCTOR_CACHE)
     if not os.path.exists(env["PYTHON"]):
         env["PYTHON"] = __import__("sys").executable
     t0 = time.monotonic()

@@ -4,10 +4,12 @@ and waits on a run's files. Fixtures live in conftest.py; the Slurm helpers in :
 from __future__ import annotations
 
 import contextlib
+import getpass
 import io
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
+#: torch.compile's on-disk cache in inductor's own default place, for the tests that compile: they check
+#: what is compiled and reported, not how long a cold compile takes (about 45 s of a 2-core CPU each),
+#: so a machine that ran the suite once compiles from it, as a user's second run would
+INDUCTOR_CACHE = {"TORCHINDUCTOR_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")}
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None,
