@@ -6,7 +6,12 @@
 # cluster and the one image build (with the bench and boundary tests, to even out the two); everything
 # else, the device check's CPU form included, runs in the other.  Their output is kept apart: the first
 # is printed when both have ended.
+# Each process's torch, and every run the tests start, computes on one thread (OMP_NUM_THREADS, which
+# runs take as their default threads): two processes of two threads each on 2 cores wait at every
+# parallel region for a thread the other has preempted (one small training run here: 22 s alone and
+# 115 s beside two busy processes at two threads; 39 s and 75 s at one).
 set -u
+export OMP_NUM_THREADS=1
 py=${1:?usage: run_suite.sh PYTHON}
 cd "$(dirname "$0")/.."
 serial=(tests/test_container.py tests/test_follow_lock.py tests/test_multinode.py tests/test_slurm.py

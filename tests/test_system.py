@@ -21,6 +21,27 @@ def test_describe_system_on_this_cpu():
     assert "gpu_count" not in s
 
 
+def test_default_threads_follow_omp_num_threads_else_the_cpus_given_not_the_machine():
+    """A Slurm task or a cpuset narrows the affinity mask, not ``os.cpu_count()``: a run on 1 CPU of a larger
+    machine takes 1 thread, and an OMP_NUM_THREADS that a job script set is taken as it is."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from pyramidrepro.machine.system import cpu_affinity, default_threads
+
+    given = len(cpu_affinity())
+    assert default_threads(1, environ={}) == given and default_threads(2, environ={}) == max(1, given // 2)
+    assert default_threads(2, environ={"OMP_NUM_THREADS": "3"}) == 3
+    assert default_threads(1, environ={"OMP_NUM_THREADS": "2,1"}) == given  # a nested list is not a count
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs taskset and two CPUs")
+    code = "from pyramidrepro.machine.system import default_threads; print(default_threads(1, {}))"
+    one_cpu = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
+    assert one_cpu.stdout.strip() == "1", one_cpu.stderr
+
+
 def _run(**changes) -> RunRecord:
     base = RunRecord(path="x", experiment="e", mode="single", line="single", batch_size=64, status="completed",
                      images_per_s=100.0, peak_memory=[], device_name="cpu (x, 2 cores)", world_size=1,

@@ -41,6 +41,23 @@ def _ranges(cpus: list[int]) -> str:
     return ",".join(out)
 
 
+def cpu_affinity() -> list[int]:
+    """The CPUs this process may run on: its affinity mask, which a Slurm allocation, a cgroup cpuset or
+    taskset narrows, unlike ``os.cpu_count()`` (the whole node's); empty where the OS cannot tell."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def default_threads(local_ranks: int, environ: dict[str, str] | None = None) -> int:
+    """Intra-op threads of one rank on a CPU when ``train.threads`` is unset: ``OMP_NUM_THREADS`` where
+    it is set to a count (how job scripts and sites say it, and what torch itself starts with), else the
+    CPUs given to this process shared among the ranks on the node."""
+    env = os.environ if environ is None else environ
+    omp = env.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, (len(cpu_affinity()) or os.cpu_count() or 1) // max(1, local_ranks))
+
+
 def slurm_attributes(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The Slurm job a process runs in (empty outside Slurm): job id (an array's parent id), array
     task and node list, as every run records them however it was launched (submitit or sbatch)."""
@@ -57,7 +74,7 @@ def describe_system(device: torch.device, local_world_size: int = 1,
     """GPUs (model, count, memory, driver, CUDA/cuDNN/NCCL, topology), CPU (model, cores given,
     affinity), /dev/shm, and the NCCL_/CUDA_/OMP_/MKL_ environment of this process."""
     env = os.environ if environ is None else environ
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    affinity = cpu_affinity()
     shm = shutil.disk_usage("/dev/shm").total if os.path.isdir("/dev/shm") else None
     info: dict[str, Any] = {
         "cpu_model": cpu_model(), "cpu_cores_machine": os.cpu_count(), "cpus_given": len(affinity) or os.cpu_count(),

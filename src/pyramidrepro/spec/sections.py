@@ -164,6 +164,7 @@ class TrainConfig(Section):
     static_graph: bool = False
     bucket_cap_mb: float = 25.0
     measure_link: bool = True
+    #: CPU threads per rank; None: OMP_NUM_THREADS where set, else the CPUs given to the process / local ranks
     threads: Optional[int] = None
     dist_timeout_s: float = 120.0
     checkpoint_every_s: Optional[float] = 300.0

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 
 from ..machine.devices import MemoryCap, cap_gpu_memory, cap_process_memory, request_allocator_settings, set_tf32
 from ..machine.parallel import DistEnv, detect_dist_env, free_port, init_process_group, pick_device
+from ..machine.system import default_threads
 from ..records.runs import new_run_id, run_dir_for
 from ..spec.config import ExperimentConfig
 from ..stats.scaling import Link, grad_bytes_of, measure_link
@@ -54,7 +54,7 @@ def open_context(cfg: ExperimentConfig, run_dir: str | Path | None, out_dir: str
     device = pick_device(cfg.devices.device, env)
     threads = None
     if device.type == "cpu":
-        threads = t.threads or max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
+        threads = t.threads or default_threads(env.local_world_size)
         torch.set_num_threads(threads)
     backend = None
     if t.mode == "ddp":
