@@ -11,7 +11,7 @@ from pyramidrepro.cluster.boundary import search
 from pyramidrepro.machine.devices import is_out_of_memory
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.schema import Attr, Status
-from support import SMOKE, run_cli
+from support import SMOKE
 
 
 def exhaustive(threshold: int, limit: int, resolution: int) -> tuple[int | None, int | None]:
@@ -54,14 +54,15 @@ def test_failed_allocations_of_every_kind_count_as_out_of_memory():
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
-def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path):
+def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path, cli):
     """Real probes (fresh processes) under RLIMIT_DATA: the batch found fits, the next step fails,
-    the report uses the probes for the largest batch only, and a second search reruns nothing."""
+    the report uses the probes for the largest batch only, and a second search reruns nothing.
+    The search itself, which only starts the probes, runs in this process."""
     out, found_json = tmp_path / "runs", tmp_path / "boundary.json"
     args = ["boundary", str(SMOKE), "--set", "devices.device=cpu", "--set", "devices.memory_limit_gb=1.3",
             "--set", "data.synthetic_train_size=2048", "--start", "64", "--resolution", "64", "--max-batch", "512",
             "--out", str(out), "--json-out", str(found_json)]
-    done = run_cli(*args, timeout=400)
+    done = cli(*args)
     assert done.returncode == 0, done.stdout + done.stderr
     [found] = json.loads(found_json.read_text())
     fit, fail = found["largest_fit"], found["smallest_failure"]
@@ -76,13 +77,13 @@ def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path):
     assert "can't allocate memory" in metrics[Attr.ERROR] and json.loads(metrics[Attr.BOUNDARY_SEARCH]) == {}
     assert metrics[Attr.ALLOCATOR_CAP_BYTES] > 0
 
-    report = run_cli("report", str(out), "--out", str(tmp_path / "report"))
+    report = cli("report", str(out), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert f"- single: fits {fit}, out of memory at {fail} (boundary search: {len(probes)} probes)" in text
     assert "| single |" not in text  # probes are too short to be throughput points
 
-    again = run_cli(*args, timeout=120)
+    again = cli(*args)
     assert again.returncode == 0, again.stderr
     [second] = json.loads(found_json.read_text())
     assert (second["largest_fit"], second["smallest_failure"], second["probes_run"]) == (fit, fail, 0)
