@@ -16,18 +16,16 @@ case gets the verdict it expects.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import signal
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from support import call_main
+from support import call_main, environment
 
 SMOKE = {
     "name": "fz",
@@ -70,21 +68,6 @@ class CaseTimeout(Exception):
 
 def _alarm(signum, frame):  # noqa: ANN001, ARG001
     raise CaseTimeout
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    """``env`` set in ``os.environ`` for the block, the old values back after it."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_case(case: Case, tmp: Path) -> Outcome:
