@@ -87,6 +87,15 @@ def test_writer_rewind_drops_rows_past_a_checkpoint(tmp_path):
     assert list(m["steps"]["step"]) == [1, 2, 3, 4, 5] and list(m["epochs"]["epoch"]) == [0]
 
 
+def test_a_new_metrics_file_appears_with_its_identity(tmp_path):
+    """A reader that finds the file (a report, a test waiting on a job) finds the run's identity in it:
+    the file is renamed into place with the attributes given, before any flush."""
+    w = MetricsWriter(tmp_path / "m.h5", flush_interval_s=100, attrs={"slurm_job_id": "42", "mode": "single"})
+    attrs = read_metrics(tmp_path / "m.h5")["attrs"]
+    assert (attrs["status"], attrs["slurm_job_id"], attrs["mode"]) == ("running", "42", "single")
+    w.close("completed")
+
+
 def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path, cli):
     out = tmp_path / "out"
     start = time.monotonic()

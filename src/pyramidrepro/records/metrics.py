@@ -83,10 +83,13 @@ class MetricsWriter:
     """Appends rows to ``metrics.h5``; only the process that owns the file creates one.
 
     ``reserve_bytes``: disk held for :meth:`close` (``.metrics.h5.reserve`` beside the file, taken before
-    the file is made and given back by :meth:`close`).
+    the file is made and given back by :meth:`close`).  ``attrs``: root attributes a new file holds from
+    the moment it appears (a reader never finds it without them); an existing one gets them at the
+    first flush.
     """
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 2.0, reserve_bytes: int = 0) -> None:
+    def __init__(self, path: str | Path, flush_interval_s: float = 2.0, reserve_bytes: int = 0,
+                 attrs: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self._steps: dict[str, list] = {k: [] for k in STEP_FIELDS}
@@ -96,6 +99,7 @@ class MetricsWriter:
         self._ranks: dict[str, np.ndarray] = {}
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
+        self.set_attrs(**(attrs or {}))
         self.flush_count = 0
         self.write_seconds = 0.0  # inside every call the training loop makes (buffering included)
         self.reserve = SpaceReserve(self.path.with_name(f".{self.path.name}.reserve"), reserve_bytes)
@@ -105,6 +109,7 @@ class MetricsWriter:
             try:
                 self._create(tmp)
                 tmp.replace(self.path)
+                self._attrs.clear()  # in the file already
             except BaseException:
                 self.reserve.release()
                 raise
@@ -121,6 +126,8 @@ class MetricsWriter:
                     g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK,))
             f.create_group("summary")
             f.attrs[Attr.STATUS] = Status.RUNNING.value
+            for k, v in self._attrs.items():
+                f.attrs[k] = _attr_value(v)
 
     # -- buffering ---------------------------------------------------------------------------
     def log_step(self, **row: Any) -> None:

@@ -53,10 +53,10 @@ class RunRecorder:
             self.metrics_path.rename(kept)
             print(f"{self.metrics_path}: an earlier attempt without a checkpoint; its metrics kept as {kept.name}",
                   flush=True)
+        attrs = {Attr.STATUS: Status.RUNNING, **identity, **dict.fromkeys(END_ATTRIBUTES, "")}
         self.writer = MetricsWriter(self.metrics_path, flush_interval_s=self.cfg.metrics.flush_interval_s,
-                                    reserve_bytes=FINAL_WRITE_RESERVE_BYTES)
-        self.writer.set_attrs(status=Status.RUNNING, **identity, **dict.fromkeys(END_ATTRIBUTES, ""))
-        self.writer.flush(force=True)
+                                    reserve_bytes=FINAL_WRITE_RESERVE_BYTES, attrs=attrs)
+        self.writer.flush(force=True)  # a resumed file's attributes
 
     # -- what the loop records ----------------------------------------------------------------
     def set_attrs(self, flush: bool = False, **attrs: Any) -> None:
