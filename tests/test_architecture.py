@@ -192,15 +192,13 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli)
     assert "reproduce: report (pass 1 of at most 2 done, the campaign goes on)" in r.stdout
     assert "reproduce: report (pass 2 of at most 2 done" in r.stdout
     assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
-    from argparse import Namespace
-
-    from pyramidrepro.cli.reproduce import ReportSchedule
+    from pyramidrepro.cli._campaign import ReportSchedule
     from pyramidrepro.cluster.campaign import Progress
 
-    settings = Namespace(out=str(out), max_repeats=2)
-    ReportSchedule(out / "rep", settings, every_s=3600)(Progress(1, 1, 2))  # too soon: not written
+    command = f"pyramidrepro reproduce --out {out}"
+    ReportSchedule(out / "rep", command, 2, every_s=3600)(Progress(1, 1, 2))  # too soon: not written
     assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
-    ReportSchedule(out / "rep", settings, every_s=0)(Progress(1, 1, 2))
+    ReportSchedule(out / "rep", command, 2, every_s=0)(Progress(1, 1, 2))
     assert "Campaign: pass 1 of at most 2 under way: 1 of 2 points done" in (out / "rep" / "report.md").read_text()
     again = cli(*args, "--ci-target", "0.01")
     assert again.stdout.count("already done, skipped") == 4, again.stdout

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from pyramidrepro.spec.config import ConfigError, expand_sweep, load_config
-from support import SMOKE, run_cli
+from support import ONCE, SMOKE, run_cli
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -124,14 +124,14 @@ def test_help_explains_commands(cli):
 ])
 def test_bad_dispatch_values_name_the_key(tmp_path, sets, key, msg, cli):
     args = [x for s in sets for x in ("--set", s)]
-    r = cli("submit", str(SMOKE), "--set", "cluster.executor=slurm", "--dry-run", "--out", str(tmp_path), *args)
+    r = cli("submit", str(SMOKE), *ONCE, "--set", "cluster.executor=slurm", "--dry-run", "--out", str(tmp_path), *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert key in r.stderr and msg in r.stderr and str(SMOKE) in r.stderr
     assert not list(tmp_path.iterdir())
 
 
 def test_local_executor_runs_a_point(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "local", "--out", str(tmp_path), "--wait",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "local", "--out", str(tmp_path), "--wait",
                 "--set", "model.depth=8", "--set", "model.alpha=4")
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(list(tmp_path.glob("smoke/*/metrics.h5"))) == 1

@@ -25,7 +25,7 @@ from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
-from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
 from support.slurm import preempt_and_resume, slurm_unavailable
 
@@ -142,7 +142,8 @@ def test_debug_executor_cannot_run_in_an_image(tmp_path):
         (fake / part).mkdir(parents=True)
     (fake / "opt/pyramidrepro/src/pyramidrepro/__init__.py").write_text("")
     (fake / "opt/venv/bin/python").write_text("")
-    r = run_cli("submit", str(SMOKE), "--cluster", "debug", "--out", str(tmp_path / "out"), "--container", str(fake),
+    r = run_cli("submit", str(SMOKE), *ONCE,
+                "--cluster", "debug", "--out", str(tmp_path / "out"), "--container", str(fake),
                 "--set", "container.runtime=bwrap", *TINY)
     assert r.returncode == 2 and "cluster.executor" in r.stderr and "use local or slurm" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
@@ -296,7 +297,7 @@ def test_two_rank_ddp_inside_the_image(image, tmp_path):
 
 
 def test_submit_local_runs_in_the_image(image, tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "local", "--wait", "--out", str(tmp_path),
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "local", "--wait", "--out", str(tmp_path),
                 "--container", str(image), *TINY, "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:],
                 "--set", "cluster.tasks_per_node=2")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -357,7 +358,7 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
         assert "torch is not installed here" in here.stderr and not (tmp_path / "here").exists()
     info = run_cli("model-info", "--depth", "20", "--alpha", "12", env=light)
     assert info.returncode == 2 and "needs torch, which is not installed here" in info.stderr, info.stderr
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--wait", "--poll", "2", "--out", str(tmp_path),
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--wait", "--poll", "2", "--out", str(tmp_path),
                 "--container", str(image), *TINY, "--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10",
                 "--set", "sweep=[{train.mode: [single]}, {train.mode: [ddp], cluster.nodes: [2]}]", *DDP[2:],
                 "--set", "cluster.tasks_per_node=1", timeout=600, env=light)

@@ -23,7 +23,7 @@ from pyramidrepro.machine.slurm_state import Node, Request, never_starts, waits_
 from pyramidrepro.records import lock as lock_module
 from pyramidrepro.records.lock import LOCK_NAME, RunFolderError, RunLock
 from pyramidrepro.records.metrics import read_metrics
-from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.slurm import slurm_unavailable
 
 NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "drain", ("debug",)),
@@ -249,7 +249,7 @@ def test_wait_asks_squeue_once_per_poll_and_no_more_often(tmp_path):
     env = {"PATH": f"{log.parent}:{os.environ['PATH']}"}
     t0 = time.time()
     try:
-        r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path / "out"), "--wait",
+        r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path / "out"), "--wait",
                     "--poll", str(poll), "--no-preflight", *TINY, "--set", "sweep={train.batch_size: [16, 32, 48]}",
                     "--set", "train.max_steps=6", env=env, timeout=120)
     except BaseException:
@@ -266,7 +266,7 @@ def test_wait_asks_squeue_once_per_poll_and_no_more_often(tmp_path):
     assert squeue and min(gaps, default=poll) >= poll - 0.05  # one call per poll, none sooner
     assert len(squeue) <= elapsed / poll + 1
     assert len(sinfo) <= 1 + len(squeue) // NODES_EVERY and not sacct
-    assert "[wait] 3/3 done" in r.stdout and "elapsed" in r.stdout and "3/3 job(s) completed" in r.stdout
+    assert "[wait] 3/3 done" in r.stdout and "elapsed" in r.stdout and "submit: 3 runs of 3 points" in r.stdout
 
 
 def _drain(node: str) -> None:
@@ -284,7 +284,8 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
     proc = None
     try:
         _drain(node)  # the only node the job may use
-        proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), "--cluster", "slurm",
+        proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE,
+                                 "--cluster", "slurm",
                                  "--out", str(tmp_path), "--wait", "--poll", "1", *TINY, *_on(node),
                                  "--set", "train.max_steps=4"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -310,13 +311,13 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
     print(text)
     assert f"UnavailableNodes:{node}; {node} dr" in report and "waits for its nodes to come back" in report, text
     assert "NEVER STARTS" not in text and proc.returncode == 0
-    assert "1/1 job(s) completed" in text
+    assert "submit: 1 runs of 1 points" in text and ", 0 failed" in text
 
 
 @pytest.mark.slurm
 @needs_slurm
 def test_a_second_run_from_another_node_is_refused_and_scancel_leaves_the_run_interrupted(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), *TINY, *LONG, *_on("node1"),
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), *TINY, *LONG, *_on("node1"),
                 timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = r.stdout.split("submitted ", 1)[1].split(":")[0]

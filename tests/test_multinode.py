@@ -13,7 +13,7 @@ import pytest
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import load_run
-from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.slurm import assert_requeue_recorded, preempt_and_resume, sbatch_multinode_template, slurm_unavailable
 
 reason = slurm_unavailable(min_nodes=3)
@@ -48,7 +48,8 @@ def _ranks_in(node: str, marker: str) -> list[int]:
 
 @pytest.mark.parametrize(("per_node", "loader"), [(1, "dali"), (2, "torch")])
 def test_ddp_across_two_nodes(tmp_path, per_node, loader):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY,
+    r = run_cli("submit", str(SMOKE), *ONCE,
+                "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY,
                 *DDP_ACROSS, "--set", "cluster.nodes=2", "--set", f"cluster.tasks_per_node={per_node}",
                 "--set", f"data.loader={loader}")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -93,7 +94,8 @@ def test_plain_sbatch_template_lands_the_same_result(tmp_path):
 
 def test_a_rank_killed_on_one_node_ends_the_job_fast(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path),
+        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE,
+         "--cluster", "slurm", "--out", str(tmp_path),
          "--wait", "--poll", "1", *TINY, "--set", "train.mode=ddp", "--set", "train.batch_size=48",
          "--set", "cluster.nodes=3", "--set", "cluster.tasks_per_node=1",
          "--set", "train.max_steps=100000", "--set", "train.epochs=1000"],
@@ -146,7 +148,7 @@ def _queued(name: str = "smoke") -> list[str]:
 
 
 def test_preflight_refuses_what_no_node_can_hold(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", *UNSATISFIABLE)
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", *UNSATISFIABLE)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "cluster" in r.stderr and "no node can run 1 node(s) x 2 task(s) x 2 CPU(s)" in r.stderr
     assert "needs 4 CPUs" in r.stderr and "the largest node has 2 CPUs" in r.stderr
@@ -154,7 +156,7 @@ def test_preflight_refuses_what_no_node_can_hold(tmp_path):
 
 
 def test_a_request_sbatch_refuses_is_one_clear_line(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--no-preflight",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--no-preflight",
                 *UNSATISFIABLE)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "cluster: sbatch refused 1 node(s) x 2 task(s) x 2 CPU(s): " in r.stderr
@@ -169,7 +171,7 @@ OVER_THE_LIMIT = [*TINY, "--set", "cluster.partition=short", "--set", "cluster.t
 @pytest.mark.parametrize("choice", ["cancel", "keep"])
 def test_a_job_that_can_never_start_ends_the_wait(tmp_path, choice):
     t0 = time.monotonic()
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
                 "--never-starts", choice, *OVER_THE_LIMIT, timeout=120)
     elapsed = time.monotonic() - t0
     print(f"request over the partition's limit ({choice}): --wait exited {r.returncode} after {elapsed:.1f} s")

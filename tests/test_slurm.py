@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pyramidrepro.records.metrics import read_metrics
-from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.slurm import assert_requeue_recorded, preempt_and_resume, slurm_unavailable
 
 reason = slurm_unavailable()
@@ -26,16 +26,17 @@ def _runs(out):
 
 
 def test_single_task_run(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY)
+    r = run_cli("submit", str(SMOKE), *ONCE,
+                "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
     assert m["attrs"]["status"] == "completed"
     assert m["attrs"]["slurm_job_id"] and m["attrs"]["slurm_nodelist"]
-    assert "submitted" in r.stdout and "1/1 job(s) completed" in r.stdout
+    assert "submitted" in r.stdout and "submit: 1 runs of 1 points" in r.stdout and ", 0 failed" in r.stdout
 
 
 def test_two_task_ddp_run(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
                 "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
@@ -44,7 +45,7 @@ def test_two_task_ddp_run(tmp_path):
 
 
 def test_three_point_sweep_is_one_job_array(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
                 "--set", "sweep={train.batch_size: [32, 64, 128]}", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = _runs(tmp_path)
@@ -56,7 +57,7 @@ def test_three_point_sweep_is_one_job_array(tmp_path):
 
 def test_scancel_is_reported_quickly(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), "--cluster", "slurm", "--out",
+        [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out",
          str(tmp_path), "--wait", "--poll", "1", "--set", "train.max_steps=100000", "--set", "train.epochs=1000",
          *TINY],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -91,7 +92,7 @@ def test_preempted_job_is_requeued_and_metrics_continue(tmp_path):
 
 
 def test_dry_run_shows_the_generated_scripts(tmp_path):
-    r = run_cli("submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--dry-run",
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--dry-run",
                 "--set", "sweep={train.batch_size: [32, 64, 128]}", "--set", "train.mode=ddp",
                 "--set", "cluster.gpus_per_node=4", "--set", "cluster.nodes=2",
                 "--set", "cluster.array_parallelism=2", "--set", "container.image=/img/pyramidrepro.sif",

@@ -12,7 +12,7 @@ from pyramidrepro.machine.slurm_state import Node, unsatisfiable
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import run_dir_for
 from pyramidrepro.spec.config import expand_sweep, load_config
-from support import ROOT, SMOKE
+from support import ONCE, ROOT, SMOKE
 from support.slurm import slurm_unavailable
 
 FIG5 = str(ROOT / "experiments" / "fig5.yaml")
@@ -52,7 +52,7 @@ def test_each_point_asks_for_the_gpus_it_uses(cli, tmp_path):
 
 
 def test_site_keys_are_shown_where_set(cli, tmp_path):
-    r = cli("submit", str(SMOKE), "--dry-run", "--out", str(tmp_path), "--cluster", "slurm",
+    r = cli("submit", str(SMOKE), *ONCE, "--dry-run", "--out", str(tmp_path), "--cluster", "slurm",
             "--set", "cluster.reservation=maint_0401", "--set", "cluster.qos=high", "--set", "cluster.constraint=v100",
             "--set", "cluster.wckey=proj7", "--set", "cluster.master_port=29400")
     assert r.returncode == 0, r.stderr
@@ -63,7 +63,8 @@ def test_site_keys_are_shown_where_set(cli, tmp_path):
 
 
 def test_dp_and_the_preflight_read_the_gres(cli, tmp_path):
-    dp = ["submit", str(SMOKE), "--dry-run", "--out", str(tmp_path), "--cluster", "slurm", "--set", "train.mode=dp"]
+    dp = ["submit", str(SMOKE), *ONCE,
+          "--dry-run", "--out", str(tmp_path), "--cluster", "slurm", "--set", "train.mode=dp"]
     assert cli(*dp, "--set", "cluster.gres=gpu:a100:2").returncode == 0
     legacy = cli(*dp, "--set", "cluster.gpus_per_node=0", "--set", "cluster.additional_parameters={gres: gpu:2}")
     assert legacy.returncode == 0, legacy.stderr  # the hand-written form of before still counts
@@ -96,7 +97,7 @@ def test_submit_skips_done_points_unless_told(cli, tmp_path):
     sweep = ["--set", "sweep={train.batch_size: [16, 32]}"]
     (done_id, _), (todo_id, _) = expand_sweep(load_config(SMOKE, sweep[1:]), str(SMOKE))
     _done_run(run_dir_for(tmp_path, "smoke", done_id), "oom")
-    args = ["submit", str(SMOKE), "--dry-run", "--out", str(tmp_path), "--cluster", "slurm", *sweep]
+    args = ["submit", str(SMOKE), *ONCE, "--dry-run", "--out", str(tmp_path), "--cluster", "slurm", *sweep]
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert f"skip {done_id}: done (oom)" in r.stdout and f"/{done_id}\n" not in r.stdout
@@ -119,7 +120,7 @@ slurm_reason = slurm_unavailable()
 def test_a_resubmission_on_slurm_reruns_only_the_failed_point(cli, tmp_path):
     # 3 points train; the 4th asks for CIFAR-10 where there is none: it passes every check, then fails in its job
     sweep = "sweep=[{train.batch_size: [16, 32, 48]}, {data.source: [cifar10], data.root: [/nonexistent/cifar]}]"
-    args = ["submit", str(SMOKE), "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
+    args = ["submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
             "--set", sweep, "--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1"]
     first = cli(*args)
     assert first.returncode == 1, first.stdout + first.stderr

@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
+#: ``submit`` runs every point once (its cluster defaults repeat each at least twice)
+ONCE = ("--min-repeats", "1", "--max-repeats", "1")
 #: torch.compile's on-disk cache in inductor's own default place, for the tests that compile: they check
 #: what is compiled and reported, not how long a cold compile takes (about 45 s of a 2-core CPU each),
 #: so a machine that ran the suite once compiles from it, as a user's second run would

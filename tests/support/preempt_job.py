@@ -71,7 +71,7 @@ def requeue_once_resumed(job, metrics_file: str, more_steps: int) -> None:  # no
 
 def main(smoke: str, out: str, after_steps: int, overrides: list[str], requeue_after: int = 0) -> None:
     cfg = load_config(smoke, [*BASE, *overrides])
-    (job,) = dispatch.submit(cfg, "smoke", out)
+    ((_, job),) = dispatch.submit(cfg, "smoke", out)
     files = wait_for_steps(out, after_steps)
     job._interrupt()
     print("interrupted", flush=True)

@@ -9,7 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, bench_loader, boundary, model_info, report, reproduce, run, scaling, submit, validate
+from . import (
+    bench,
+    bench_loader,
+    boundary,
+    follow,
+    model_info,
+    report,
+    reproduce,
+    run,
+    scaling,
+    status,
+    submit,
+    validate,
+)
 from ._errors import exit_code_for, interrupted
 from ._version import VersionAction
 from .reproduce import default_experiment
@@ -17,7 +30,8 @@ from .reproduce import default_experiment
 __all__ = ["build_parser", "default_experiment", "main"]
 
 #: the commands, in the order ``--help`` lists them
-COMMANDS = (run, validate, model_info, bench_loader, bench, scaling, submit, boundary, report, reproduce)
+COMMANDS = (run, validate, model_info, bench_loader, bench, scaling, submit, status, follow, boundary, report,
+            reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..spec.config import ConfigError, ExperimentConfig, load_config
+from ._campaign import ReportSchedule, add_repeat_args, print_summary, repeats_of, take_up
 from ._common import add_container_arg, add_out_arg, add_set_arg, container_override, default_nproc, hardware
-from ._types import int_between, percentage
 
-if TYPE_CHECKING:
-    from ..cluster.campaign import Progress
-
-MAX_REPEATS = 20
 ONE_GPU_SWEEP = "sweep={train.mode: [single], train.batch_size: [32, 64, 128, 256, 512, 1024]}"
 
 
@@ -23,19 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``reproduce`` to ``sub``."""
     p = sub.add_parser("reproduce", help="run the campaign sized for this machine, then report",
                        description="CPU only: experiments/quick_cpu.yaml (single vs 2-rank gloo DDP, "
-                                   "small PyramidNet). GPUs: experiments/fig5.yaml under a 12 GB cap.")
+                                   "small PyramidNet). GPUs: experiments/fig5.yaml under a 12 GB cap. One point "
+                                   "at a time through submitit's local executor, in passes of repeats; the "
+                                   "campaign's state is kept in OUT/<experiment>/campaign.json, so running it "
+                                   "again resumes it (done runs are skipped).")
     add_out_arg(p, default="results/local")
     p.add_argument("--experiment", help="campaign file (default: chosen by the hardware)")
     add_set_arg(p, "config override")
     p.add_argument("--nproc", type=int, help="DDP ranks (default: GPUs present, or 2 on CPU)")
-    p.add_argument("--ci-target", type=percentage, default=2.0, metavar="PERCENT",
-                   help="repeat a point while its images/s 95 %% interval is wider than +-PERCENT of the mean "
-                        "(default: 2)")
-    p.add_argument("--max-repeats", type=int_between(1, MAX_REPEATS), default=3,
-                   help="runs of one point at most (default: 3)")
-    p.add_argument("--min-repeats", type=int, default=3,
-                   help="runs of every point at least, a pass apart: one run's interval cannot see how much "
-                        "the machine drifts between runs (default: 3)")
+    add_repeat_args(p, minimum=3, maximum=3, ci_target=2.0, why="a laptop's time is cheap")
     add_container_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -68,22 +57,6 @@ def campaign_overrides(args: argparse.Namespace, experiment: str, n_gpus: int) -
     return overrides
 
 
-def check_min_repeats(args: argparse.Namespace) -> None:
-    """ConfigError unless 1 <= ``--min-repeats`` <= ``--max-repeats``."""
-    if not 1 <= args.min_repeats <= args.max_repeats:
-        raise ConfigError("reproduce", "--min-repeats", f"must be between 1 and --max-repeats ({args.max_repeats}), "
-                                                         f"got {args.min_repeats}")
-
-
-def print_summary(results: list, failed: int, report: dict, seconds: float) -> None:
-    """Runs, points, failures and time, each claim's verdict, and where the report is."""
-    points = {re.sub(r"-r[0-9]+$", "", r[0]) for r in results}
-    print(f"reproduce: {len(results)} runs of {len(points)} points in {seconds:.0f} s, {failed} failed")
-    for c in report["claims"]:
-        print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
-    print(f"reproduce: report at {report['report']}")
-
-
 def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
     """ConfigError before anything runs when torch or the campaign's loader is not installed here (the
     image brings its own)."""
@@ -93,58 +66,24 @@ def check_loader(cfg: ExperimentConfig, experiment: str) -> None:
         raise ConfigError(experiment, *problem)
 
 
-#: while a pass runs, the report is written again once this long has passed since the last one
-REPORT_EVERY_S = 240.0
-
-
-class ReportSchedule:
-    """The campaign's report, written at the end of every pass and, within a pass, once
-    :data:`REPORT_EVERY_S` have passed since the last one; each says how far the campaign had come."""
-
-    def __init__(self, out_dir: Path, args: argparse.Namespace, every_s: float = REPORT_EVERY_S) -> None:
-        self.out_dir, self.args, self.every_s = out_dir, args, every_s
-        self.last = time.monotonic()
-        self.passes = 0
-
-    def __call__(self, progress: Progress) -> None:
-        if progress.pass_ended:
-            self.passes = progress.number
-            self.write(f"pass {progress.number} of at most {self.args.max_repeats} done, the campaign goes on")
-        elif time.monotonic() - self.last >= self.every_s:
-            self.write(f"pass {progress.number} of at most {self.args.max_repeats} under way: "
-                       f"{progress.point} of {progress.points} points done, the campaign goes on")
-
-    def write(self, stage: str, final: bool = False) -> dict:
-        from ..study.report import build_report
-
-        report = build_report(self.out_dir, self.out_dir, command=f"pyramidrepro reproduce --out {self.args.out}",
-                              stage=stage)
-        self.last = time.monotonic()
-        if not final:
-            print(f"reproduce: report ({stage}) at {report['report']}", flush=True)
-        return report
-
-    def final(self) -> dict:
-        return self.write(f"complete after {self.passes} pass(es)", final=True)
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Pick the campaign for the hardware present, run it, write the report after each pass."""
-    from ..cluster.campaign import Repeats, run_campaign
+    from ..cluster.campaign import Campaign, drive
+    from ..cluster.campaign_launchers import LocalLauncher
 
     kind, n_gpus = hardware()
     experiment = args.experiment or default_experiment(n_gpus)
     cfg = load_config(experiment, campaign_overrides(args, experiment, n_gpus))
-    check_min_repeats(args)
+    repeats = repeats_of(args)
     check_loader(cfg, experiment)
     ranks = default_nproc(args, n_gpus)
     print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
           + f", DDP with {ranks} ranks, loader {cfg.data.loader}, results in {args.out}", flush=True)
     t0 = time.monotonic()
-    reports = ReportSchedule(Path(args.out) / cfg.name, args)
-    repeats = Repeats(args.min_repeats, args.max_repeats, args.ci_target / 100)
-    results = run_campaign(cfg, experiment, args.out, ranks, repeats, on_progress=reports)
+    campaign = Campaign.of(cfg, experiment, args.out)
+    state = take_up(campaign, repeats, "local", ddp_ranks=ranks)
+    reports = ReportSchedule(campaign.folder, f"pyramidrepro reproduce --out {args.out}", repeats.maximum)
+    outcome = drive(campaign, state, LocalLauncher(ranks, on_progress=reports), on_progress=reports)
     report = reports.final()
-    failed = sum("exit" in r[1] for r in results)
-    print_summary(results, failed, report, time.monotonic() - t0)
-    return 1 if failed else 0
+    print_summary("reproduce", outcome, report, time.monotonic() - t0)
+    return 1 if outcome.failed else 0

@@ -6,6 +6,7 @@ from .._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "dispatch": ("submit", "wait", "make_executor", "preflight", "sbatch_preview"),
     "requests": ("gpu_request", "GpuRequest", "tasks_per_node"),
-    "campaign": ("run_campaign",),
+    "campaign": ("Campaign", "drive"),
+    "campaign_state": ("CampaignState", "Repeats", "load_state"),
     "boundary": ("find_boundaries", "ProbeError"),
 })

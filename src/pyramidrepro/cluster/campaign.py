@@ -1,70 +1,95 @@
-"""The local campaign behind ``reproduce``: ``submit --cluster local``, one point at a time.
+"""The campaign engine behind ``reproduce``, ``submit`` and ``follow``: passes of repeats, one rule.
 
-Every sweep point is submitted through submitit's local executor (:mod:`.dispatch`), the same
-job a Slurm array runs, and waited for before the next starts, so each point has the machine to
-itself and a crash or an out-of-memory point ends that point only.  Points whose run is done
-(:func:`.runs.is_done`) are skipped, so an interrupted campaign picks up where it stopped.
+Every point runs at least ``minimum`` times (one run's interval cannot see how much the machine drifts
+between runs), and a point whose images/s interval is still wider than ``ci_target`` (a fraction of the
+mean) runs again, as ``<run id>-r2``, ``-r3`` ..., each repeat in a later pass over the points, until the
+repeats pooled (:func:`.measure.pool`) are narrow enough or ``maximum`` runs exist.  A pass starts only
+when every run of the previous one has ended, so a point's repeats are a pass apart.
 
-Every point runs at least ``min_repeats`` times (one run's interval cannot see how much the
-machine drifts between runs), and a point whose images/s interval is still wider than ``ci_target``
-(a fraction of the mean) runs again, as ``<run id>-r2``, ``-r3`` ..., each repeat in a later pass
-over the points, until the repeats pooled (:func:`.measure.pool`) are narrow enough or
-``max_repeats`` runs exist.
+The executor is the only difference (:mod:`.campaign_launchers`): locally one point at a time, each with
+the machine to itself; on Slurm one job array per pass and layout.  What was planned and submitted is
+kept in the campaign's state (:mod:`.campaign_state`), so any later process takes the campaign over:
+a run whose job is still queued or running is not submitted again, one whose job vanished without a
+result is, and a run that is done is skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..records.runs import is_done, load_run, run_dir_for, status_of
+from ..records.runs import load_run, run_dir_for, status_of
 from ..spec.config import ExperimentConfig, expand_sweep
-from ..spec.schema import EXIT_CODES, FINISHED, Status
+from ..spec.schema import FINISHED, Status
 from ..stats.measure import Estimate, pool
-from . import dispatch
+from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
+from .campaign_view import ENDED_HERE, Kind, RunView, look, slurm_queue
+
+__all__ = ["Campaign", "Outcome", "Progress", "Repeats", "drive", "point_estimate", "repeat_id", "why_repeat"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Campaign:
-    """What every run of a campaign shares: the experiment, where it came from and writes to, the
-    DDP ranks of a point, where progress is told, and when the campaign started."""
+    """What every run of a campaign shares: the experiment and where it came from, the results folder,
+    its points ({run id: config}, in sweep order), where progress is told, and when this process
+    took the campaign up."""
 
     cfg: ExperimentConfig
     source: str
-    out: str | Path
-    ddp_ranks: int
+    out: Path
+    points: dict[str, ExperimentConfig]
     stream: TextIO
-    started: float  # time.monotonic()
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, source: str, out: str | Path, stream: TextIO | None = None) -> Campaign:
+        """The campaign of ``cfg``'s sweep; ``stream``: where lines go (default ``sys.stdout`` at the call)."""
+        return cls(cfg, source, Path(out), dict(expand_sweep(cfg, source)), stream or sys.stdout)
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.cfg.name
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Repeats:
-    """How often a point runs: at least ``minimum`` times, again while its images/s interval is wider
-    than ``ci_target`` (a fraction of the mean; None: never), at most ``maximum`` times."""
+class Progress:
+    """Where a campaign stands after a run: pass ``number``, its ``point`` of ``points``, and whether
+    that pass has ended (then ``point == points``)."""
 
-    minimum: int = 1
-    maximum: int = 1
-    ci_target: float | None = None
-
-
-def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
-    """A point as the local executor runs it: DDP with ``ddp_ranks`` processes on this machine."""
-    cluster = dataclasses.replace(cfg.cluster, executor="local", tasks_per_node=ddp_ranks, nodes=1)
-    return dataclasses.replace(cfg, cluster=cluster)
+    number: int
+    point: int
+    points: int
+    pass_ended: bool = False
 
 
-def repeat_id(run_id: str, repeat: int) -> str:
-    """The run id of a point's ``repeat``-th run (the first keeps the point's own)."""
-    return run_id if repeat == 1 else f"{run_id}-r{repeat}"
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """Where :func:`drive` left the campaign: its passes, every run's view, and whether it is complete
+    (else it waits for the ``waiting`` runs' jobs)."""
+
+    passes: int
+    runs: list[RunView]
+    complete: bool
+
+    @property
+    def failed(self) -> list[RunView]:
+        return [v for v in self.runs if v.kind is Kind.FAILED or (v.status and v.status not in FINISHED
+                                                                  and v.kind is not Kind.WAITING)]
+
+    @property
+    def waiting(self) -> list[RunView]:
+        return [v for v in self.runs if v.kind is Kind.WAITING]
 
 
 def point_estimate(out: str | Path, experiment: str, run_id: str, repeats: int) -> Estimate | None:
-    """The pooled images/s of a point's completed runs so far; None when none has a figure."""
+    """The pooled images/s of a point's completed runs among its first ``repeats``; None when none has a figure."""
     runs = []
     for n in range(1, repeats + 1):
         metrics = run_dir_for(out, experiment, repeat_id(run_id, n)) / "metrics.h5"
@@ -85,20 +110,9 @@ def needs_repeat(estimate: Estimate | None, ci_target: float | None) -> bool:
             and (estimate.samples < 2 or estimate.ci > ci_target * estimate.images_per_s))
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """Where a campaign stands after a run: pass ``number``, its ``point`` of ``points``, and whether
-    that pass has ended (then ``point == points``)."""
-
-    number: int
-    point: int
-    points: int
-    pass_ended: bool = False
-
-
 def why_repeat(estimate: Estimate | None, repeat: int, repeats: Repeats) -> str | None:
     """Why a point with ``estimate`` so far runs its ``repeat``-th time (> 1), or None: it does not."""
-    if estimate is None:
+    if estimate is None or repeat > repeats.maximum:
         return None
     if repeat <= repeats.minimum:
         return f"repeat {repeat} of at least {repeats.minimum}"
@@ -109,67 +123,117 @@ def why_repeat(estimate: Estimate | None, repeat: int, repeats: Repeats) -> str 
     return None
 
 
-def run_campaign(cfg: ExperimentConfig, source: str, out: str | Path, ddp_ranks: int,
-                 repeats: Repeats = Repeats(), stream: TextIO | None = None,
-                 on_progress: Callable[[Progress], None] | None = None) -> list[tuple[str, str, float]]:
-    """Run every sweep point here, in passes; returns (run id, outcome, seconds) per run.
+def repeats_due(out: str | Path, experiment: str, ended: list[RunView], repeats: Repeats,
+                number: int) -> list[tuple[str, Estimate, str]]:
+    """(point, its estimate so far, why) for each point that runs again in pass ``number``: those whose
+    run completed in the pass before (``ended``) and whose repeats do not yet meet the rule."""
+    due = []
+    for view in ended:
+        if not view.completed:
+            continue  # oom, nan or failed: measuring it again would not change that
+        point = point_of(view.run_id)
+        estimate = point_estimate(out, experiment, point, number - 1)
+        why = why_repeat(estimate, number, repeats)
+        if why is not None and estimate is not None:
+            due.append((point, estimate, why))
+    return due
 
-    The first ``repeats.minimum`` passes run every point; each later pass runs again the points whose
-    pooled interval is still wider than ``repeats.ci_target``.  A point's repeats are thus a pass
-    apart, not back to back, so a slow drift of the machine shows in their spread instead of in one
-    point alone.  The outcome is the run's status, with `` (exit N)`` added when its job did not end
-    cleanly.  ``on_progress`` hears of every run and of the end of every pass that ran something.
-    ``stream``: where the lines go (default: ``sys.stdout`` as it is at the call).
-    """
-    points = expand_sweep(cfg, source)
-    results: list[tuple[str, str, float]] = []
-    stopped: set[str] = set()  # points that ended oom, nan or failed: not measured again
-    campaign = Campaign(cfg, source, out, ddp_ranks, stream or sys.stdout, time.monotonic())
+
+def next_pass(c: Campaign, state: CampaignState, ended: list[RunView]) -> list[str]:
+    """The run ids of the pass after the one whose runs ``ended`` (:func:`repeats_due`); a line per point
+    that runs again."""
+    number = len(state.passes) + 1
+    due = repeats_due(c.out, c.cfg.name, ended, state.repeats, number)
+    for i, (point, estimate, why) in enumerate(due, 1):
+        c.say(f"[{i}/{len(due)}] {point}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s ({why})")
+    return [repeat_id(point, number) for point, _, _ in due]
+
+
+class Launcher:
+    """How a campaign's runs get onto machines (:mod:`.campaign_launchers`): ``launch`` submits the due
+    runs (recording each job in the state); a synchronous launcher has run them to their end by then,
+    else ``follow`` waits for the waiting runs' jobs to end."""
+
+    synchronous = True
+
+    def launch(self, c: Campaign, state: CampaignState, number: int, due: list[RunView]) -> None:
+        raise NotImplementedError
+
+    def follow(self, c: Campaign, state: CampaignState, waiting: list[RunView]) -> None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Session:
+    """What this process learnt while driving: runs it took to an end without a result (not submitted
+    again by it) and the jobs it followed to their end (the controller is not asked about them again)."""
+
+    given_up: set[str] = dataclasses.field(default_factory=set)
+    ended_jobs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+    def queue(self, state: CampaignState, run_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+        """The controller's view of the runs' latest jobs; one ``squeue`` call unless every one ended here."""
+        return slurm_queue(state, run_ids, known=self.ended_jobs)
+
+    def look(self, c: Campaign, state: CampaignState, run_ids: list[str]) -> list[RunView]:
+        return look(state, c.out, run_ids, self.queue(state, run_ids), frozenset(self.given_up))
+
+    def followed(self, views: list[RunView]) -> None:
+        self.given_up |= {v.run_id for v in views}
+        self.ended_jobs |= {v.job.job_id: (ENDED_HERE, "") for v in views if v.job}
+
+
+def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = True,
+          on_progress: Callable[[Progress], None] | None = None) -> Outcome:
+    """Take the campaign from where ``state`` says it stands to its end (``wait``), or until every run of
+    the current pass is submitted (not ``wait``: then it returns with the runs it waits for).
+
+    ``on_progress`` hears of the end of every pass (and, from a synchronous launcher, of every run)."""
     tell = on_progress or (lambda progress: None)
-    for repeat in range(1, repeats.maximum + 1):
-        ran = len(results)
-        for i, (run_id, point_cfg) in enumerate(points, 1):
-            counter = f"[{i}/{len(points)}]"
-            if repeat > 1:
-                estimate = point_estimate(out, cfg.name, run_id, repeat - 1)
-                why = None if run_id in stopped else why_repeat(estimate, repeat, repeats)
-                if why is None:
-                    continue
-                print(f"{counter} {run_id}: {estimate.images_per_s:,.1f} ± {estimate.ci:,.1f} images/s ({why})",
-                      file=stream, flush=True)
-            outcome = run_point(campaign, repeat_id(run_id, repeat), point_cfg, counter)
-            results.append(outcome)
-            if outcome[1] not in (Status.COMPLETED, "skipped"):
-                stopped.add(run_id)
-            if outcome[1] != "skipped":
-                tell(Progress(repeat, i, len(points)))
-        if len(results) > ran:
-            tell(Progress(repeat, len(points), len(points), pass_ended=True))
-    return results
+    session = Session()
+    if not state.passes:
+        state.passes.append(list(c.points))
+    say_done(c, state)
+    while True:
+        number, run_ids = len(state.passes), state.passes[-1]
+        views = session.look(c, state, run_ids)
+        due = [v for v in views if v.kind is Kind.DUE]
+        waiting = [v for v in views if v.kind is Kind.WAITING and v.run_id not in session.given_up]
+        if due:
+            launcher.launch(c, state, number, due)
+            if launcher.synchronous:
+                session.given_up |= {v.run_id for v in due}  # run to their end: no result now means failed
+                continue
+            waiting += [dataclasses.replace(v, kind=Kind.WAITING, job=state.last_job(v.run_id)) for v in due]
+        if waiting and not wait:
+            return Outcome(number, session.look(c, state, all_run_ids(state)), complete=False)
+        if waiting:
+            launcher.follow(c, state, waiting)
+            session.followed(waiting)
+            continue
+        tell(Progress(number, len(views), len(views), pass_ended=True))
+        following = next_pass(c, state, views)
+        if not following:
+            return Outcome(number, session.look(c, state, all_run_ids(state)), complete=True)
+        state.passes.append(following)
+        save_state(c.folder, state)
+        c.say(f"pass {number + 1} of at most {state.repeats.maximum}: {len(following)} run(s)")
 
 
-def run_point(campaign: Campaign, run_id: str, point_cfg: ExperimentConfig, counter: str) -> tuple[str, str, float]:
-    """One run of one point through the local executor (skipped when its folder says done)."""
-    c, stream = campaign, campaign.stream
-    folder = run_dir_for(c.out, c.cfg.name, run_id)
-    label = f"{counter} {run_id}"
-    if is_done(folder):
-        print(f"{label}: already done, skipped", file=stream, flush=True)
-        return run_id, "skipped", 0.0
-    print(f"{label}: running ...", file=stream, flush=True)
-    t0 = time.monotonic()
-    job = dispatch.submit(c.cfg, c.source, c.out, stream=io.StringIO(),
-                          points=[(run_id, local_point(point_cfg, c.ddp_ranks))])[0]
-    error = ""
-    try:
-        job.results()
-    except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
-        error = "\n".join(str(exc).strip().splitlines()[-5:])
-    status = status_of(folder) or Status.FAILED
-    code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
-    outcome = status if code == 0 else f"{status} (exit {code})"
-    print(f"{label}: {outcome} in {time.monotonic() - t0:.1f} s "
-          f"(elapsed {time.monotonic() - c.started:.0f} s)", file=stream, flush=True)
-    if error:
-        print(f"    {error}", file=stream, flush=True)
-    return run_id, outcome, time.monotonic() - t0
+def say_done(c: Campaign, state: CampaignState) -> None:
+    """A line per run of the campaign that is done already (it is skipped)."""
+    done = {v.run_id for v in all_runs(c, state) if v.kind is Kind.DONE}
+    for runs in state.passes:
+        for i, run_id in enumerate(runs, 1):
+            if run_id in done:
+                c.say(f"[{i}/{len(runs)}] {run_id}: already done, skipped")
+
+
+def all_run_ids(state: CampaignState) -> list[str]:
+    return [r for runs in state.passes for r in runs]
+
+
+def all_runs(c: Campaign, state: CampaignState, given_up: frozenset[str] = frozenset()) -> list[RunView]:
+    """Every run the campaign planned, as it stands now (one ``squeue`` call)."""
+    run_ids = [r for runs in state.passes for r in runs]
+    return look(state, c.out, run_ids, slurm_queue(state, run_ids), given_up)

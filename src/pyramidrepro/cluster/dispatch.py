@@ -190,9 +190,10 @@ def sbatch_preview(cfg: ExperimentConfig, folder: Path, python: str | None, arra
 
 def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
            stream: TextIO | None = None, points: list[tuple[str, ExperimentConfig]] | None = None,
-           check_nodes: bool = True, rerun_done: bool = False) -> list[Any]:
+           check_nodes: bool = True, rerun_done: bool = False) -> list[tuple[str, Any]]:
     """Submit every sweep point (or just ``points``) whose run is not done, or every one with
-    ``rerun_done``; returns the submitit jobs (empty for a dry run or when every run is done).
+    ``rerun_done``; returns (run id, submitit job) per point submitted (none for a dry run or when every
+    run is done).
 
     Everything is checked before anything is written: the image, every point, Slurm's client
     (:func:`check_slurm_client`) and, with ``check_nodes``, each layout's request against the
@@ -229,7 +230,7 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
         for members in groups.values():
             print_preview(cfg.name, out, members, folder, python, stream)
         return []
-    jobs: list[Any] = []
+    jobs: list[tuple[str, Any]] = []
     try:
         for members in groups.values():
             jobs += submit_array(cfg.name, source, out, members, folder, python, stream)
@@ -291,8 +292,9 @@ def print_preview(name: str, out: Path, members: list[tuple[str, ExperimentConfi
 
 
 def submit_array(name: str, source: str, out: Path, members: list[tuple[str, ExperimentConfig]], folder: Path,
-                 python: str | None, stream) -> list[Any]:  # noqa: ANN001
-    """Submit one job array (one task layout); ConfigError with sbatch's own words if it refuses."""
+                 python: str | None, stream) -> list[tuple[str, Any]]:  # noqa: ANN001
+    """Submit one job array (one task layout): (run id, job) per point; ConfigError with sbatch's own
+    words if it refuses."""
     first = members[0][1]
     runners = [JobRunner(p.to_dict(), str(run_dir_for(out, name, run_id))) for run_id, p in members]
     folder.mkdir(parents=True, exist_ok=True)
@@ -308,7 +310,7 @@ def submit_array(name: str, source: str, out: Path, members: list[tuple[str, Exp
     sys.stderr.write(printed.getvalue())
     for job, (run_id, _) in zip(jobs, members):
         print(f"submitted {job.job_id}: {run_dir_for(out, name, run_id)}", file=stream)
-    return jobs
+    return [(run_id, job) for job, (run_id, _) in zip(jobs, members)]
 
 
 def remove_new_folders(folders: list[Path]) -> None:

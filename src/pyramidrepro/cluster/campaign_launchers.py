@@ -1,0 +1,101 @@
+"""How a campaign's runs reach machines: one point at a time here, or a pass's points as Slurm job arrays.
+
+Both submit through :func:`.dispatch.submit` (submitit's executors) and record every job in the
+campaign's state before waiting on it, so another process can see and follow it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..records.runs import run_dir_for, status_of
+from ..spec.config import ExperimentConfig
+from ..spec.schema import EXIT_CODES, FINISHED, Status
+from . import dispatch
+from .campaign import Campaign, Launcher, Progress
+from .campaign_state import CampaignState, Submission, point_of, save_state, slurm_job
+from .campaign_view import RunView
+from .follow import POLL_S, follow_jobs
+
+
+def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
+    """A point as the local executor runs it: DDP with ``ddp_ranks`` processes on this machine."""
+    cluster = dataclasses.replace(cfg.cluster, executor="local", tasks_per_node=ddp_ranks, nodes=1)
+    return dataclasses.replace(cfg, cluster=cluster)
+
+
+def submission_of(job: Any, executor: str, number: int) -> Submission:
+    """What the state keeps of a job submitit returned: its id and its folder (``%j`` unresolved)."""
+    return Submission(str(job.job_id), str(job.paths.folder.parent / "%j"), executor, time.time(), number)
+
+
+class LocalLauncher(Launcher):
+    """One run at a time through the local (or debug) executor, each waited for before the next starts,
+    so each has the machine to itself; ``ddp_ranks``: run DDP points with that many processes here
+    (0: the experiment's own layout)."""
+
+    synchronous = True
+
+    def __init__(self, ddp_ranks: int = 0, on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.ddp_ranks = ddp_ranks
+        self.tell = on_progress or (lambda progress: None)
+
+    def launch(self, c: Campaign, state: CampaignState, number: int, due: list[RunView]) -> None:
+        planned = state.passes[-1]
+        for view in due:
+            point = planned.index(view.run_id) + 1
+            self.run_one(c, state, number, view.run_id, f"[{point}/{len(planned)}]")
+            self.tell(Progress(number, point, len(planned)))
+
+    def run_one(self, c: Campaign, state: CampaignState, number: int, run_id: str, counter: str) -> None:
+        """One run to its end; a line when it starts and one with its outcome and time."""
+        cfg = c.points[point_of(run_id)]
+        cfg = local_point(cfg, self.ddp_ranks) if self.ddp_ranks else cfg
+        c.say(f"{counter} {run_id}: running ...")
+        t0 = time.monotonic()
+        ((_, job),) = dispatch.submit(cfg, c.source, c.out, stream=io.StringIO(), points=[(run_id, cfg)],
+                                      rerun_done=True)
+        state.record(run_id, submission_of(job, cfg.cluster.executor, number))
+        save_state(c.folder, state)
+        error = ""
+        try:
+            job.results()
+        except Exception as exc:  # noqa: BLE001 - the point failed; the campaign goes on
+            error = "\n".join(str(exc).strip().splitlines()[-5:])
+        status = status_of(run_dir_for(c.out, c.cfg.name, run_id)) or Status.FAILED
+        code = 0 if status in FINISHED and not error else EXIT_CODES.get(status, 1) or 1
+        outcome = status if code == 0 else f"{status} (exit {code})"
+        c.say(f"{counter} {run_id}: {outcome} in {time.monotonic() - t0:.1f} s "
+              f"(elapsed {time.monotonic() - c.started:.0f} s)")
+        if error:
+            c.say(f"    {error}")
+
+
+class SlurmLauncher(Launcher):
+    """A pass's due runs as job arrays (one per task layout, :func:`.dispatch.submit`), followed with
+    one ``squeue`` per poll (:func:`.follow.follow_jobs`)."""
+
+    synchronous = False
+
+    def __init__(self, poll_s: float = POLL_S, on_never: str = "cancel", check_nodes: bool = True) -> None:
+        self.poll_s, self.on_never, self.check_nodes = poll_s, on_never, check_nodes
+
+    def launch(self, c: Campaign, state: CampaignState, number: int, due: list[RunView]) -> None:
+        for view in due:
+            if view.job is not None:
+                c.say(f"resubmit {view.run_id}: {view.reason}")
+        points = [(v.run_id, c.points[point_of(v.run_id)]) for v in due]
+        submitted = dispatch.submit(c.cfg, c.source, c.out, stream=c.stream, points=points, rerun_done=True,
+                                    check_nodes=self.check_nodes)
+        for run_id, job in submitted:
+            state.record(run_id, submission_of(job, "slurm", number))
+        save_state(c.folder, state)
+
+    def follow(self, c: Campaign, state: CampaignState, waiting: list[RunView]) -> None:
+        c.say(f"following {len(waiting)} job(s) of pass {len(state.passes)}")
+        follow_jobs([slurm_job(v.job) for v in waiting if v.job], poll_s=self.poll_s, stream=c.stream,
+                    on_never=self.on_never)
