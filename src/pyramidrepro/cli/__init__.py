@@ -13,6 +13,7 @@ from . import (
     bench,
     bench_loader,
     boundary,
+    data,
     follow,
     model_info,
     report,
@@ -30,7 +31,7 @@ from .reproduce import default_experiment
 __all__ = ["build_parser", "default_experiment", "main"]
 
 #: the commands, in the order ``--help`` lists them
-COMMANDS = (run, validate, model_info, bench_loader, bench, scaling, submit, status, follow, boundary, report,
+COMMANDS = (run, validate, data, model_info, bench_loader, bench, scaling, submit, status, follow, boundary, report,
             reproduce)
 
 

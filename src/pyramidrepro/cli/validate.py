@@ -1,4 +1,4 @@
-"""``pyramidrepro validate``: check an experiment and print the resolved config (and its sweep)."""
+"""``pyramidrepro validate``: check an experiment; print the resolved config, its sweep, where its data stands."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print the resolved config; for a sweep, the run id of every point."""
+    """Print the resolved config; for a sweep, the run id of every point; then where the data stands
+    here (a comment: missing data does not fail the check of the config)."""
     from ..spec.config import expand_sweep
+    from ..workload.data import dataset_state
 
     cfg = load_config(args.experiment, args.set)
     points = expand_sweep(cfg, args.experiment)
@@ -26,4 +28,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"# sweep: {len(points)} points")
         for run_id, _ in points:
             print(f"#   {run_id}")
+    for state in dict.fromkeys(dataset_state(point.data) for _, point in points):
+        print(f"# data: {state}")
     return 0

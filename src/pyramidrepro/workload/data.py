@@ -1,4 +1,6 @@
-"""CIFAR-10 data: the official "python version" files, synthetic data, and sharding.
+"""CIFAR-10 data: the reader of the official "python version" files, synthetic data, and sharding.
+
+The files' names and MD5s are in :mod:`.cifar_files`; getting them onto a disk in :mod:`.fetch`.
 
 The reader verifies MD5 checksums **before** anything is unpickled and then unpickles with a
 restricted unpickler that only admits what a CIFAR batch contains (a dict, lists, numpy arrays).
@@ -8,43 +10,32 @@ into tensors.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
 import tarfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-BATCHES_DIR = "cifar-10-batches-py"
-TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-TEST_FILES = ["test_batch"]
-META_FILE = "batches.meta"
-#: The official checksums, as published with the dataset and used by every major loader.
-OFFICIAL_MD5 = {
-    ARCHIVE_NAME: "c58f30108f718f92721af3b95e74349a",
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-    META_FILE: "5ff9c542aee3614f3951f8cda6e48888",
-}
+from .cifar_files import (  # DataError and the files' facts have their home there; importers find them here too
+    ARCHIVE_NAME,
+    ARCHIVE_URL,
+    BATCHES_DIR,
+    OFFICIAL_MD5,
+    TEST_FILES,
+    TRAIN_FILES,
+    DataError,
+    md5_bytes,
+    md5_file,
+)
+
 #: Per-channel mean and standard deviation of the CIFAR-10 training images, on a 0..1 scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 PAD = 4
-
-
-class DataError(RuntimeError):
-    """Missing, corrupted or malformed data files."""
 
 
 @dataclass
@@ -68,18 +59,6 @@ class DataSplits:
 # ---------------------------------------------------------------------------------------------
 # Official-format reader
 # ---------------------------------------------------------------------------------------------
-
-
-def md5_bytes(blob: bytes) -> str:
-    return hashlib.md5(blob, usedforsecurity=False).hexdigest()
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -134,41 +113,23 @@ def _concat(parts: list[ImageSet]) -> ImageSet:
 
 def _missing_message(root: Path) -> str:
     return (
-        f"CIFAR-10 not found under {root}: put the official archive {ARCHIVE_NAME} "
-        f"({ARCHIVE_URL}) in {root}/, or its extracted folder {BATCHES_DIR}/ there; "
-        "set data.download: true to fetch it on a machine that is online, "
-        "or use data.source: synthetic"
+        f"CIFAR-10 not found under {root}: on a machine with internet (a login node) run "
+        f"`pyramidrepro data fetch --root {root}`, which compute nodes then read; or put the official "
+        f"archive {ARCHIVE_NAME} ({ARCHIVE_URL}) or its extracted folder {BATCHES_DIR}/ in {root}/ yourself; "
+        "or use data.source: synthetic (data.download: true fetches it when a run starts, only where that "
+        "machine is online)"
     )
 
 
 def download_cifar10(root: Path) -> Path:
-    """Fetch the official archive into ``root`` (verified before it is kept; a failure leaves no folder)."""
-    created = not root.exists()
-    try:
-        return _download(root)
-    except BaseException:
-        if created and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
-        raise
+    """Fetch the official archive into ``root`` (``data.download: true``): its MD5 checked before it is
+    kept, and a failure leaves nothing behind (:func:`.fetch.fetch_archive`)."""
+    from .fetch import fetch_archive
 
-
-def _download(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    dest = root / ARCHIVE_NAME
-    tmp = root / (ARCHIVE_NAME + ".part")
     try:
-        with urllib.request.urlopen(ARCHIVE_URL, timeout=30) as resp, open(tmp, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {ARCHIVE_URL} failed ({exc}). " + _missing_message(root)) from None
-    digest = md5_file(tmp)
-    if digest != OFFICIAL_MD5[ARCHIVE_NAME]:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"downloaded {ARCHIVE_NAME} has MD5 {digest}, expected the official one")
-    tmp.rename(dest)
-    return dest
+        return fetch_archive(root)
+    except DataError as exc:
+        raise DataError(f"{exc}. {_missing_message(root)}") from None
 
 
 def load_cifar10(
@@ -291,6 +252,18 @@ def synthetic_splits(
     return DataSplits(make_learnable(train_size), make_learnable(test_size), "synthetic")
 
 
+def locate_cifar10(root: Path) -> tuple[str, Path] | None:
+    """Where the loader reads CIFAR-10 under ``root``, without reading it: ("folder", the folder of the
+    batch files) before ("archive", the tar.gz); None when neither is there."""
+    for folder in (root / BATCHES_DIR, root):
+        if (folder / TRAIN_FILES[0]).is_file():
+            return "folder", folder
+    for archive in (root / ARCHIVE_NAME, root):
+        if archive.is_file() and archive.name.endswith("tar.gz"):
+            return "archive", archive
+    return None
+
+
 def check_data_available(data_cfg) -> None:  # noqa: ANN001
     """Fail early (before any run folder exists) when CIFAR-10 files are not where promised."""
     if data_cfg.source != "cifar10" or data_cfg.download:
@@ -298,9 +271,38 @@ def check_data_available(data_cfg) -> None:  # noqa: ANN001
     root = Path(data_cfg.root)
     if root.is_file() and not root.name.endswith("tar.gz"):
         raise DataError(f"data.root {root} is a file; give the folder holding CIFAR-10 (or the tar.gz archive)")
-    candidates = [root / BATCHES_DIR / TRAIN_FILES[0], root / TRAIN_FILES[0], root / ARCHIVE_NAME]
-    if not (any(c.is_file() for c in candidates) or (root.is_file() and root.name.endswith("tar.gz"))):
+    if locate_cifar10(root) is None:
         raise DataError(_missing_message(root))
+
+
+def dataset_state(data_cfg) -> str:  # noqa: ANN001
+    """One line on where the data of a ``data`` section stands on this machine (``validate`` prints it);
+    it looks for the files only, reads none (their MD5s are checked when a run loads them)."""
+    if data_cfg.source != "cifar10":
+        return data_cfg.source
+    root = Path(data_cfg.root)
+    try:
+        return _cifar10_state(root, data_cfg.download)
+    except OSError as exc:  # a folder this user may not look into, a name too long
+        return f"CIFAR-10 under {root} cannot be looked for ({exc.strerror or exc})"
+
+
+def _cifar10_state(root: Path, download: bool) -> str:
+    fetch = f"pyramidrepro data fetch --root {root} (on a machine with internet)"
+    if root.is_file() and not root.name.endswith("tar.gz"):
+        return f"CIFAR-10 missing: data.root {root} is a file, not a folder"
+    found = locate_cifar10(root)
+    if found is None:
+        online = "; or data.download: true, where the run's machine is online" if download else ""
+        return f"CIFAR-10 missing under {root}: {fetch}{online}"
+    kind, path = found
+    if kind == "archive":
+        return f"CIFAR-10 found under {root} (archive {path.name})"
+    lacking = [name for name in TRAIN_FILES + TEST_FILES if not (path / name).is_file()]
+    where = f"folder {BATCHES_DIR}" if path != root else "batch files"
+    if lacking:
+        return f"CIFAR-10 incomplete under {root} ({where} lacks {', '.join(lacking)}): {fetch}"
+    return f"CIFAR-10 found under {root} ({where})"
 
 
 def load_splits(data_cfg, num_classes: int = 10, seed: int = 0) -> DataSplits:  # noqa: ANN001
