@@ -131,6 +131,7 @@ class RunRecord:
     bounds: dict[str, Any] = field(default_factory=dict)  # what bounds the point: Summary.BOUND and its figures
     boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
     nodes: int = 1  # hosts its ranks ran on (the ranks' host names)
+    hosts: tuple[str, ...] = ()  # the nodes it ran on, sorted (_hosts); empty: none recorded
     container_digest: str = ""  # the image's sha256 (container.image_digest), with container_image
     image_commit: str = ""  # the commit baked into that image
 
@@ -322,6 +323,7 @@ def _layout(m: dict[str, Any], a: Fields) -> dict[str, Any]:
         gpu=not device.startswith("cpu"),
         world_size=a.integer(Attr.WORLD_SIZE, 1, least=1),
         nodes=max(1, len({str(h) for h in np.ravel(hosts)})),
+        hosts=_hosts(hosts, a),
         data_source=a.text(Attr.DATA_SOURCE),
         memory_limit_gb=a.number(Attr.MEMORY_LIMIT_GB, least=0) or None,
         threads=a.integer(Attr.THREADS_PER_PROCESS, None, least=0) or None,
@@ -332,6 +334,16 @@ def _layout(m: dict[str, Any], a: Fields) -> dict[str, Any]:
         allow_tf32=a.flag(Attr.ALLOW_TF32, None),
         allocator_cap_bytes=a.integer(Attr.ALLOCATOR_CAP_BYTES, None, least=0) or None,
     )
+
+
+def _hosts(rank_hosts: Any, a: Fields) -> tuple[str, ...]:
+    """The nodes a run ran on, sorted: its ranks' host names, else the Slurm node list (as Slurm writes
+    it, ``node[1-2]``), else rank 0's hostname; empty when it records none."""
+    names = sorted({str(h) for h in np.ravel(rank_hosts)} - {""})
+    if names:
+        return tuple(names)
+    recorded = a.text(Attr.SLURM_NODELIST) or a.text(Attr.HOSTNAME)
+    return (recorded,) if recorded else ()
 
 
 def load_runs(results_dir: str | Path, skipped: list[str] | None = None) -> list[RunRecord]:

@@ -1,11 +1,16 @@
 """The known traps a set of runs falls into (:func:`confounders`), read from what each run recorded
-(its ``system`` description, backend, TF32, commit, versions): no torch, so a login node's report
-checks them too."""
+(its ``system`` description, backend, TF32, commit, versions, the nodes it ran on): no torch, so a
+login node's report checks them too."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from ..stats.measure import Estimate, compare
+from .table import completed_estimates, fmt_estimate, summarise
 
 #: NCCL's shared-memory transport wants more than the 64 MiB a container's /dev/shm defaults to
 SHM_MIN_BYTES = 1 << 30
@@ -71,19 +76,90 @@ def _mixed_versions(runs: list[Any]) -> str | None:
     return f"runs with {len(versions)} different sets of versions in one figure" if len(versions) > 1 else None
 
 
+def node_of(run: Any) -> str:
+    """The node a run ran on, as one label: its hosts (``RunRecord.hosts``) joined by ``+`` ("": none recorded)."""
+    return "+".join(run.hosts)
+
+
+def estimates_by_node(runs: list[Any]) -> dict[tuple[str, int], dict[str, Estimate]]:
+    """Per point (line, batch), each node's estimate of its completed repeats there: the runs of each node
+    pooled as the report pools a point (:func:`.table.summarise`); runs that record no node left out."""
+    by_node: dict[str, list[Any]] = defaultdict(list)
+    for r in runs:
+        if node_of(r):
+            by_node[node_of(r)].append(r)
+    points: dict[tuple[str, int], dict[str, Estimate]] = defaultdict(dict)
+    for node, node_runs in sorted(by_node.items()):
+        table = summarise(node_runs)
+        for line in table:
+            for batch, estimate in completed_estimates(table, line).items():
+                points[(line, batch)][node] = estimate
+    return points
+
+
+@dataclass(frozen=True)
+class SlowNode:
+    """One point whose repeats on ``node`` are slower than those on ``fastest`` beyond both intervals."""
+
+    node: str
+    fastest: str
+    point: str  # "<line> batch <n>"
+    slow: Estimate
+    fast: Estimate
+
+    def figures(self) -> str:
+        """``ddp batch 64: 812 ± 9 vs 1,010 ± 12 images/s``."""
+        return f"{self.point}: {fmt_estimate(self.slow)} vs {fmt_estimate(self.fast)} images/s"
+
+
+def slow_nodes(runs: list[Any]) -> list[SlowNode]:
+    """Each point and node whose repeats there are slower than the fastest node's beyond both intervals
+    (:func:`.measure.compare`); a point on one node gives none, and a node whose interval is unknown (0) is
+    left out of the comparison."""
+    found = []
+    for (line, batch), by_node in sorted(estimates_by_node(runs).items()):
+        nodes = {node: e for node, e in by_node.items() if e.ci > 0}
+        if len(nodes) < 2:
+            continue
+        fastest = max(nodes, key=lambda n: nodes[n].images_per_s)
+        found += [SlowNode(node, fastest, f"{line} batch {batch}", est, nodes[fastest])
+                  for node, est in sorted(nodes.items()) if compare(est, nodes[fastest]) == "lower"]
+    return found
+
+
+def _slow_node_line(node: str, found: list[SlowNode]) -> str:
+    """One slow node's line: the point and its figures, or how many points and the one it lags most."""
+    worst = min(found, key=lambda s: s.slow.images_per_s / s.fast.images_per_s)
+    than = ", ".join(sorted({s.fastest for s in found}))
+    where = worst.figures() if len(found) == 1 else f"{len(found)} points, most at {worst.figures()}"
+    return f"{node} slower than {than} for {where} (repeats on different nodes disagree beyond their intervals)"
+
+
+def _slow_node_lines(runs: list[Any]) -> list[str]:
+    """One line per node that is slower than another for one or more points (:func:`slow_nodes`)."""
+    by_node: dict[str, list[SlowNode]] = defaultdict(list)
+    for s in slow_nodes(runs):
+        by_node[s.node].append(s)
+    return [_slow_node_line(node, found) for node, found in sorted(by_node.items())]
+
+
 #: one check per known trap, in the order the report lists what they found: each returns its line or None
 CONFOUNDER_CHECKS: tuple[Callable[[list[Any]], str | None], ...] = (
     _small_shm_with_nccl, _p2p_disabled, _tf32_on, _mixed_gpu_models, _threads_over_cores, _mixed_commits,
     _mixed_versions,
 )
+#: checks that find one line per culprit (each slow node), listed after :data:`CONFOUNDER_CHECKS`' lines
+CONFOUNDER_LIST_CHECKS: tuple[Callable[[list[Any]], list[str]], ...] = (_slow_node_lines,)
 #: what the checks look for, in words (the report says so when none tripped)
 CONFOUNDERS_CHECKED = ("/dev/shm with NCCL, NCCL_P2P_DISABLE, TF32, mixed GPU models, threads over cores, "
-                       "mixed commits or versions")
+                       "mixed commits or versions, repeats slower on one node than another")
 
 
 def confounders(runs: list[Any]) -> list[str]:
     """The known traps a set of runs falls into, one line each (empty: none).
 
-    ``runs`` are :class:`.runs.RunRecord`; each check (:data:`CONFOUNDER_CHECKS`) needs only what a run records.
+    ``runs`` are :class:`.runs.RunRecord`; each check (:data:`CONFOUNDER_CHECKS`, then
+    :data:`CONFOUNDER_LIST_CHECKS`) needs only what a run records.
     """
-    return [flag for check in CONFOUNDER_CHECKS if (flag := check(runs)) is not None]
+    flags = [flag for check in CONFOUNDER_CHECKS if (flag := check(runs)) is not None]
+    return flags + [line for check in CONFOUNDER_LIST_CHECKS for line in check(runs)]
