@@ -171,7 +171,7 @@ def test_a_dali_campaign_without_dali_stops_before_anything_with_the_fix(tmp_pat
     assert "--set data.loader=torch" in r.stderr and not (tmp_path / "out").exists()
     monkeypatch.delitem(sys.modules, "nvidia.dali")
     ok = cli(*(arg.replace("{tmp}", str(tmp_path)) for arg in command[:2]), "--dry-run", "--out", str(tmp_path / "x"),
-             "--set", "data.loader=torch") if command[0] == "submit" else None
+             "--set", "data.loader=torch", "--set", "data.source=synthetic") if command[0] == "submit" else None
     assert ok is None or ok.returncode == 0, ok.stderr  # the override named in the fix is enough
 
 

@@ -99,7 +99,8 @@ class ReportSchedule:
     def __call__(self, progress: Progress) -> None:
         if progress.pass_ended:
             self.passes = progress.number
-            self.write(f"pass {progress.number} of at most {self.max_repeats} done, the campaign goes on")
+            goes_on = ", the campaign goes on" if progress.number < self.max_repeats else ""
+            self.write(f"pass {progress.number} of at most {self.max_repeats} done{goes_on}")
         elif time.monotonic() - self.last >= self.every_s:
             self.write(f"pass {progress.number} of at most {self.max_repeats} under way: "
                        f"{progress.point} of {progress.points} points done, the campaign goes on")

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ..cluster.follow import LOCAL_POLL_S, MAX_POLL_S, POLL_S, QUIET_S
-from ..spec.config import ExperimentConfig, expand_sweep, load_config
+from ..spec.config import load_config
 from ..spec.schema import FINISHED
 from ._campaign import ReportSchedule, add_repeat_args, print_summary, repeats_of, say_waiting, take_up
 from ._common import add_config_args, add_container_arg, add_out_arg, container_override
@@ -62,17 +62,6 @@ def add_follow_args(p: argparse.ArgumentParser) -> None:
                    help="submit even what sinfo says no node can hold (by default that is refused, exit 2)")
 
 
-def check_data(cfg: ExperimentConfig, source: str) -> None:
-    """DataError, before any job or folder exists, when a point's CIFAR-10 is not under its data.root."""
-    from ..workload.data import check_data_available
-
-    seen = set()
-    for _, point in expand_sweep(cfg, source):
-        if (point.data.source, point.data.root) not in seen:
-            seen.add((point.data.source, point.data.root))
-            check_data_available(point.data)
-
-
 def launcher_for(executor: str, args: argparse.Namespace, ddp_ranks: int = 0):  # noqa: ANN201
     """The campaign's launcher for ``executor``: Slurm job arrays, or one point at a time here."""
     from ..cluster.campaign_launchers import LocalLauncher, SlurmLauncher
@@ -108,7 +97,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         overrides.append(f"cluster.executor={args.cluster}")
     cfg = load_config(args.experiment, overrides)
     repeats = repeats_of(args)
-    check_data(cfg, args.experiment)
     if args.dry_run:
         dispatch.submit(cfg, args.experiment, args.out, dry_run=True, check_nodes=not args.no_preflight,
                         rerun_done=args.rerun_done)

@@ -28,6 +28,7 @@ from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisf
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
 from ..spec.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
 from ..spec.schema import Attr
+from ..workload.data import check_data_available
 from ..workload.requirements import host_problem
 from .follow import POLL_S, follow_jobs
 from .requests import gpu_parameters, gpu_request, tasks_per_node
@@ -257,11 +258,14 @@ def not_done(points: list[tuple[str, ExperimentConfig]], out: Path, name: str,
 
 def check_before_writing(cfg: ExperimentConfig, source: str, groups: dict[tuple, list[tuple[str, ExperimentConfig]]],
                          submits_to_slurm: bool, check_nodes: bool) -> None:
-    """ConfigError for the first point that cannot be dispatched, and for a Slurm submission, a client
-    that cannot submit or (``check_nodes``) a layout that no node can hold."""
+    """ConfigError for the first point that cannot be dispatched, DataError for one whose CIFAR-10 is not
+    under its data.root (as ``run`` checks it, but before any job queues), and for a Slurm submission, a
+    client that cannot submit or (``check_nodes``) a layout that no node can hold."""
     for members in groups.values():
         for run_id, point_cfg in members:
             validate_dispatch(point_cfg, f"{source} ({run_id})")
+    for data in {(p.data.source, p.data.root): p.data for members in groups.values() for _, p in members}.values():
+        check_data_available(data)
     if submits_to_slurm:
         check_slurm_client(source)
     if submits_to_slurm and check_nodes:
