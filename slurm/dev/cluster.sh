@@ -26,7 +26,7 @@ NET=198.51.100
 CTL_ADDR=$NET.1
 BRIDGE=pyrbr0
 NS_PREFIX=pyr-node
-CPUS="$(nproc)"
+CPUS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc honours both: a shell with OMP_NUM_THREADS=1 got 1-CPU nodes
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 DB_PORT=3317
 CTLD_PORT=6917
