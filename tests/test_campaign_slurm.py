@@ -80,8 +80,11 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
     proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", *submit, "--wait", "--poll", "1"], cwd=ROOT,
                             env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: (s := load_state(folder)) is not None and s.jobs_submitted() == 3, 60, "3 jobs in the state")
-        proc.kill()  # SIGKILL: nothing of the submitter's is left to clean up
+        _wait_for(lambda: (s := load_state(folder)) is not None and s.jobs_submitted() == 3
+                  and (folder / ".lock").exists(), 60, "3 jobs in the state")
+        second = run_cli("follow", str(folder), env=env, timeout=60)  # one driver at a time
+        assert second.returncode == 2 and "another process drives this campaign" in second.stderr, second.stderr
+        proc.kill()  # SIGKILL: nothing of the submitter's is left to clean up, its lock goes with it
         proc.wait(timeout=10)
         state = load_state(folder)
         job_of = {run_id: jobs[-1].job_id for run_id, jobs in state.submissions.items()}

@@ -105,16 +105,21 @@ class ReportSchedule:
             self.write(f"pass {progress.number} of at most {self.max_repeats} under way: "
                        f"{progress.point} of {progress.points} points done, the campaign goes on")
 
-    def write(self, stage: str, final: bool = False) -> dict[str, Any]:
+    def write(self, stage: str, final: bool = False) -> dict[str, Any] | None:
+        """The report as the campaign stands (``stage``); None, with a line, while no run has metrics."""
+        from ..records.runs import METRICS_NAME
         from ..study.report import build_report
 
-        report = build_report(self.out_dir, self.out_dir, command=self.command, stage=stage)
         self.last = time.monotonic()
+        if not any(self.out_dir.glob(f"*/{METRICS_NAME}")):
+            print(f"{self.prog}: no report yet: no run of {self.out_dir} has written metrics", flush=True)
+            return None
+        report = build_report(self.out_dir, self.out_dir, command=self.command, stage=stage)
         if not final:
             print(f"{self.prog}: report ({stage}) at {report['report']}", flush=True)
         return report
 
-    def final(self) -> dict[str, Any]:
+    def final(self) -> dict[str, Any] | None:
         return self.write(f"complete after {self.passes} pass(es)", final=True)
 
 
@@ -137,7 +142,7 @@ def open_campaign(folder: str, stream: Any = None) -> tuple[Campaign, CampaignSt
     return Campaign.of(cfg, state.source, path.parent, stream), state
 
 
-def print_summary(prog: str, outcome: Outcome, report: dict[str, Any], seconds: float) -> None:
+def print_summary(prog: str, outcome: Outcome, report: dict[str, Any] | None, seconds: float) -> None:
     """Runs, points, failures and time, each claim's verdict, and where the report is."""
     from ..cluster.campaign_state import point_of
 
@@ -146,6 +151,7 @@ def print_summary(prog: str, outcome: Outcome, report: dict[str, Any], seconds: 
           f"{len(outcome.failed)} failed")
     for v in outcome.failed:
         print(f"  failed: {v.run_id} ({v.status or 'no metrics'}{'; ' + v.reason if v.reason else ''})")
-    for c in report["claims"]:
-        print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
-    print(f"{prog}: report at {report['report']}")
+    if report is not None:
+        for c in report["claims"]:
+            print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
+        print(f"{prog}: report at {report['report']}")

@@ -26,7 +26,7 @@ from ..records.runs import load_run, run_dir_for, status_of
 from ..spec.config import ExperimentConfig, expand_sweep
 from ..spec.schema import FINISHED, Status
 from ..stats.measure import Estimate, pool
-from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
+from .campaign_state import CampaignLock, CampaignState, Repeats, point_of, repeat_id, save_state
 from .campaign_view import ENDED_HERE, Kind, RunView, look, slurm_queue
 
 __all__ = ["Campaign", "Outcome", "Progress", "Repeats", "drive", "point_estimate", "repeat_id", "why_repeat"]
@@ -170,6 +170,17 @@ class Session:
 
     given_up: set[str] = dataclasses.field(default_factory=set)
     ended_jobs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    lock: CampaignLock | None = None
+
+    def hold(self, folder: Path) -> None:
+        """Take the campaign's lock once its folder exists (a refused submission writes nothing)."""
+        if self.lock is None and folder.is_dir():
+            self.lock = CampaignLock(folder).acquire()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def queue(self, state: CampaignState, run_ids: list[str]) -> dict[str, tuple[str, str]] | None:
         """The controller's view of the runs' latest jobs; one ``squeue`` call unless every one ended here."""
@@ -189,8 +200,16 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
     the current pass is submitted (not ``wait``: then it returns with the runs it waits for).
 
     ``on_progress`` hears of the end of every pass (and, from a synchronous launcher, of every run)."""
-    tell = on_progress or (lambda progress: None)
     session = Session()
+    session.hold(c.folder)
+    try:
+        return _drive(c, state, launcher, session, wait, on_progress or (lambda progress: None))
+    finally:
+        session.release()
+
+
+def _drive(c: Campaign, state: CampaignState, launcher: Launcher, session: Session, wait: bool,
+           tell: Callable[[Progress], None]) -> Outcome:
     if not state.passes:
         state.passes.append(list(c.points))
     say_done(c, state)
@@ -201,6 +220,7 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
         waiting = [v for v in views if v.kind is Kind.WAITING and v.run_id not in session.given_up]
         if due:
             launcher.launch(c, state, number, due)
+            session.hold(c.folder)
             if launcher.synchronous:
                 session.given_up |= {v.run_id for v in due}  # run to their end: no result now means failed
                 continue

@@ -20,6 +20,7 @@ from .campaign import Campaign, Launcher, Progress
 from .campaign_state import CampaignState, Submission, point_of, save_state, slurm_job
 from .campaign_view import RunView
 from .follow import POLL_S, follow_jobs
+from .requests import tasks_per_node
 
 
 def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
@@ -28,9 +29,11 @@ def local_point(cfg: ExperimentConfig, ddp_ranks: int) -> ExperimentConfig:
     return dataclasses.replace(cfg, cluster=cluster)
 
 
-def submission_of(job: Any, executor: str, number: int) -> Submission:
-    """What the state keeps of a job submitit returned: its id and its folder (``%j`` unresolved)."""
-    return Submission(str(job.job_id), str(job.paths.folder.parent / "%j"), executor, time.time(), number)
+def submission_of(job: Any, cfg: ExperimentConfig, number: int) -> Submission:
+    """What the state keeps of a job submitit returned for a point of ``cfg``: its id, its folder (``%j``
+    unresolved) and its tasks."""
+    return Submission(str(job.job_id), str(job.paths.folder.parent / "%j"), cfg.cluster.executor, time.time(), number,
+                      tasks_per_node(cfg) * cfg.cluster.nodes)
 
 
 class LocalLauncher(Launcher):
@@ -59,7 +62,7 @@ class LocalLauncher(Launcher):
         t0 = time.monotonic()
         ((_, job),) = dispatch.submit(cfg, c.source, c.out, stream=io.StringIO(), points=[(run_id, cfg)],
                                       rerun_done=True)
-        state.record(run_id, submission_of(job, cfg.cluster.executor, number))
+        state.record(run_id, submission_of(job, cfg, number))
         save_state(c.folder, state)
         error = ""
         try:
@@ -92,7 +95,7 @@ class SlurmLauncher(Launcher):
         submitted = dispatch.submit(c.cfg, c.source, c.out, stream=c.stream, points=points, rerun_done=True,
                                     check_nodes=self.check_nodes)
         for run_id, job in submitted:
-            state.record(run_id, submission_of(job, "slurm", number))
+            state.record(run_id, submission_of(job, c.points[point_of(run_id)], number))
         save_state(c.folder, state)
 
     def follow(self, c: Campaign, state: CampaignState, waiting: list[RunView]) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..records.lock import RunFolderError, RunLock
 from ..records.storage import write_atomically
 from ..spec.config import ConfigError
 
@@ -41,13 +42,14 @@ class Repeats:
 @dataclasses.dataclass(frozen=True)
 class Submission:
     """One job submitted for one run: submitit's job id and folder, when, in which pass, through which
-    executor (slurm, local, debug)."""
+    executor (slurm, local, debug), and its tasks (every rank's result is read, to say where one failed)."""
 
     job_id: str
     folder: str
     executor: str
     submitted_at: float
     pass_number: int
+    tasks: int = 1
 
 
 @dataclasses.dataclass
@@ -119,6 +121,18 @@ def _from_json(raw: dict[str, Any]) -> CampaignState:
     return CampaignState(**d)
 
 
+class CampaignLock(RunLock):
+    """The campaign's one driver: held on ``OUT/<experiment>/.lock`` by the process that submits and
+    follows it (``submit``, ``follow``, ``reproduce``), so two of them never submit the same pass twice;
+    ``status`` reads without it.  A POSIX lock, as a run folder's (:class:`.lock.RunLock`): it holds
+    between login nodes on NFSv4 and Lustre, and ends with the process however it ends."""
+
+    def _in_use(self) -> RunFolderError:
+        return RunFolderError(f"{self.folder}: another process drives this campaign (a submit --wait or a "
+                              f"follow, here or on another login node); pyramidrepro status {self.folder} "
+                              "shows where it stands")
+
+
 def point_of(run_id: str) -> str:
     """The point a run belongs to: its run id without the ``-rN`` of a repeat."""
     return re.sub(r"-r[0-9]+$", "", run_id)
@@ -133,4 +147,4 @@ def slurm_job(submission: Submission) -> Any:
     """submitit's own job object for a Slurm job submitted earlier, rebuilt from its id and folder."""
     from submitit.slurm.slurm import SlurmJob
 
-    return SlurmJob(folder=submission.folder, job_id=submission.job_id)
+    return SlurmJob(folder=submission.folder, job_id=submission.job_id, tasks=tuple(range(submission.tasks)))

@@ -87,6 +87,8 @@ def classify(state: CampaignState, out: str | Path, run_id: str, queue: dict[str
             return view(Kind.WAITING, queued, reason)
     if run_id in given_up:
         return view(Kind.FAILED, reason="its job ended without a result")
+    if state.passes and run_id not in state.passes[-1]:
+        return view(Kind.FAILED, reason=f"its pass ended without a result (job {job.job_id if job else 'none'})")
     if count >= MAX_SUBMISSIONS:
         return view(Kind.FAILED, reason=f"submitted {count} times without a result: not submitted again")
     return view(Kind.DUE, reason=why_due(job, status))
