@@ -19,6 +19,8 @@ on CPU, where a real allocation failure cannot be provoked safely.
 ``PYRAMIDREPRO_INJECT_SIGNAL=RANK:STEP:NAME`` (NAME ``TERM``, ``INT`` or ``KILL``) sends that rank's
 process the signal just before the step, as a scheduler's preemption, a Ctrl-C or a node's loss
 would, so a test can stop a run at an exact point of its logging window.
+``PYRAMIDREPRO_INJECT_DELAY=SECONDS`` sleeps that long before every step of every rank: a slower
+machine, within the measured time, for the tests that compare campaigns.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..spec.schema import Attr
 
 INJECT_OOM_VAR = "PYRAMIDREPRO_INJECT_OOM"
 INJECT_SIGNAL_VAR = "PYRAMIDREPRO_INJECT_SIGNAL"
+INJECT_DELAY_VAR = "PYRAMIDREPRO_INJECT_DELAY"
 INJECTABLE_SIGNALS = ("TERM", "INT", "KILL")
 
 
@@ -184,6 +187,18 @@ def injected_signal(rank: int) -> tuple[int, signal.Signals] | None:
     if parts is None or int(parts[0]) != rank:
         return None
     return int(parts[1]), signal.Signals[f"SIG{parts[2]}"]
+
+
+def injected_delay() -> float:
+    """Seconds ``PYRAMIDREPRO_INJECT_DELAY`` adds before every step (0 when unset)."""
+    def valid(p: list[str]) -> bool:
+        try:
+            return len(p) == 1 and 0 <= float(p[0]) < 60
+        except ValueError:
+            return False
+
+    parts = _injection(INJECT_DELAY_VAR, "SECONDS, from 0 to 60", valid)
+    return float(parts[0]) if parts else 0.0
 
 
 def raise_injected_oom(where: int | str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .checkpoint import Checkpoints, Position
 from .faults import (
     StopChannel,
     StopRecord,
+    injected_delay,
     injected_oom_step,
     injected_signal,
     raise_injected_oom,
@@ -194,6 +196,7 @@ class Trainer:
     def _train(self, ctx: RunContext) -> tuple[str, dict[str, Any]]:
         assert self.recorder is not None
         oom_at, signal_at = injected_oom_step(ctx.env.rank), injected_signal(ctx.env.rank)
+        delay_s = injected_delay()
         if oom_at == "setup":
             raise_injected_oom("setup")
         training = build_training(self.cfg, ctx)  # writes nothing in the run folder
@@ -208,6 +211,8 @@ class Trainer:
                 raise_injected_oom(f"step {step}")
             if signal_at is not None and signal_at[0] == step:
                 send_injected_signal(signal_at[1])
+            if delay_s:
+                time.sleep(delay_s)
 
         settings = LoopSettings.from_config(self.cfg, world_size=ctx.env.world_size, progress=self.progress)
         self.loop = TrainingLoop(settings, training.executor, training.train_loader, training.test_loader,
