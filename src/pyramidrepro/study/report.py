@@ -1,6 +1,7 @@
 """Turn a campaign (every ``metrics.h5`` below a folder) into the paper's Figure 5 and a report.
 
-``build_report(results_dir, out_dir)`` writes ``report.md``, ``fig5_throughput.png/.svg`` and, when
+``build_report(results_dir, out_dir)`` writes ``report.md``, ``fig5_throughput.png/.svg``, the tables
+``runs.csv`` and ``points.csv`` (:mod:`.csv_tables`) and, when
 the runs have them, ``largest_batch``, ``accuracy`` and ``scaling`` figures; it also returns the
 claims' verdicts.
 
@@ -23,6 +24,7 @@ from ..records.storage import write_atomically
 from ..spec.config import ConfigError
 from ..spec.schema import BOUND_FIELDS, Status, Summary
 from .claims import Claim, check_claims
+from .csv_tables import write_tables
 from .figures import figure5_lines, line_style, plot_accuracy, plot_fig5, plot_fitting, plot_scaling
 from .markdown import md_code, md_text
 from .paper import PAPER_BATCHES, PAPER_ERROR
@@ -311,4 +313,5 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     figs = draw_figures(data, out)
     report = out / "report.md"
     write_atomically(report, render(data, figs).encode())
+    write_tables(data.records, data.table, out)
     return _result(report, data, figs)
