@@ -13,6 +13,7 @@ from . import (
     bench,
     bench_loader,
     boundary,
+    compare,
     data,
     follow,
     model_info,
@@ -32,7 +33,7 @@ __all__ = ["build_parser", "default_experiment", "main"]
 
 #: the commands, in the order ``--help`` lists them
 COMMANDS = (run, validate, data, model_info, bench_loader, bench, scaling, submit, status, follow, boundary, report,
-            reproduce)
+            compare, reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

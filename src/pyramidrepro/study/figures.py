@@ -227,3 +227,24 @@ def plot_scaling(rows: list[ScalingRow], out_dir: Path) -> list[Path]:
     _scaling_axes(ax, ax_eff)
     fig.suptitle(plain(f"Scaling model: {run.model}, {b} images per device"), fontsize=10)
     return _save(fig, out_dir, "scaling")
+
+
+def plot_compare(ref: dict[tuple[str, int], tuple[float, float]], new: dict[tuple[str, int], tuple[float, float]],
+                 names: tuple[str, str], out_dir: Path) -> list[Path]:
+    """Figure 5 of two campaigns: (line, batch) -> (images/s, 95 % half-width) each, REF dashed and
+    hollow, NEW solid; ``names``: how the legend calls REF and NEW."""
+    fig, ax = _new_axes((7, 4.5))
+    for side, name, dashed in ((ref, names[0], True), (new, names[1], False)):
+        for line in sorted({line for line, _ in side}):
+            xs = sorted(b for ln, b in side if ln == line)
+            style = {**line_style(line), **({"linestyle": "--", "markerfacecolor": "none"} if dashed else {})}
+            ax.errorbar(xs, [side[(line, b)][0] for b in xs], yerr=[side[(line, b)][1] for b in xs],
+                        label=plain(f"{line} ({name})"), capsize=3, **style)
+    _log2_axis(ax, sorted({b for side in (ref, new) for _, b in side}))
+    ax.set_xlabel("global batch size")
+    ax.set_ylabel("training throughput (images/s)")
+    ax.set_title(plain(f"{names[1]} against {names[0]} (dashed)"), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, "compare_fig5")
