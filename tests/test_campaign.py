@@ -71,3 +71,23 @@ def test_status_and_follow_refuse_a_folder_without_a_campaign(cli, tmp_path):
     save_state(tmp_path / "other", _state(passes=[["a"]]))  # its runs would be in OUT/smoke
     r = cli("status", str(tmp_path / "other"))
     assert r.returncode == 2 and "holds the campaign of experiment 'smoke'" in r.stderr, r.stderr
+
+
+def test_submit_again_skips_what_is_done_and_rerun_done_starts_afresh(cli, tmp_path):
+    """The local executor through the same engine: a second submit finds the run done and submits
+    nothing; --rerun-done starts a new campaign that submits it again."""
+    args = ["submit", str(SMOKE), "--cluster", "local", "--out", str(tmp_path), "--min-repeats", "1",
+            "--max-repeats", "1", "--set", "model.depth=8", "--set", "model.alpha=4"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run_dir,) = [p.parent for p in tmp_path.glob("smoke/*/metrics.h5")]
+    state = load_state(tmp_path / "smoke")
+    assert state.executor == "local" and state.jobs_submitted() == 1 and state.passes == [[run_dir.name]]
+    first_job = state.last_job(run_dir.name)
+    again = cli(*args)
+    assert again.returncode == 0 and f"{run_dir.name}: already done, skipped" in again.stdout, again.stdout
+    assert load_state(tmp_path / "smoke").jobs_submitted() == 1
+    rerun = cli(*args, "--rerun-done")
+    assert rerun.returncode == 0 and "running ..." in rerun.stdout, rerun.stdout + rerun.stderr
+    state = load_state(tmp_path / "smoke")  # a new campaign: its one job is the rerun's
+    assert state.rerun_done and state.jobs_submitted() == 1 and state.last_job(run_dir.name) != first_job
