@@ -84,9 +84,10 @@ def test_submit_again_skips_what_is_done_and_rerun_done_starts_afresh(cli, tmp_p
     state = load_state(tmp_path / "smoke")
     assert state.executor == "local" and state.jobs_submitted() == 1 and state.passes == [[run_dir.name]]
     first_job = state.last_job(run_dir.name)
-    again = cli(*args)
+    again = cli(*args[:6], *args[10:])  # without the repeats flags: the campaign keeps its own rule (1 run)
     assert again.returncode == 0 and f"{run_dir.name}: already done, skipped" in again.stdout, again.stdout
-    assert load_state(tmp_path / "smoke").jobs_submitted() == 1
+    state = load_state(tmp_path / "smoke")
+    assert state.jobs_submitted() == 1 and (state.repeats.minimum, state.repeats.maximum) == (1, 1)
     rerun = cli(*args, "--rerun-done")
     assert rerun.returncode == 0 and "running ..." in rerun.stdout, rerun.stdout + rerun.stderr
     state = load_state(tmp_path / "smoke")  # a new campaign: its one job is the rerun's

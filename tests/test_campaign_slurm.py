@@ -117,7 +117,8 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
         subprocess.run(["scancel", job_of[victim]], check=True)
         hold.unlink()
         subprocess.run(["scontrol", "release", *(job_of[r] for r in others)], check=True)
-        follow = run_cli("follow", str(folder), "--poll", "1", env=env, timeout=300)
+        # from another folder: follow works where the campaign was submitted from
+        follow = run_cli("follow", str(folder), "--poll", "1", env=env, timeout=300, cwd=tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -125,6 +126,7 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
     print(follow.stdout)
     assert follow.returncode == 0, follow.stdout + follow.stderr
     assert re.findall(r"^resubmit (\S+):", follow.stdout, re.M) == [victim]
+    assert f"follow: working in {ROOT}, where the campaign was submitted from" in follow.stdout
 
     runs = sorted(p.parent.name for p in folder.glob("*/metrics.h5"))
     per_point = {p: sum(point_of(r) == p for r in runs) for p in job_of}
@@ -143,3 +145,12 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
         r = run_cli(*command, env=light, timeout=120)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert f"complete after {len(state.passes)} pass(es)" in r.stdout or "runs of 3 points" in r.stdout
+
+
+def test_a_purged_job_asked_about_alone_is_not_listed_rather_than_an_error():
+    """squeue -j with one job id fails once the controller has purged that job (MinJobAge after its
+    end): a campaign whose last pass had one job would take it for "no answer" for ever."""
+    from pyramidrepro.machine.slurm_state import queue_states
+
+    assert queue_states(["999999"]) == {}
+    assert queue_states(["999999", "999998"]) == {}

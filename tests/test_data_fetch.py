@@ -241,13 +241,15 @@ def test_a_second_fetch_into_the_same_folder_is_refused(tmp_path, data_cli, serv
     root = tmp_path / "data"
     root.mkdir()
     holder = os.open(root, os.O_RDONLY)  # as a fetch that is running holds it
+    (root / ".cifar-10-python.tar.gz.part").write_bytes(b"half of it")  # and is downloading
     try:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         r = data_cli(*fetch_args(root, url + "/good", archive.md5))
     finally:
         os.close(holder)
     assert r.returncode == 2 and "another fetch" in r.stderr and len(r.stderr.splitlines()) == 1
-    assert os.listdir(root) == [] and served.hits.get("/good", 0) == 0
+    # the running fetch's download is left alone
+    assert os.listdir(root) == [".cifar-10-python.tar.gz.part"] and served.hits.get("/good", 0) == 0
 
 
 def _closed_port() -> int:

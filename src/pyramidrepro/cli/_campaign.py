@@ -4,6 +4,7 @@ state on disk, the report after every pass, and the closing lines."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,45 +21,54 @@ MAX_REPEATS = 20
 REPORT_EVERY_S = 240.0
 
 
-def add_repeat_args(p: argparse.ArgumentParser, minimum: int, maximum: int, ci_target: float, why: str) -> None:
-    """``--min-repeats``, ``--max-repeats`` and ``--ci-target`` with these defaults (``why``: why they suit)."""
-    p.add_argument("--ci-target", type=percentage, default=ci_target, metavar="PERCENT",
+def add_repeat_args(p: argparse.ArgumentParser, defaults: Repeats, why: str) -> None:
+    """``--min-repeats``, ``--max-repeats`` and ``--ci-target``; a campaign that is resumed keeps its own
+    rule but for the flags given, a new one takes ``defaults`` but for them (``why``: why they suit)."""
+    target = 100 * (defaults.ci_target or 0)
+    p.add_argument("--ci-target", type=percentage, metavar="PERCENT",
                    help="repeat a point while its images/s 95 %% interval is wider than +-PERCENT of the mean "
-                        f"(default: {ci_target:g})")
-    p.add_argument("--max-repeats", type=int_between(1, MAX_REPEATS), default=maximum,
-                   help=f"runs of one point at most (default: {maximum})")
-    p.add_argument("--min-repeats", type=int, default=minimum,
+                        f"(default: {target:g}, or the resumed campaign's)")
+    p.add_argument("--max-repeats", type=int_between(1, MAX_REPEATS),
+                   help=f"runs of one point at most (default: {defaults.maximum}, or the resumed campaign's)")
+    p.add_argument("--min-repeats", type=int,
                    help="runs of every point at least, each in a later pass over the points: one run's interval "
-                        f"cannot see how much the machine drifts between runs (default: {minimum}; {why})")
+                        f"cannot see how much the machine drifts between runs (default: {defaults.minimum}, or "
+                        f"the resumed campaign's; {why})")
 
 
-def repeats_of(args: argparse.Namespace) -> Repeats:
-    """The repeats rule the flags give; ConfigError unless 1 <= ``--min-repeats`` <= ``--max-repeats``."""
+def repeats_of(args: argparse.Namespace, base: Repeats) -> Repeats:
+    """``base`` with the repeats flags given in its place; ConfigError unless 1 <= min <= max."""
     from ..cluster.campaign_state import Repeats
 
-    if not 1 <= args.min_repeats <= args.max_repeats:
-        raise ConfigError(args.command, "--min-repeats", f"must be between 1 and --max-repeats ({args.max_repeats}), "
-                                                         f"got {args.min_repeats}")
-    return Repeats(args.min_repeats, args.max_repeats, args.ci_target / 100)
+    minimum = base.minimum if args.min_repeats is None else args.min_repeats
+    maximum = base.maximum if args.max_repeats is None else args.max_repeats
+    target = base.ci_target if args.ci_target is None else args.ci_target / 100
+    if not 1 <= minimum <= maximum:
+        raise ConfigError(args.command, "--min-repeats", f"must be between 1 and --max-repeats ({maximum}), "
+                                                         f"got {minimum}")
+    return Repeats(minimum, maximum, target)
 
 
-def take_up(c: Campaign, repeats: Repeats | None, executor: str, ddp_ranks: int = 0,
+def take_up(c: Campaign, args: argparse.Namespace, defaults: Repeats, executor: str, ddp_ranks: int = 0,
             rerun_done: bool = False) -> CampaignState:
-    """The campaign's state: the one on disk, resumed (``repeats`` replacing its rule when given), or a
-    new one when there is none, ``rerun_done`` asks for a fresh start, or it was made for other points.
-    ConfigError when the old state still has jobs queued for points this experiment does not have."""
+    """The campaign's state: the one on disk, resumed, or a new one when there is none, ``rerun_done``
+    asks for a fresh start, or it was made for other points; the repeats flags given replace its rule.
+    ConfigError when a campaign replaced, or moved to another executor, still has jobs queued.  The
+    caller holds the campaign's lock (:func:`.campaign_state.campaign_held`)."""
     from ..cluster.campaign_state import CampaignState, load_state
 
     old = load_state(c.folder)
-    if old is not None and not rerun_done and old.passes and set(old.passes[0]) == set(c.points):
-        old.repeats = repeats or old.repeats
+    resumable = old is not None and not rerun_done and bool(old.passes) and set(old.passes[0]) == set(c.points)
+    if old is not None and (not resumable or old.executor != executor):
+        refuse_if_queued(c, old)
+    if old is not None and resumable:
+        old.repeats = repeats_of(args, old.repeats)
         old.config, old.source, old.executor, old.ddp_ranks = c.cfg.to_dict(), c.source, executor, ddp_ranks
+        old.workdir = os.getcwd()
         c.say(f"campaign: resuming {c.folder} at pass {len(old.passes)} ({old.jobs_submitted()} job(s) so far)")
         return old
-    if old is not None:
-        refuse_if_queued(c, old)
-    return CampaignState(c.cfg.name, c.source, c.cfg.to_dict(), repeats or old.repeats if old else repeats,
-                         executor, ddp_ranks, rerun_done)
+    return CampaignState(c.cfg.name, c.source, c.cfg.to_dict(), repeats_of(args, defaults), executor, ddp_ranks,
+                         rerun_done)
 
 
 def refuse_if_queued(c: Campaign, old: CampaignState) -> None:
@@ -66,7 +76,7 @@ def refuse_if_queued(c: Campaign, old: CampaignState) -> None:
     from ..cluster.campaign_state import state_path
     from ..cluster.campaign_view import Kind, look, slurm_queue
 
-    run_ids = [r for runs in old.passes for r in runs]
+    run_ids = old.run_ids()
     queued = [v for v in look(old, c.out, run_ids, slurm_queue(old, run_ids)) if v.kind is Kind.WAITING]
     if queued:
         jobs = ", ".join(v.job.job_id for v in queued[:4] if v.job) + (" ..." if len(queued) > 4 else "")
@@ -130,7 +140,7 @@ def open_campaign(folder: str, stream: Any = None) -> tuple[Campaign, CampaignSt
     from ..cluster.campaign_state import load_state, state_path
     from ..spec.config import config_from_dict
 
-    path = Path(folder)
+    path = Path(folder).resolve()  # `status .` names its folder too
     state = load_state(path)
     if state is None:
         raise ConfigError(str(path), "campaign", "no campaign.json here: give the OUT/<experiment> folder of a "
@@ -155,3 +165,12 @@ def print_summary(prog: str, outcome: Outcome, report: dict[str, Any] | None, se
         for c in report["claims"]:
             print(f"  {c['key']}: {c['verdict']:8s} {c['evidence']}")
         print(f"{prog}: report at {report['report']}")
+
+
+def enter_workdir(state: CampaignState, prog: str) -> None:
+    """Work where the campaign was submitted from: its jobs start there and a relative data.root or image
+    path in its config is read from there."""
+    here, there = Path.cwd(), Path(state.workdir)
+    if state.workdir and there.is_dir() and there.resolve() != here.resolve():
+        os.chdir(there)
+        print(f"{prog}: working in {there}, where the campaign was submitted from", flush=True)

@@ -35,6 +35,9 @@ def exit_code_for(exc: Exception) -> int | None:
     if isinstance(exc, (ConfigError, DataError, FileNotFoundError, RunFolderError)):
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
+    if isinstance(exc, PermissionError):  # someone else's campaign, reference or results folder
+        _say(f"error: {exc.filename or ''}: permission denied ({exc.strerror or exc})")
+        return EXIT_BAD_INPUT
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in ("torch", "torchvision"):
         _say(f"error: this command needs {exc.name.split('.')[0]}, which is not installed here (a login node's "
              "package has none; jobs train in the image): pip install 'pyramidrepro[train]'")

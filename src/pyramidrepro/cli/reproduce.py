@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..cluster.campaign_state import Repeats, campaign_held
 from ..spec.config import ConfigError, ExperimentConfig, load_config
-from ._campaign import ReportSchedule, add_repeat_args, print_summary, repeats_of, take_up
+from ._campaign import ReportSchedule, add_repeat_args, print_summary, take_up
 from ._common import add_container_arg, add_out_arg, add_set_arg, container_override, default_nproc, hardware
 
+#: reproduce's repeats: every point 3 times, a pass apart (a laptop's time is cheap)
+LAPTOP_REPEATS = Repeats(3, 3, 0.02)
 ONE_GPU_SWEEP = "sweep={train.mode: [single], train.batch_size: [32, 64, 128, 256, 512, 1024]}"
 
 
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", help="campaign file (default: chosen by the hardware)")
     add_set_arg(p, "config override")
     p.add_argument("--nproc", type=int, help="DDP ranks (default: GPUs present, or 2 on CPU)")
-    add_repeat_args(p, minimum=3, maximum=3, ci_target=2.0, why="a laptop's time is cheap")
+    add_repeat_args(p, LAPTOP_REPEATS, why="a laptop's time is cheap")
     add_container_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -74,16 +77,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     kind, n_gpus = hardware()
     experiment = args.experiment or default_experiment(n_gpus)
     cfg = load_config(experiment, campaign_overrides(args, experiment, n_gpus))
-    repeats = repeats_of(args)
     check_loader(cfg, experiment)
     ranks = default_nproc(args, n_gpus)
     print(f"reproduce: {experiment} on {kind}" + (f" ({n_gpus} GPUs)" if n_gpus else "")
           + f", DDP with {ranks} ranks, loader {cfg.data.loader}, results in {args.out}", flush=True)
     t0 = time.monotonic()
     campaign = Campaign.of(cfg, experiment, args.out)
-    state = take_up(campaign, repeats, "local", ddp_ranks=ranks)
-    reports = ReportSchedule(campaign.folder, f"pyramidrepro reproduce --out {args.out}", repeats.maximum)
-    outcome = drive(campaign, state, LocalLauncher(ranks, on_progress=reports), on_progress=reports)
-    report = reports.final()
+    with campaign_held(campaign.folder):
+        state = take_up(campaign, args, LAPTOP_REPEATS, "local", ddp_ranks=ranks)
+        reports = ReportSchedule(campaign.folder, f"pyramidrepro reproduce --out {args.out}", state.repeats.maximum)
+        outcome = drive(campaign, state, LocalLauncher(ranks, on_progress=reports), on_progress=reports)
+        report = reports.final()
     print_summary("reproduce", outcome, report, time.monotonic() - t0)
     return 1 if outcome.failed else 0

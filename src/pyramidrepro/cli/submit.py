@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
+from ..cluster.campaign_state import Repeats, campaign_held
 from ..cluster.follow import LOCAL_POLL_S, MAX_POLL_S, POLL_S, QUIET_S
-from ..spec.config import load_config
+from ..spec.config import expand_sweep, load_config
 from ..spec.schema import FINISHED
 from ._campaign import ReportSchedule, add_repeat_args, print_summary, repeats_of, say_waiting, take_up
 from ._common import add_config_args, add_container_arg, add_out_arg, container_override
@@ -14,7 +17,7 @@ from ._types import positive_float
 
 #: the cluster's defaults: two runs a pass apart give every point an interval across runs (one run's
 #: windows cannot see a node's drift), a third only where that interval is still wider than 2 %
-CLUSTER_REPEATS = {"minimum": 2, "maximum": 3, "ci_target": 2.0}
+CLUSTER_REPEATS = Repeats(2, 3, 0.02)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="follow the campaign to its end, submitting each pass as it becomes due; exit 1 if a run "
                         "failed (local and debug always run to the end)")
     add_follow_args(p)
-    add_repeat_args(p, **CLUSTER_REPEATS, why="on a cluster each run costs GPU hours: two runs a pass apart are "
+    add_repeat_args(p, CLUSTER_REPEATS, why="on a cluster each run costs GPU hours: two runs a pass apart are "
                                              "the fewest that give an interval across runs")
     p.add_argument("--rerun-done", action="store_true",
                    help=f"start the campaign afresh and run again the runs that are done ({', '.join(sorted(FINISHED))}"
@@ -60,6 +63,10 @@ def add_follow_args(p: argparse.ArgumentParser) -> None:
                         "down or reserved for maintenance, a hold, a reservation, priority) is waited on")
     p.add_argument("--no-preflight", action="store_true",
                    help="submit even what sinfo says no node can hold (by default that is refused, exit 2)")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="submit without looking for CIFAR-10 under data.root here: for a data.root that exists "
+                        "on the compute nodes only (node-local scratch a prolog fills); by default a campaign "
+                        "whose data is not there is refused before any job queues")
 
 
 def launcher_for(executor: str, args: argparse.Namespace, ddp_ranks: int = 0):  # noqa: ANN201
@@ -67,8 +74,15 @@ def launcher_for(executor: str, args: argparse.Namespace, ddp_ranks: int = 0):  
     from ..cluster.campaign_launchers import LocalLauncher, SlurmLauncher
 
     if executor == "slurm":
-        return SlurmLauncher(args.poll or POLL_S, args.never_starts, check_nodes=not args.no_preflight)
-    return LocalLauncher(ddp_ranks)
+        return SlurmLauncher(args.poll or POLL_S, args.never_starts, checks_of(args))
+    return LocalLauncher(ddp_ranks, checks=checks_of(args))
+
+
+def checks_of(args: argparse.Namespace):  # noqa: ANN201
+    """What --no-preflight and --no-data-check leave of submit's checks."""
+    from ..cluster.dispatch import Checks
+
+    return Checks(nodes=not args.no_preflight, data=not args.no_data_check)
 
 
 def run_campaign(prog: str, campaign, state, args: argparse.Namespace, wait: bool) -> int:  # noqa: ANN001
@@ -96,12 +110,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.cluster:
         overrides.append(f"cluster.executor={args.cluster}")
     cfg = load_config(args.experiment, overrides)
-    repeats = repeats_of(args)
     if args.dry_run:
-        dispatch.submit(cfg, args.experiment, args.out, dry_run=True, check_nodes=not args.no_preflight,
-                        rerun_done=args.rerun_done)
+        repeats_of(args, CLUSTER_REPEATS)
+        points = expand_sweep(cfg, args.experiment)
+        if not args.rerun_done:
+            points = dispatch.not_done(points, Path(args.out).resolve(), cfg.name, sys.stdout)
+        dispatch.submit(cfg, args.experiment, args.out, dry_run=True, points=points, checks=checks_of(args))
         return 0
     cfg.cluster.validate(args.experiment)
     campaign = Campaign.of(cfg, args.experiment, args.out)
-    state = take_up(campaign, repeats, cfg.cluster.executor, rerun_done=args.rerun_done)
-    return run_campaign("submit", campaign, state, args, args.wait)
+    with campaign_held(campaign.folder):
+        state = take_up(campaign, args, CLUSTER_REPEATS, cfg.cluster.executor, rerun_done=args.rerun_done)
+        return run_campaign("submit", campaign, state, args, args.wait)

@@ -26,7 +26,7 @@ from ..records.runs import load_run, run_dir_for, status_of
 from ..spec.config import ExperimentConfig, expand_sweep
 from ..spec.schema import FINISHED, Status
 from ..stats.measure import Estimate, pool
-from .campaign_state import CampaignLock, CampaignState, Repeats, point_of, repeat_id, save_state
+from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
 from .campaign_view import ENDED_HERE, Kind, RunView, look, slurm_queue
 
 __all__ = ["Campaign", "Outcome", "Progress", "Repeats", "drive", "point_estimate", "repeat_id", "why_repeat"]
@@ -170,17 +170,6 @@ class Session:
 
     given_up: set[str] = dataclasses.field(default_factory=set)
     ended_jobs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
-    lock: CampaignLock | None = None
-
-    def hold(self, folder: Path) -> None:
-        """Take the campaign's lock once its folder exists (a refused submission writes nothing)."""
-        if self.lock is None and folder.is_dir():
-            self.lock = CampaignLock(folder).acquire()
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
 
     def queue(self, state: CampaignState, run_ids: list[str]) -> dict[str, tuple[str, str]] | None:
         """The controller's view of the runs' latest jobs; one ``squeue`` call unless every one ended here."""
@@ -199,17 +188,10 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
     """Take the campaign from where ``state`` says it stands to its end (``wait``), or until every run of
     the current pass is submitted (not ``wait``: then it returns with the runs it waits for).
 
-    ``on_progress`` hears of the end of every pass (and, from a synchronous launcher, of every run)."""
+    ``on_progress`` hears of the end of every pass (and, from a synchronous launcher, of every run).  The
+    caller holds the campaign's lock (:func:`.campaign_state.campaign_held`) from before it read ``state``."""
+    tell = on_progress or (lambda progress: None)
     session = Session()
-    session.hold(c.folder)
-    try:
-        return _drive(c, state, launcher, session, wait, on_progress or (lambda progress: None))
-    finally:
-        session.release()
-
-
-def _drive(c: Campaign, state: CampaignState, launcher: Launcher, session: Session, wait: bool,
-           tell: Callable[[Progress], None]) -> Outcome:
     if not state.passes:
         state.passes.append(list(c.points))
     say_done(c, state)
@@ -220,13 +202,12 @@ def _drive(c: Campaign, state: CampaignState, launcher: Launcher, session: Sessi
         waiting = [v for v in views if v.kind is Kind.WAITING and v.run_id not in session.given_up]
         if due:
             launcher.launch(c, state, number, due)
-            session.hold(c.folder)
             if launcher.synchronous:
                 session.given_up |= {v.run_id for v in due}  # run to their end: no result now means failed
                 continue
             waiting += [dataclasses.replace(v, kind=Kind.WAITING, job=state.last_job(v.run_id)) for v in due]
         if waiting and not wait:
-            return Outcome(number, session.look(c, state, all_run_ids(state)), complete=False)
+            return Outcome(number, session.look(c, state, state.run_ids()), complete=False)
         if waiting:
             launcher.follow(c, state, waiting)
             session.followed(waiting)
@@ -234,7 +215,7 @@ def _drive(c: Campaign, state: CampaignState, launcher: Launcher, session: Sessi
         tell(Progress(number, len(views), len(views), pass_ended=True))
         following = next_pass(c, state, views)
         if not following:
-            return Outcome(number, session.look(c, state, all_run_ids(state)), complete=True)
+            return Outcome(number, session.look(c, state, state.run_ids()), complete=True)
         state.passes.append(following)
         save_state(c.folder, state)
         c.say(f"pass {number + 1} of at most {state.repeats.maximum}: {len(following)} run(s)")
@@ -249,11 +230,7 @@ def say_done(c: Campaign, state: CampaignState) -> None:
                 c.say(f"[{i}/{len(runs)}] {run_id}: already done, skipped")
 
 
-def all_run_ids(state: CampaignState) -> list[str]:
-    return [r for runs in state.passes for r in runs]
-
-
 def all_runs(c: Campaign, state: CampaignState, given_up: frozenset[str] = frozenset()) -> list[RunView]:
     """Every run the campaign planned, as it stands now (one ``squeue`` call)."""
-    run_ids = [r for runs in state.passes for r in runs]
+    run_ids = state.run_ids()
     return look(state, c.out, run_ids, slurm_queue(state, run_ids), given_up)

@@ -43,8 +43,9 @@ class LocalLauncher(Launcher):
 
     synchronous = True
 
-    def __init__(self, ddp_ranks: int = 0, on_progress: Callable[[Progress], None] | None = None) -> None:
-        self.ddp_ranks = ddp_ranks
+    def __init__(self, ddp_ranks: int = 0, on_progress: Callable[[Progress], None] | None = None,
+                 checks: dispatch.Checks = dispatch.Checks()) -> None:
+        self.ddp_ranks, self.checks = ddp_ranks, checks
         self.tell = on_progress or (lambda progress: None)
 
     def launch(self, c: Campaign, state: CampaignState, number: int, due: list[RunView]) -> None:
@@ -61,7 +62,7 @@ class LocalLauncher(Launcher):
         c.say(f"{counter} {run_id}: running ...")
         t0 = time.monotonic()
         ((_, job),) = dispatch.submit(cfg, c.source, c.out, stream=io.StringIO(), points=[(run_id, cfg)],
-                                      rerun_done=True)
+                                      checks=self.checks)
         state.record(run_id, submission_of(job, cfg, number))
         save_state(c.folder, state)
         error = ""
@@ -84,19 +85,25 @@ class SlurmLauncher(Launcher):
 
     synchronous = False
 
-    def __init__(self, poll_s: float = POLL_S, on_never: str = "cancel", check_nodes: bool = True) -> None:
-        self.poll_s, self.on_never, self.check_nodes = poll_s, on_never, check_nodes
+    def __init__(self, poll_s: float = POLL_S, on_never: str = "cancel",
+                 checks: dispatch.Checks = dispatch.Checks()) -> None:
+        self.poll_s, self.on_never, self.checks = poll_s, on_never, checks
 
     def launch(self, c: Campaign, state: CampaignState, number: int, due: list[RunView]) -> None:
+        """Submit the due runs; each array's jobs are in the state as soon as sbatch took it (a later
+        array refused leaves no queued job unrecorded)."""
         for view in due:
             if view.job is not None:
                 c.say(f"resubmit {view.run_id}: {view.reason}")
+
+        def record(submitted: list[tuple[str, Any]]) -> None:
+            for run_id, job in submitted:
+                state.record(run_id, submission_of(job, c.points[point_of(run_id)], number))
+            save_state(c.folder, state)
+
         points = [(v.run_id, c.points[point_of(v.run_id)]) for v in due]
-        submitted = dispatch.submit(c.cfg, c.source, c.out, stream=c.stream, points=points, rerun_done=True,
-                                    check_nodes=self.check_nodes)
-        for run_id, job in submitted:
-            state.record(run_id, submission_of(job, c.points[point_of(run_id)], number))
-        save_state(c.folder, state)
+        dispatch.submit(c.cfg, c.source, c.out, stream=c.stream, points=points, checks=self.checks,
+                        on_submitted=record)
 
     def follow(self, c: Campaign, state: CampaignState, waiting: list[RunView]) -> None:
         c.say(f"following {len(waiting)} job(s) of pass {len(state.passes)}")

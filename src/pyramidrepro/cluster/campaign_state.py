@@ -10,10 +10,13 @@ atomically: a reader sees the state before or after it, never half of it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,8 @@ class CampaignState:
     ddp_ranks: int = 0  # the local executor's DDP ranks (0: the experiment's own layout)
     rerun_done: bool = False  # runs done before the campaign count only once it submitted them again
     created_at: float = dataclasses.field(default_factory=time.time)
+    #: where it was submitted from: jobs start there, and a relative data.root is read from there
+    workdir: str = dataclasses.field(default_factory=os.getcwd)
     passes: list[list[str]] = dataclasses.field(default_factory=list)
     submissions: dict[str, list[Submission]] = dataclasses.field(default_factory=dict)
 
@@ -71,6 +76,10 @@ class CampaignState:
         """The latest job submitted for ``run_id``, or None."""
         jobs = self.submissions.get(run_id)
         return jobs[-1] if jobs else None
+
+    def run_ids(self) -> list[str]:
+        """Every run the campaign planned, pass by pass."""
+        return [run_id for runs in self.passes for run_id in runs]
 
     def record(self, run_id: str, submission: Submission) -> None:
         self.submissions.setdefault(run_id, []).append(submission)
@@ -123,14 +132,31 @@ def _from_json(raw: dict[str, Any]) -> CampaignState:
 
 class CampaignLock(RunLock):
     """The campaign's one driver: held on ``OUT/<experiment>/.lock`` by the process that submits and
-    follows it (``submit``, ``follow``, ``reproduce``), so two of them never submit the same pass twice;
-    ``status`` reads without it.  A POSIX lock, as a run folder's (:class:`.lock.RunLock`): it holds
-    between login nodes on NFSv4 and Lustre, and ends with the process however it ends."""
+    follows it (``submit``, ``follow``, ``reproduce``), from before it reads the state to its end, so two
+    of them never submit the same runs twice; ``status`` reads without it.  A POSIX lock, as a run
+    folder's (:class:`.lock.RunLock`): it holds between login nodes on NFSv4, and on Lustre where the
+    file system is mounted with ``-o flock`` (``localflock`` locks per node only)."""
 
     def _in_use(self) -> RunFolderError:
         return RunFolderError(f"{self.folder}: another process drives this campaign (a submit --wait or a "
                               f"follow, here or on another login node); pyramidrepro status {self.folder} "
                               "shows where it stands")
+
+
+@contextlib.contextmanager
+def campaign_held(folder: str | Path) -> Iterator[Path]:
+    """``folder`` (OUT/<experiment>, made if need be) with the campaign's lock held for the block; the
+    folders it made are removed again when the block leaves them empty (a refused submission)."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    lock = CampaignLock(folder).acquire()
+    try:
+        yield folder
+    finally:
+        lock.release()
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if empty
 
 
 def point_of(run_id: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..stats.measure import Estimate
-from .campaign import point_estimate, repeats_due
+from .campaign import needs_repeat, point_estimate, repeats_due
 from .campaign_state import CampaignState, point_of
 from .campaign_view import Kind, RunView, look, slurm_queue
 
@@ -56,7 +56,7 @@ def point_row(folder: Path, state: CampaignState, point: str, views: list[RunVie
     target = state.repeats.ci_target
     meets = None
     if target is not None and estimate is not None and not math.isnan(estimate.images_per_s):
-        meets = estimate.samples >= 2 and estimate.ci <= target * estimate.images_per_s
+        meets = not needs_repeat(estimate, target)
     stopped = any(v.kind is Kind.FAILED or (v.kind is Kind.DONE and not v.completed) for v in views)
     wanted = len(views) if stopped else max(state.repeats.minimum, len(views) + more)
     return PointRow(point, len(done), wanted, estimate, meets, [v for v in views if v.kind is not Kind.DONE])
@@ -65,7 +65,7 @@ def point_row(folder: Path, state: CampaignState, point: str, views: list[RunVie
 def campaign_status(folder: str | Path, state: CampaignState) -> CampaignStatus:
     """The campaign in ``folder`` (OUT/<experiment>) as it stands now: one ``squeue`` call."""
     folder = Path(folder)
-    run_ids = [r for runs in state.passes for r in runs]
+    run_ids = state.run_ids()
     views = look(state, folder.parent, run_ids, slurm_queue(state, run_ids))
     last = [v for v in views if v.run_id in set(state.passes[-1])] if state.passes else []
     settled = all(v.kind in (Kind.DONE, Kind.FAILED) for v in last)

@@ -17,12 +17,13 @@ from ..machine.slurm_state import SlurmQueryError, queue_states
 from ..records.runs import run_dir_for, status_of
 from ..spec.schema import FINISHED
 from .campaign_state import MAX_SUBMISSIONS, CampaignState, Submission
+from .follow import ENDED
 
 #: a job this process followed to its end (it is not asked about again)
 ENDED_HERE = "ENDED"
-#: the states in which Slurm keeps an ended job in ``squeue -t all`` for a while, and ours
-ENDED_STATES = frozenset({ENDED_HERE, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                          "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"})
+#: the states in which a job has ended for good: Slurm's (:data:`.follow.ENDED`, which it lists in
+#: ``squeue -t all`` for a while) and ours; a held job (SPECIAL_EXIT, REQUEUE_HOLD) has not
+ENDED_STATES = ENDED | {ENDED_HERE}
 #: what a job is said to be in when the controller did not answer: it is neither resubmitted nor given up
 NO_ANSWER = "UNKNOWN"
 

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -189,25 +190,37 @@ def sbatch_preview(cfg: ExperimentConfig, folder: Path, python: str | None, arra
     return slurm._make_sbatch_string(command=command, folder=inner.folder, **params)
 
 
+@dataclasses.dataclass(frozen=True)
+class Checks:
+    """What :func:`submit` checks beyond the config before anything is written: each layout's request
+    against the nodes ``sinfo`` lists, and each point's CIFAR-10 under its data.root."""
+
+    nodes: bool = True
+    data: bool = True
+
+
+#: hears of each job array as soon as sbatch took it: (run id, job) per point
+Submitted = Callable[[list[tuple[str, Any]]], None]
+
+
 def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = False,
            stream: TextIO | None = None, points: list[tuple[str, ExperimentConfig]] | None = None,
-           check_nodes: bool = True, rerun_done: bool = False) -> list[tuple[str, Any]]:
-    """Submit every sweep point (or just ``points``) whose run is not done, or every one with
-    ``rerun_done``; returns (run id, submitit job) per point submitted (none for a dry run or when every
-    run is done).
+           checks: Checks = Checks(), on_submitted: Submitted | None = None) -> list[tuple[str, Any]]:
+    """Submit ``points`` as given, or every sweep point whose run is not done; returns (run id, submitit
+    job) per point submitted (none for a dry run or when every run is done).
 
     Everything is checked before anything is written: the image, every point, Slurm's client
-    (:func:`check_slurm_client`) and, with ``check_nodes``, each layout's request against the
-    cluster's nodes. Folders made for a submission that sbatch then refuses are removed again."""
+    (:func:`check_slurm_client`) and ``checks``. Folders made for a submission that sbatch then refuses
+    are removed again; where it refuses an array after others were queued, ``on_submitted`` has heard
+    of those before the ConfigError is raised."""
     out, stream = Path(out).resolve(), stream or sys.stdout  # sys.stdout now, not at import (tests redirect it)
     cfg.cluster.validate(source)
-    points = expand_sweep(cfg, source) if points is None else points
-    points = points if rerun_done else not_done(points, out, cfg.name, stream)
+    points = not_done(expand_sweep(cfg, source), out, cfg.name, stream) if points is None else points
     if not points:
-        print(f"nothing to submit: every run of {cfg.name} is done (--rerun-done runs them again)", file=stream)
+        print(f"nothing to submit: every run of {cfg.name} is done", file=stream)
         return []
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    folder = out / ".submitit" / stamp  # unique: job ids restarted by a new cluster never collide
+    # unique per submission: a cluster restarted from scratch gives its job ids again
+    folder = out / ".submitit" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
     if box and cfg.cluster.executor == "debug":
         raise ConfigError(source, "cluster.executor", "debug runs the jobs in this process, which cannot run in "
@@ -218,7 +231,7 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     print(f"{len(points)} point(s) of {cfg.name} -> {len(groups)} job array(s), results under "
           f"{out / cfg.name}", file=stream)
     check_before_writing(cfg, source, groups, submits_to_slurm=not dry_run and cfg.cluster.executor == "slurm",
-                         check_nodes=check_nodes)
+                         checks=checks)
     new_folders = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     if box and not dry_run:
         out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
@@ -231,10 +244,19 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
         for members in groups.values():
             print_preview(cfg.name, out, members, folder, python, stream)
         return []
+    arrays = [(cfg.name, source, out, members, folder, python, stream) for members in groups.values()]
+    return submit_arrays(arrays, new_folders, on_submitted or (lambda submitted: None))
+
+
+def submit_arrays(arrays: list[tuple], new_folders: list[Path], on_submitted: Submitted) -> list[tuple[str, Any]]:
+    """Each array's :func:`submit_array` in turn, ``on_submitted`` told of each; when sbatch refuses the
+    first, the folders made for the submission are removed again."""
     jobs: list[tuple[str, Any]] = []
     try:
-        for members in groups.values():
-            jobs += submit_array(cfg.name, source, out, members, folder, python, stream)
+        for array in arrays:
+            submitted = submit_array(*array)
+            on_submitted(submitted)
+            jobs += submitted
     except ConfigError:  # sbatch refused an array
         if not jobs:  # nothing queued: leave nothing behind
             remove_new_folders(new_folders)
@@ -257,18 +279,19 @@ def not_done(points: list[tuple[str, ExperimentConfig]], out: Path, name: str,
 
 
 def check_before_writing(cfg: ExperimentConfig, source: str, groups: dict[tuple, list[tuple[str, ExperimentConfig]]],
-                         submits_to_slurm: bool, check_nodes: bool) -> None:
-    """ConfigError for the first point that cannot be dispatched, DataError for one whose CIFAR-10 is not
-    under its data.root (as ``run`` checks it, but before any job queues), and for a Slurm submission, a
-    client that cannot submit or (``check_nodes``) a layout that no node can hold."""
+                         submits_to_slurm: bool, checks: Checks) -> None:
+    """ConfigError for the first point that cannot be dispatched, DataError (``checks.data``) for one whose
+    CIFAR-10 is not under its data.root (as ``run`` checks it, but before any job queues), and for a Slurm
+    submission, a client that cannot submit or (``checks.nodes``) a layout that no node can hold."""
     for members in groups.values():
         for run_id, point_cfg in members:
             validate_dispatch(point_cfg, f"{source} ({run_id})")
-    for data in {(p.data.source, p.data.root): p.data for members in groups.values() for _, p in members}.values():
+    datas = {(p.data.source, p.data.root): p.data for members in groups.values() for _, p in members}
+    for data in datas.values() if checks.data else ():
         check_data_available(data)
     if submits_to_slurm:
         check_slurm_client(source)
-    if submits_to_slurm and check_nodes:
+    if submits_to_slurm and checks.nodes:
         for members in groups.values():
             preflight(members[0][1], f"{source} ({members[0][0]})")
 

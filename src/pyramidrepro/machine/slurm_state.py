@@ -169,7 +169,15 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     if not job_ids:
         return {}
     out: dict[str, tuple[str, str]] = {}
-    for line in _slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r").splitlines():
+    try:
+        listing = _slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r")
+    except SlurmQueryError as exc:
+        # asked for one job only, squeue loads that job alone and fails once the controller has purged it
+        # (MinJobAge after its end); among several, a purged one is just not listed
+        if len(job_ids) == 1 and "Invalid job id specified" in str(exc):
+            return {}
+        raise
+    for line in listing.splitlines():
         jid, state, reason = line.split("|", 2)
         out[jid] = (state, reason)
     return out

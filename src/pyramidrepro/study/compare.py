@@ -150,7 +150,7 @@ class PointComparison:
 
 def ratio_interval(ref: SidePoint, new: SidePoint) -> tuple[float, float, float]:
     """NEW/REF and its 95 % interval: the two relative half-widths added in quadrature (first order, the
-    sides independent); a side without an interval (0: unknown) adds none."""
+    sides independent); a side without an interval (0: unknown) adds none, and :func:`judge` says so."""
     r, n = float(ref.images_per_s or 0), float(new.images_per_s or 0)
     ratio = n / r
     rel = math.hypot(ref.ci / r, new.ci / n)
@@ -174,6 +174,8 @@ def judge(key: PointKey, ref: SidePoint, new: SidePoint, tolerance: float) -> Po
         verdict, why = FASTER, "beyond noise and tolerance"
     else:
         verdict, why = SAME, "within noise" if low <= 1 <= high else "within tolerance"
+    if not (ref.ci and new.ci):  # one run of one window: its noise is unknown, not nil
+        why += f"; no interval on {'either side' if not (ref.ci or new.ci) else 'one side'}, its noise unknown"
     return PointComparison(key, ref, new, ratio, low, high, verdict, why)
 
 

@@ -76,7 +76,9 @@ def _point(path: Path, i: int, d: Any) -> tuple[PointKey, SidePoint]:
     for name, kind in types.items():
         if not isinstance(d.get(name), kind) or isinstance(d.get(name), bool):
             raise _refuse(path, f"{where}.{name}", f"expected {kind.__name__}, got {d.get(name)!r}")
-    ips, ci = d.get("images_per_s"), d.get("ci", 0.0)
+    if "images_per_s" not in d or "ci" not in d:
+        raise _refuse(path, where, "expected images_per_s and ci (0: no interval)")
+    ips, ci = d["images_per_s"], d["ci"]
     for name, value, nullable in (("images_per_s", ips, True), ("ci", ci, False)):
         ok = (value is None and nullable) or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                               and math.isfinite(value) and value >= 0)

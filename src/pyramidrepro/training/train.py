@@ -34,6 +34,7 @@ from ..workload.data import DataError
 from .attributes import identity_attributes, setup_attributes
 from .checkpoint import Checkpoints, Position
 from .faults import (
+    INJECT_DELAY_VAR,
     StopChannel,
     StopRecord,
     injected_delay,
@@ -197,6 +198,9 @@ class Trainer:
         assert self.recorder is not None
         oom_at, signal_at = injected_oom_step(ctx.env.rank), injected_signal(ctx.env.rank)
         delay_s = injected_delay()
+        if delay_s and ctx.is_main:  # never silent: it slows every figure the run records
+            print(f"pyramidrepro: {INJECT_DELAY_VAR}={delay_s:g}: every step waits {delay_s:g} s first (an injected "
+                  "fault for tests; unset it to measure)", file=sys.stderr, flush=True)
         if oom_at == "setup":
             raise_injected_oom("setup")
         training = build_training(self.cfg, ctx)  # writes nothing in the run folder

@@ -278,19 +278,19 @@ def _fetch_folder(root: Path, progress: TextIO | None) -> Iterator[None]:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot make the folder {root} ({exc.strerror or exc})") from None
-    try:
-        with _exclusive(root):
+    with _exclusive(root):  # a second fetch is refused here, before it could clear the first one's files
+        try:
             for path in leftovers(root):
                 _say(progress, f"removing {path.name}, left by an interrupted fetch")
                 _remove(path)
             yield
-    except BaseException:
-        for path in leftovers(root):
-            _remove(path)
-        for folder in made:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+        except BaseException:
+            for path in leftovers(root):
+                _remove(path)
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
 
 @contextlib.contextmanager
