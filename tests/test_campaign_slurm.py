@@ -84,6 +84,8 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
                   and (folder / ".lock").exists(), 60, "3 jobs in the state")
         second = run_cli("follow", str(folder), env=env, timeout=60)  # one driver at a time
         assert second.returncode == 2 and "another process drives this campaign" in second.stderr, second.stderr
+        driven = call_main("status", str(folder), env=env).stdout.splitlines()[-1]
+        assert driven == "a running submit --wait or follow drives it: waits for 3 job(s) of pass 1 (3 pending)"
         proc.kill()  # SIGKILL: nothing of the submitter's is left to clean up, its lock goes with it
         proc.wait(timeout=10)
         state = load_state(folder)

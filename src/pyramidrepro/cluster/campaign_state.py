@@ -143,6 +143,27 @@ class CampaignLock(RunLock):
                               "shows where it stands")
 
 
+def driven(folder: str | Path) -> bool:
+    """Whether a process holds the campaign's lock now (a submit --wait, follow or reproduce drives it);
+    asked without taking it (the lock file is only opened, never made or removed)."""
+    import errno
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / ".lock", os.O_RDWR)
+    except OSError:
+        return False  # no lock file: nobody drives it
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def campaign_held(folder: str | Path) -> Iterator[Path]:
     """``folder`` (OUT/<experiment>, made if need be) with the campaign's lock held for the block; the

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..stats.measure import Estimate
 from .campaign import needs_repeat, point_estimate, repeats_due
-from .campaign_state import CampaignState, point_of
+from .campaign_state import CampaignState, driven, point_of
 from .campaign_view import Kind, RunView, look, slurm_queue
 
 
@@ -75,8 +75,11 @@ def campaign_status(folder: str | Path, state: CampaignState) -> CampaignStatus:
     for v in views:
         by_point.setdefault(point_of(v.run_id), []).append(v)
     rows = [point_row(folder, state, p, vs, p in more) for p, vs in by_point.items()]
-    return CampaignStatus(folder, len(state.passes), state.repeats.ci_target, rows,
-                          waits_for(folder, len(state.passes), last, settled, len(more)))
+    line = waits_for(folder, len(state.passes), last, settled, len(more))
+    if driven(folder) and not line.startswith("complete"):
+        line = f"a running {'reproduce or submit' if state.executor != 'slurm' else 'submit --wait or follow'} " \
+               f"drives it: {line.split(': pyramidrepro follow')[0]}"
+    return CampaignStatus(folder, len(state.passes), state.repeats.ci_target, rows, line)
 
 
 def waits_for(folder: Path, number: int, last: list[RunView], settled: bool, more: int) -> str:
