@@ -1,3 +1,4 @@
+import csv
 import json
 from pathlib import Path
 
@@ -257,7 +258,11 @@ def test_a_run_that_makes_no_sense_is_skipped_with_its_reason(tmp_path, cli, cas
     assert "| single | 512 | - | oom |" in text and "| single | 256 |" not in text and "| single | 0 |" not in text
     assert_tables_whole(text)
     assert sorted(p.name for p in rep.iterdir()) == ["fig5_throughput.png", "fig5_throughput.svg", "largest_batch.png",
-                                                    "largest_batch.svg", "report.md"]  # whole files, no temporary
+                                                    "largest_batch.svg", "points.csv", "report.md",
+                                                    "runs.csv"]  # whole files, no temporary
+    with open(rep / "points.csv", newline="") as fh:  # the bad run is no point of the table there either
+        assert sorted((r["line"], r["batch_size"]) for r in csv.DictReader(fh)) == [
+            ("ddp", "128"), ("single", "128"), ("single", "512")]
     assert all((rep / name).stat().st_size > 1000 for name in ("fig5_throughput.png", "fig5_throughput.svg"))
 
 
