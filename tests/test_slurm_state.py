@@ -19,11 +19,30 @@ def test_a_request_that_fits_some_node_passes():
     assert unsatisfiable(Request(1, 8, 8, 8, partition="big"), NODES) is None  # drained, yet it exists
 
 
+def test_a_partition_list_runs_in_any_one_of_its_partitions():
+    """``--partition=debug,big``: Slurm starts the job in whichever partition can hold it first."""
+    assert unsatisfiable(Request(1, 8, 8, 8, partition="debug,big"), NODES) is None
+    assert unsatisfiable(Request(1, 1, 1, partition="debug,other"), NODES) is None
+    assert unsatisfiable(Request(1, 128, 1, partition="debug,big"), NODES) == (
+        "needs 128 CPUs, 0 GPU(s) and 0 MB on one node; the largest node of debug has 2 CPUs, 2 GPUs, 23000 MB; "
+        "needs 128 CPUs, 0 GPU(s) and 0 MB on one node; the largest node of big has 64 CPUs, 8 GPUs, 512000 MB")
+
+
+def test_a_limit_shared_with_other_jobs_is_waited_on_and_a_per_job_one_is_not():
+    from pyramidrepro.machine.slurm_state import waits_for
+
+    req = Request(1, 1, 1)
+    for shared in ("MaxCpuPerAccount", "QOSGrpCpuLimit", "AssocGrpGRES", "QOSMaxJobsPerUserLimit"):
+        assert never_starts(shared, req, NODES) is None, shared
+        assert waits_for(shared) == "a user, account or QOS limit to free up as other jobs end"
+    assert never_starts("QOSMaxCpuPerJobLimit", req, NODES) == "QOSMaxCpuPerJobLimit"
+
+
 def test_what_no_node_holds_is_named():
     why = unsatisfiable(Request(1, 2, 2, partition="debug"), NODES)
-    assert why == "needs 4 CPUs, 0 GPU(s) and 0 MB on one node; the largest node has 2 CPUs, 2 GPUs, 23000 MB"
-    assert unsatisfiable(Request(3, 1, 1, partition="debug"), NODES) == (
-        "needs 3 node(s) of that size; the cluster has 2 of 2")
+    assert why == "needs 4 CPUs, 0 GPU(s) and 0 MB on one node; the largest node of debug has 2 CPUs, 2 GPUs, 23000 MB"
+    assert unsatisfiable(Request(3, 1, 1, partition="debug"), NODES) == "needs 3 node(s) of that size; debug has 2 of 2"
+    assert unsatisfiable(Request(4, 1, 1), NODES) == "needs 4 node(s) of that size; the cluster has 3 of 3"
     assert unsatisfiable(Request(1, 1, 1, gpus_per_node=4, partition="debug"), NODES).startswith("needs 1 CPUs, 4 GPU")
     assert unsatisfiable(Request(1, 1, 1, partition="gpu"), NODES) == "no node is in partition 'gpu'"
 

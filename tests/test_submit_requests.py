@@ -140,3 +140,13 @@ def test_a_resubmission_on_slurm_reruns_only_the_failed_point(cli, tmp_path):
     assert again.stdout.count("submitted ") == 1 and "cifar10" in again.stdout and again.returncode == 1
     assert {p.parent.name: _sha256(p) for p in tmp_path.glob("smoke/*/metrics.h5")} == done
     assert not list(tmp_path.glob("smoke/*/metrics.1.h5"))
+
+
+def test_jobs_ask_for_requeue_unless_the_experiment_says_otherwise(cli, tmp_path):
+    """Sites with JobRequeue=0 refuse submitit's requeue of a job that did not ask for it."""
+    args = ["submit", str(SMOKE), "--dry-run", "--out", str(tmp_path), "--cluster", "slurm"]
+    assert "#SBATCH --requeue" in cli(*args).stdout
+    off = cli(*args, "--set", "cluster.requeue=false").stdout
+    assert "#SBATCH --no-requeue" in off and "#SBATCH --requeue" not in off
+    mine = cli(*args, "--set", "cluster.additional_parameters={no-requeue: true}").stdout
+    assert "#SBATCH --no-requeue" in mine and "#SBATCH --requeue" not in mine

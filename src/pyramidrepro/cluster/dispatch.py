@@ -64,9 +64,10 @@ def slurm_only_parameters(cfg: ExperimentConfig) -> dict[str, Any]:
         params["slurm_wckey"] = c.wckey
     if c.exclusive:
         params["slurm_exclusive"] = True
-    extra = {**c.additional_parameters, **({"reservation": c.reservation} if c.reservation else {})}
-    if extra:
-        params["slurm_additional_parameters"] = extra
+    given = {str(k).replace("-", "_") for k in c.additional_parameters}
+    requeue = {} if given & {"requeue", "no_requeue"} else {"requeue" if c.requeue else "no_requeue": True}
+    params["slurm_additional_parameters"] = {**requeue, **c.additional_parameters,
+                                             **({"reservation": c.reservation} if c.reservation else {})}
     port = [f"export MASTER_PORT={c.master_port}"] if c.master_port else []
     # Slurm 22.05-23.02: srun does not inherit the job's --cpus-per-task; without this each
     # rank's step gets one CPU

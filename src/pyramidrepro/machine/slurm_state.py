@@ -29,7 +29,7 @@ NEVER_REASONS = frozenset({
     "InvalidQOS", "AccountNotAllowed", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "QOSMaxNodePerJobLimit",
     "QOSMaxWallDurationPerJobLimit", "QOSMaxMemoryPerJob", "QOSMinCpuNotSatisfied", "QOSMinGRES",
     "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit",
-    "AssocMaxGRESPerJob", "AssocMaxMemPerJob", "MaxCpuPerAccount", "DependencyNeverSatisfied",
+    "AssocMaxGRESPerJob", "AssocMaxMemPerJob", "DependencyNeverSatisfied",
 })
 #: a pending reason that is final only when no node of the cluster, in any state, is big enough
 SIZE_REASONS = frozenset({"Resources"})
@@ -147,10 +147,18 @@ def node_sizes() -> list[Node]:
 
 
 def unsatisfiable(req: Request, nodes: list[Node]) -> str | None:
-    """Why no set of ``nodes`` can ever hold ``req`` (None when enough nodes are big enough)."""
-    pool = [n for n in nodes if not req.partition or req.partition in n.partitions]
+    """Why no set of ``nodes`` can ever hold ``req`` (None when enough nodes are big enough); a request
+    for several partitions (``gpu,gpu-long``) can run in any one of them."""
+    partitions = [p for p in req.partition.split(",") if p] or [""]
+    whys = [_unsatisfiable_in(req, nodes, p) for p in partitions]
+    return None if None in whys else "; ".join(w for w in whys if w)
+
+
+def _unsatisfiable_in(req: Request, nodes: list[Node], partition: str) -> str | None:
+    """Why the nodes of ``partition`` (all nodes: '') can never hold ``req``."""
+    pool = [n for n in nodes if not partition or partition in n.partitions]
     if not pool:
-        return f"no node is in partition {req.partition!r}"
+        return f"no node is in partition {partition!r}"
     cpus = req.tasks_per_node * req.cpus_per_task
     fits = [n for n in pool if n.cpus >= cpus and n.gpus >= req.gpus_per_node and n.mem_mb >= req.mem_mb]
     if len(fits) >= req.nodes:
@@ -159,8 +167,8 @@ def unsatisfiable(req: Request, nodes: list[Node]) -> str | None:
     size = f"{biggest.cpus} CPUs, {biggest.gpus} GPUs, {biggest.mem_mb} MB"
     if not fits:
         return (f"needs {cpus} CPUs, {req.gpus_per_node} GPU(s) and {req.mem_mb} MB on one node; "
-                f"the largest node has {size}")
-    return f"needs {req.nodes} node(s) of that size; the cluster has {len(fits)} of {len(pool)}"
+                f"the largest node{f' of {partition}' if partition else ''} has {size}")
+    return f"needs {req.nodes} node(s) of that size; {partition or 'the cluster'} has {len(fits)} of {len(pool)}"
 
 
 def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:

@@ -269,6 +269,9 @@ class ClusterConfig(Section):
     array_parallelism: int = 16
     signal_delay_s: int = 120
     max_requeues: int = 3
+    #: --requeue: Slurm may requeue the job (submitit's requeue at a preemption or the time limit needs it
+    #: where the site sets JobRequeue=0); false: --no-requeue.  additional_parameters may say otherwise
+    requeue: bool = True
     additional_parameters: dict[str, Any] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
 
