@@ -4,7 +4,7 @@
 # Much of the suite waits on other processes (ranks, Slurm jobs, the image), so two processes overlap
 # it even on 2 cores (three were slower here: 13 min 50 s for the longest against 12 min 5 s).  The
 # tests that share one resource run in order in one of them: the Slurm test cluster and the one image
-# build (with the bench, boundary and bounds tests, to even out the two); everything else, the device
+# build (with the bench and boundary tests, to even out the two); everything else, the device
 # check's CPU form included, runs in the other.  Their output is kept apart: the first is printed when
 # both have ended.
 # Each process's torch, and every run the tests start, computes on one thread (OMP_NUM_THREADS, which
@@ -17,7 +17,7 @@ py=${1:?usage: run_suite.sh PYTHON}
 cd "$(dirname "$0")/.."
 serial=(tests/test_container.py tests/test_follow_lock.py tests/test_multinode.py tests/test_slurm.py
         tests/test_campaign_slurm.py
-        tests/test_submit_requests.py tests/test_bench.py tests/test_boundary.py tests/test_bounds.py)
+        tests/test_submit_requests.py tests/test_bench.py tests/test_boundary.py)
 log=$(mktemp "${TMPDIR:-/tmp}/pyramidrepro-suite.XXXXXX")
 "$py" -m pytest -q --durations=8 "${serial[@]}" >"$log" 2>&1 &
 serial_pid=$!
@@ -28,7 +28,7 @@ rest_rc=0
 "$py" -m pytest -q --durations=10 "${ignored[@]}" tests || rest_rc=$?
 serial_rc=0
 wait "$serial_pid" || serial_rc=$?
-echo "--- the Slurm, image, bench, boundary and bounds tests:"
+echo "--- the Slurm, image, bench and boundary tests:"
 cat "$log"
 rm -f "$log"
 [ "$rest_rc" -eq 0 ] && [ "$serial_rc" -eq 0 ]

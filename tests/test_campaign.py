@@ -74,15 +74,15 @@ def test_status_and_follow_refuse_a_folder_without_a_campaign(cli, tmp_path):
 
 
 def test_submit_again_skips_what_is_done_and_rerun_done_starts_afresh(cli, tmp_path):
-    """The local executor through the same engine: a second submit finds the run done and submits
-    nothing; --rerun-done starts a new campaign that submits it again."""
-    args = ["submit", str(SMOKE), "--cluster", "local", "--out", str(tmp_path), "--min-repeats", "1",
+    """The engine with the debug executor (runs in this process): a second submit finds the run done and
+    submits nothing; --rerun-done starts a new campaign that submits it again."""
+    args = ["submit", str(SMOKE), "--cluster", "debug", "--out", str(tmp_path), "--min-repeats", "1",
             "--max-repeats", "1", "--set", "model.depth=8", "--set", "model.alpha=4"]
     first = cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     (run_dir,) = [p.parent for p in tmp_path.glob("smoke/*/metrics.h5")]
     state = load_state(tmp_path / "smoke")
-    assert state.executor == "local" and state.jobs_submitted() == 1 and state.passes == [[run_dir.name]]
+    assert state.executor == "debug" and state.jobs_submitted() == 1 and state.passes == [[run_dir.name]]
     first_job = state.last_job(run_dir.name)
     again = cli(*args[:6], *args[10:])  # without the repeats flags: the campaign keeps its own rule (1 run)
     assert again.returncode == 0 and f"{run_dir.name}: already done, skipped" in again.stdout, again.stdout

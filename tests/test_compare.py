@@ -29,8 +29,10 @@ def _experiment(tmp_path):
 
 
 def _campaign(cli, path, out, batches, env=None):
-    r = cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "1", "--min-repeats", "1",
-            "--max-repeats", "1", "--set", f"sweep={{train.batch_size: [{', '.join(map(str, batches))}]}}", env=env)
+    """A campaign of ``batches`` through the engine's debug executor: each run in this process (the same
+    runs as reproduce's, without a process and torch's import each)."""
+    r = cli("submit", str(path), "--cluster", "debug", "--out", str(out), "--min-repeats", "1", "--max-repeats", "1",
+            "--set", f"sweep={{train.batch_size: [{', '.join(map(str, batches))}]}}", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return out / "cmp"
 
