@@ -36,8 +36,12 @@ answer() {  # answer REQUEST_LINE: run a requeue request, print its exit status
     esac
 }
 
-task_lives() {  # the task's process is there and not a zombie waiting for its parent (Linux /proc)
-    kill -0 "$task" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$task/status" 2>/dev/null
+task_lives() {  # the task's process is there and not a zombie waiting for its parent (Linux /proc);
+    kill -0 "$task" 2>/dev/null || return 1  # builtins only: the watcher forks nothing but its sleep
+    while read -r key value _; do
+        [ "$key" = "State:" ] && { [ "$value" != Z ]; return; }
+    done <"/proc/$task/status" 2>/dev/null
+    return 0
 }
 
 (   # the watcher: as long as the task's process lives, answer what the stub writes
@@ -50,7 +54,7 @@ task_lives() {  # the task's process is there and not a zombie waiting for its p
             answer "$line" >"$request.rc.tmp"
             mv "$request.rc.tmp" "$request.rc"
         fi
-        sleep 0.2 2>/dev/null || sleep 1  # POSIX sleep takes whole seconds only
+        sleep 1  # a requeue waits at most a second more; the job's whole life costs one fork a second
     done
 ) </dev/null >/dev/null &
 
