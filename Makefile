@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 ## reproduce: run the quick campaign sized for this machine and write the report
 reproduce: $(STAMP)
+	@sh slurm/login-node-hint.sh
 	$(VENV)/bin/pyramidrepro reproduce --out $(OUT)
 
 ## tools: as root, the Debian packages the image tests need (mmdebstrap builds it, bwrap runs it,

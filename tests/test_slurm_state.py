@@ -78,3 +78,34 @@ def test_a_queued_job_request_is_read_from_scontrol_output():
     assert parse_job_request(text) == Request(2, 2, 1, gpus_per_node=2, mem_mb=4096, partition="short")
     bare = parse_job_request("JobId=7 NumNodes=1 NumTasks=1 CPUs/Task=2 MinMemoryNode= Partition=debug")
     assert bare == Request(1, 1, 2, partition="debug")  # an empty memory field is no memory request
+
+
+def test_make_reproduce_on_a_login_node_says_so_and_nowhere_else(tmp_path):
+    """slurm/login-node-hint.sh: one line where sinfo lists nodes and no job holds the shell; nothing on a
+    laptop (no sinfo) or inside a job."""
+    import os
+    import subprocess
+
+    from support import ROOT
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sinfo").write_text("#!/bin/sh\necho 3\n")
+    (fake / "sinfo").chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    script = str(ROOT / "slurm" / "login-node-hint.sh")
+
+    def hint(path: str, **env: str) -> str:
+        r = subprocess.run(["/bin/sh", script], capture_output=True, text=True, env={**base, "PATH": path, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    login = hint(f"{fake}:/usr/bin:/bin")
+    assert len(login.splitlines()) == 1 and "looks like a cluster's login node" in login
+    assert "pyramidrepro submit experiments/fig5.yaml" in login
+    assert hint(f"{fake}:/usr/bin:/bin", SLURM_JOB_ID="42") == ""
+    laptop = tmp_path / "laptop"  # the tools the script uses, and no sinfo
+    laptop.mkdir()
+    for tool in ("timeout", "head"):
+        (laptop / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
+    assert hint(str(laptop)) == ""
