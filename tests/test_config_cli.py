@@ -156,3 +156,19 @@ def test_apptainer_definitions_and_templates():
         assert r.returncode == 0
     else:
         print("apptainer not installed: the image build itself is not tested here")
+
+
+def test_the_schema_imports_on_the_lowest_python_the_package_declares():
+    """requires-python says 3.10; enum.StrEnum is 3.11: the schema keeps the same behaviour on 3.10."""
+    import shutil
+    import subprocess
+
+    found = [*sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python")), shutil.which("python3.10")]
+    lowest = next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)  # a shim may refuse
+    if lowest is None:
+        pytest.skip("no Python 3.10 on this machine")
+    code = ("import sys; sys.path.insert(0, 'src'); from pyramidrepro.spec.schema import Status; "
+            "assert str(Status.COMPLETED) == 'completed' and f'{Status.OOM}' == 'oom' and Status.NAN == 'nan'; "
+            "print(sys.version_info[:2])")
+    r = subprocess.run([lowest, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "(3, 10)", r.stdout + r.stderr

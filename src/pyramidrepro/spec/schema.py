@@ -6,7 +6,16 @@ The enums are ``str`` subclasses, so ``Attr.MODE == "mode"`` and a name reads ba
 
 from __future__ import annotations
 
-from enum import StrEnum
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10: the same, as the standard library's 3.11 defines it
+    from enum import Enum
+
+    class StrEnum(str, Enum):  # type: ignore[no-redef]
+        """Members that are their own string values (``str(m)`` and f-strings give the value)."""
+
+        def __str__(self) -> str:
+            return str(self.value)
 
 
 class Status(StrEnum):
