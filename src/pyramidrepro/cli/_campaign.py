@@ -74,10 +74,9 @@ def take_up(c: Campaign, args: argparse.Namespace, defaults: Repeats, executor: 
 def refuse_if_queued(c: Campaign, old: CampaignState) -> None:
     """ConfigError when a campaign about to be replaced still has jobs in the queue."""
     from ..cluster.campaign_state import state_path
-    from ..cluster.campaign_view import Kind, look, slurm_queue
+    from ..cluster.campaign_view import Kind, look
 
-    run_ids = old.run_ids()
-    queued = [v for v in look(old, c.out, run_ids, slurm_queue(old, run_ids)) if v.kind is Kind.WAITING]
+    queued = [v for v in look(old, c.out) if v.kind is Kind.WAITING]
     if queued:
         jobs = ", ".join(v.job.job_id for v in queued[:4] if v.job) + (" ..." if len(queued) > 4 else "")
         raise ConfigError(str(state_path(c.folder)), "campaign", f"holds {len(queued)} queued or running job(s) "

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..records.runs import load_run, run_dir_for, status_of
+from ..records.runs import METRICS_NAME, load_run, run_dir_for
 from ..spec.config import ExperimentConfig, expand_sweep
 from ..spec.schema import FINISHED, Status
 from ..stats.measure import Estimate, pool
 from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
-from .campaign_view import ENDED_HERE, Kind, RunView, look, slurm_queue
+from .campaign_view import ENDED_HERE, Kind, RunView, look
 
 __all__ = ["Campaign", "Outcome", "Progress", "Repeats", "drive", "point_estimate", "repeat_id", "why_repeat"]
 
@@ -92,14 +92,13 @@ def point_estimate(out: str | Path, experiment: str, run_id: str, repeats: int) 
     """The pooled images/s of a point's completed runs among its first ``repeats``; None when none has a figure."""
     runs = []
     for n in range(1, repeats + 1):
-        metrics = run_dir_for(out, experiment, repeat_id(run_id, n)) / "metrics.h5"
-        if status_of(metrics.parent) == Status.COMPLETED:
-            try:
-                record = load_run(metrics)
-            except (OSError, ValueError):
-                continue  # unreadable or makes no sense: no figure to pool
-            if record.images_per_s:
-                runs.append(record.estimate())
+        metrics = run_dir_for(out, experiment, repeat_id(run_id, n)) / METRICS_NAME
+        try:
+            record = load_run(metrics) if metrics.is_file() else None
+        except (OSError, ValueError):
+            continue  # unreadable or makes no sense: no figure to pool
+        if record is not None and record.status == Status.COMPLETED and record.images_per_s:
+            runs.append(record.estimate())
     return pool(runs) if runs else None
 
 
@@ -171,12 +170,9 @@ class Session:
     given_up: set[str] = dataclasses.field(default_factory=set)
     ended_jobs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
-    def queue(self, state: CampaignState, run_ids: list[str]) -> dict[str, tuple[str, str]] | None:
-        """The controller's view of the runs' latest jobs; one ``squeue`` call unless every one ended here."""
-        return slurm_queue(state, run_ids, known=self.ended_jobs)
-
-    def look(self, c: Campaign, state: CampaignState, run_ids: list[str]) -> list[RunView]:
-        return look(state, c.out, run_ids, self.queue(state, run_ids), frozenset(self.given_up))
+    def look(self, c: Campaign, state: CampaignState, run_ids: list[str] | None = None) -> list[RunView]:
+        """:func:`.campaign_view.look` with what this process learnt (no ``squeue`` when every job ended here)."""
+        return look(state, c.out, run_ids, frozenset(self.given_up), known=self.ended_jobs)
 
     def followed(self, views: list[RunView]) -> None:
         self.given_up |= {v.run_id for v in views}
@@ -207,7 +203,7 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
                 continue
             waiting += [dataclasses.replace(v, kind=Kind.WAITING, job=state.last_job(v.run_id)) for v in due]
         if waiting and not wait:
-            return Outcome(number, session.look(c, state, state.run_ids()), complete=False)
+            return Outcome(number, session.look(c, state), complete=False)
         if waiting:
             launcher.follow(c, state, waiting)
             session.followed(waiting)
@@ -215,7 +211,7 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
         tell(Progress(number, len(views), len(views), pass_ended=True))
         following = next_pass(c, state, views)
         if not following:
-            return Outcome(number, session.look(c, state, state.run_ids()), complete=True)
+            return Outcome(number, session.look(c, state), complete=True)
         state.passes.append(following)
         save_state(c.folder, state)
         c.say(f"pass {number + 1} of at most {state.repeats.maximum}: {len(following)} run(s)")
@@ -223,14 +219,8 @@ def drive(c: Campaign, state: CampaignState, launcher: Launcher, wait: bool = Tr
 
 def say_done(c: Campaign, state: CampaignState) -> None:
     """A line per run of the campaign that is done already (it is skipped)."""
-    done = {v.run_id for v in all_runs(c, state) if v.kind is Kind.DONE}
+    done = {v.run_id for v in look(state, c.out) if v.kind is Kind.DONE}
     for runs in state.passes:
         for i, run_id in enumerate(runs, 1):
             if run_id in done:
                 c.say(f"[{i}/{len(runs)}] {run_id}: already done, skipped")
-
-
-def all_runs(c: Campaign, state: CampaignState, given_up: frozenset[str] = frozenset()) -> list[RunView]:
-    """Every run the campaign planned, as it stands now (one ``squeue`` call)."""
-    run_ids = state.run_ids()
-    return look(state, c.out, run_ids, slurm_queue(state, run_ids), given_up)

@@ -14,7 +14,7 @@ from typing import Any
 from ..stats.measure import Estimate
 from .campaign import needs_repeat, point_estimate, repeats_due
 from .campaign_state import CampaignState, driven, point_of
-from .campaign_view import Kind, RunView, look, slurm_queue
+from .campaign_view import Kind, RunView, look
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +65,7 @@ def point_row(folder: Path, state: CampaignState, point: str, views: list[RunVie
 def campaign_status(folder: str | Path, state: CampaignState) -> CampaignStatus:
     """The campaign in ``folder`` (OUT/<experiment>) as it stands now: one ``squeue`` call."""
     folder = Path(folder)
-    run_ids = state.run_ids()
-    views = look(state, folder.parent, run_ids, slurm_queue(state, run_ids))
+    views = look(state, folder.parent)
     last = [v for v in views if v.run_id in set(state.passes[-1])] if state.passes else []
     settled = all(v.kind in (Kind.DONE, Kind.FAILED) for v in last)
     more = {p for p, _, _ in repeats_due(folder.parent, state.experiment, last, state.repeats,

@@ -9,6 +9,7 @@ prints it.  Nothing here imports torch or submitit: a login node reads it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
@@ -52,8 +53,8 @@ class RunView:
         return self.kind is Kind.DONE and self.status == "completed"
 
 
-def slurm_queue(state: CampaignState, run_ids: Iterable[str],
-                known: dict[str, tuple[str, str]] | None = None) -> dict[str, tuple[str, str]] | None:
+def runs_queue(state: CampaignState, run_ids: Iterable[str],
+               known: dict[str, tuple[str, str]] | None = None) -> dict[str, tuple[str, str]] | None:
     """{job id: (state, reason)} of the latest Slurm job of each run, in one ``squeue`` call for those not
     ``known`` already (none when all are); None when the controller did not answer (then no job is taken
     for gone)."""
@@ -65,10 +66,13 @@ def slurm_queue(state: CampaignState, run_ids: Iterable[str],
         return None
 
 
-def look(state: CampaignState, out: str | Path, run_ids: Iterable[str],
-         queue: dict[str, tuple[str, str]] | None, given_up: frozenset[str] = frozenset()) -> list[RunView]:
-    """Each of ``run_ids`` sorted (see the module's docstring); ``given_up``: runs this process followed
-    to an end without a result, not submitted again by it."""
+def look(state: CampaignState, out: str | Path, run_ids: list[str] | None = None,
+         given_up: frozenset[str] = frozenset(), known: dict[str, tuple[str, str]] | None = None) -> list[RunView]:
+    """Each of ``run_ids`` (default: every run the campaign planned) sorted (see the module's docstring),
+    their jobs asked about in one ``squeue`` call (:func:`runs_queue`, ``known`` ones not); ``given_up``:
+    runs this process followed to an end without a result, not submitted again by it."""
+    run_ids = state.run_ids() if run_ids is None else run_ids
+    queue = runs_queue(state, run_ids, known)
     return [classify(state, out, run_id, queue, given_up) for run_id in run_ids]
 
 
@@ -78,14 +82,14 @@ def classify(state: CampaignState, out: str | Path, run_id: str, queue: dict[str
     status = status_of(run_dir_for(out, state.experiment, run_id))
     job = state.last_job(run_id)
     count = len(state.submissions.get(run_id, []))
-    view = _maker(run_id, status, job, count)
+    view = functools.partial(RunView, run_id, status=status, job=job, submissions=count)
     if status in FINISHED and (job is not None or not state.rerun_done):
         return view(Kind.DONE)
     if job is not None and job.executor == "slurm":
         queued, reason = (NO_ANSWER, "the controller did not answer") if queue is None else queue.get(job.job_id,
                                                                                                      ("", ""))
         if queued and queued not in ENDED_STATES:
-            return view(Kind.WAITING, queued, reason)
+            return view(Kind.WAITING, queue_state=queued, reason=reason)
     if run_id in given_up:
         return view(Kind.FAILED, reason="its job ended without a result")
     if state.passes and run_id not in state.passes[-1]:
@@ -93,12 +97,6 @@ def classify(state: CampaignState, out: str | Path, run_id: str, queue: dict[str
     if count >= MAX_SUBMISSIONS:
         return view(Kind.FAILED, reason=f"submitted {count} times without a result: not submitted again")
     return view(Kind.DUE, reason=why_due(job, status))
-
-
-def _maker(run_id: str, status: str | None, job: Submission | None, count: int):  # noqa: ANN202
-    def make(kind: Kind, queue_state: str = "", reason: str = "") -> RunView:
-        return RunView(run_id, kind, status, job, count, queue_state, reason)
-    return make
 
 
 def why_due(job: Submission | None, status: str | None) -> str:
