@@ -101,3 +101,144 @@ def test_model_info_cli_prints_json(cli):
     assert info["params"] == 1_772_706 and info["macs_per_image"] > 0.39e9
     bad = cli("model-info", "--depth", "111")
     assert bad.returncode == 2 and "6n+2" in bad.stderr
+
+
+# --- tensor-core widths (channel_multiple) and the eager shortcut ------------------------------------------
+
+def _padded_entries(aligned, plain):
+    """Every entry of ``aligned``'s parameters outside ``plain``'s shapes (the added channels)."""
+    own = dict(plain.named_parameters())
+    out = {}
+    for name, p in aligned.named_parameters():
+        extra = p.detach().clone()
+        extra[tuple(slice(0, n) for n in own[name].shape)] = 0
+        out[name] = extra
+    return out
+
+
+def _width(module):
+    """The output channels of a convolution, BatchNorm or block (None for other modules)."""
+    for attr in ("out_channels", "num_features"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return None
+
+
+def _twins(arch, seed=0):
+    torch.manual_seed(seed)
+    plain = PyramidNet(*arch)
+    torch.manual_seed(seed)
+    aligned = PyramidNet(*arch, channel_multiple=8)
+    return plain, aligned
+
+
+@pytest.mark.parametrize("arch", [(110, 270, "basic"), (8, 4, "basic"), (11, 12, "bottleneck")])
+def test_aligned_widths_compute_the_papers_function_with_its_parameter_count(arch):
+    plain, aligned = _twins(arch)
+    widths = [m.out_channels for m in aligned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths[1:])  # every layer but the image's is a multiple of 8
+    assert count_parameters(aligned) == count_parameters(plain)
+    # drawn as the paper's widths are, from the same seed, and the run's random stream left alone
+    assert all(float(p.abs().max()) == 0 for p in _padded_entries(aligned, plain).values())
+    for (name, p), q in zip(plain.named_parameters(), aligned.parameters()):
+        assert torch.equal(p, q[tuple(slice(0, n) for n in p.shape)]), name
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # training mode: BatchNorm on batch statistics, as in a step
+        torch.testing.assert_close(aligned(x), plain(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", [(8, 4, "basic"), (11, 12, "bottleneck")])
+def test_twenty_sgd_steps_keep_every_added_channel_exactly_zero(arch):
+    plain, aligned = _twins(arch)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+            for m in (plain, aligned)]
+    activations = []
+    plain_widths = {name: _width(m) for name, m in plain.named_modules()}
+
+    def keep(name):
+        return lambda _module, _inp, out: activations.append((name, out.detach()))
+
+    hooks = [m.register_forward_hook(keep(name)) for name, m in aligned.named_modules() if _width(m)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        activations.clear()
+        losses = []
+        for model, opt in zip((plain, aligned), opts):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    for h in hooks:
+        h.remove()
+    for name, extra in _padded_entries(aligned, plain).items():
+        assert float(extra.abs().max()) == 0, name  # conv and FC weights, BN scales and shifts
+    assert len(activations) > 3 * len(aligned.blocks)
+    for name, out in activations:  # every convolution's, BatchNorm's and block's output in the last step
+        assert int(out[:, plain_widths[name]:].count_nonzero()) == 0, name
+    # the momentum buffers of the added entries stayed zero too (weight decay had nothing to act on)
+    momentum = [opts[1].state[p]["momentum_buffer"] for p in aligned.parameters()]
+    plain_shapes = [p.shape for p in plain.parameters()]
+    for buf, shape in zip(momentum, plain_shapes):
+        extra = buf.clone()
+        extra[tuple(slice(0, n) for n in shape)] = 0
+        assert float(extra.abs().max()) == 0
+
+
+def test_a_state_dict_of_either_layout_loads_into_the_other():
+    plain, aligned = _twins((8, 4, "basic"), seed=3)
+    with torch.no_grad():  # move the weights away from the initial ones, in the aligned model
+        for p in aligned.parameters():
+            p.add_(0.01)
+        for name, extra in _padded_entries(aligned, plain).items():
+            dict(aligned.named_parameters())[name].sub_(extra)  # the added channels back at zero
+    x = torch.randn(4, 3, 32, 32)
+    back = PyramidNet(8, 4)
+    back.load_state_dict(aligned.state_dict())  # aligned -> the paper's layout
+    again = PyramidNet(8, 4, channel_multiple=8)
+    again.load_state_dict(back.state_dict())  # and back
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), aligned.state_dict().values()))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), aligned(x), rtol=0, atol=1e-6)
+        assert torch.equal(again(x), aligned(x))
+
+
+def _pad_and_add(block, x):
+    """The paper's shortcut as first written: zero-pad the input's channels, then add."""
+    out = block.branch(x)
+    shortcut = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True) if block.stride != 1 else x
+    pad = out.shape[1] - shortcut.shape[1]
+    return out + torch.nn.functional.pad(shortcut, (0, 0, 0, 0, 0, pad))
+
+
+@pytest.mark.parametrize("block_kind", ["basic", "bottleneck"])
+def test_the_eager_shortcut_is_bit_identical_to_pad_and_add(block_kind):
+    torch.manual_seed(0)
+    model = PyramidNet(20 if block_kind == "basic" else 29, 24, block_kind)
+    x = torch.randn(4, 3, 32, 32)
+    h = model.stem(x)
+    for block in model.blocks:  # every block, the downsampling ones included
+        a, b = h.detach().clone().requires_grad_(), h.detach().clone().requires_grad_()
+        ours, reference = block(a), _pad_and_add(block, b)
+        assert torch.equal(ours, reference)
+        grad = torch.randn_like(ours)
+        ours.backward(grad)
+        reference.backward(grad)
+        assert torch.equal(a.grad, b.grad)
+        h = reference.detach()
+
+
+def test_model_info_reports_the_macs_aligned_widths_add(cli):
+    import json
+
+    info = model_info(110, 270, "basic", channel_multiple=8)
+    assert info["params"] == 28_485_477 and info["macs_per_image"] == pytest.approx(4.72e9, rel=0.01)
+    assert info["aligned_macs_per_image"] > info["macs_per_image"]
+    assert 0.01 < info["aligned_extra_macs"] < 0.10
+    r = cli("model-info", "--depth", "8", "--alpha", "4", "--channel-multiple", "8")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["aligned_extra_macs"] > 0
+    bad = cli("model-info", "--channel-multiple", "0")
+    assert bad.returncode == 2 and "--channel-multiple" in bad.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..spec.errors import ConfigError
 from ._common import add_model_args, check_model_args
 
 
@@ -13,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model-info", help="parameters and forward MACs of a PyramidNet variant")
     add_model_args(p, depth=110, alpha=48)
     p.add_argument("--widening", choices=["additive", "multiplicative"], default="additive")
+    p.add_argument("--channel-multiple", type=int, default=1, metavar="N",
+                   help="also count the MACs of the layout with every layer's channels rounded up to a "
+                        "multiple of N (8: tensor cores), the added ones held at zero; params stay the paper's")
     p.set_defaults(func=cmd_model_info)
 
 
@@ -21,5 +25,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     from ..workload.model import model_info
 
     check_model_args(args, args.widening)
-    print(json.dumps(model_info(args.depth, args.alpha, args.block, args.widening), indent=2))
+    if not 1 <= args.channel_multiple <= 64:
+        raise ConfigError("model-info", "--channel-multiple", f"expected 1 to 64, got {args.channel_multiple}")
+    info = model_info(args.depth, args.alpha, args.block, args.widening, args.channel_multiple)
+    print(json.dumps(info, indent=2))
     return 0

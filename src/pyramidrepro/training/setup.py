@@ -102,7 +102,8 @@ def build_training(cfg: ExperimentConfig, ctx: RunContext) -> Training:
     splits = load_splits(cfg.data, cfg.model.num_classes, t.seed)
     m = cfg.model
     model: nn.Module = PyramidNet(m.depth, m.alpha, m.block, m.widening, m.num_classes,
-                                  activation_checkpointing=t.activation_checkpointing)
+                                  activation_checkpointing=t.activation_checkpointing,
+                                  channel_multiple=m.channel_multiple)
     if t.mode == "ddp" and t.sync_bn:
         if device.type != "cuda":
             raise RuntimeError("train.sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU")

@@ -3,6 +3,10 @@
 One model class; the variants (depth, widening factor alpha, basic or bottleneck blocks, additive or
 multiplicative widening) are constructor arguments.  Nothing inside ``forward`` creates tensors on a
 fixed device, so the same module runs on CPU, one GPU, under DataParallel, DDP and torch.compile.
+
+``channel_multiple`` rounds every layer's channels up to a multiple (8: what tensor cores want) with
+the added channels held at exactly zero (:mod:`._aligned`): the same function, the same training
+trajectory and the same parameter count as the paper's widths.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..spec.architecture import BlockKind, Widening, block_widths, blocks_per_stage
+from ._aligned import fit_state_dict, widen
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -27,7 +32,8 @@ class PyramidBlock(nn.Module):
     """One pyramidal residual unit, basic or bottleneck, with a parameter-free shortcut.
 
     The residual branch has no ReLU after the addition.  The shortcut average-pools 2x2 when the
-    block downsamples and zero-pads the extra output channels.
+    block downsamples and is added into the first channels of the branch's output: the paper's
+    zero-padded shortcut, without allocating the zeros.
     """
 
     def __init__(self, in_channels: int, planes: int, stride: int, kind: BlockKind) -> None:
@@ -56,17 +62,21 @@ class PyramidBlock(nn.Module):
                 _conv1x1(planes, planes * 4),
                 nn.BatchNorm2d(planes * 4),
             )
-        self.pad_channels = self.out_channels - in_channels
-        if self.pad_channels < 0:
+        if self.out_channels < in_channels:
             raise ValueError("pyramidal widening never narrows a block")
+        self.shortcut_channels = in_channels  # the paper's input channels: an aligned model's added ones stay out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
         shortcut = F.avg_pool2d(x, 2, ceil_mode=True) if self.stride != 1 else x
-        if self.pad_channels:
-            # F.pad creates the zeros on the input's device and dtype: nothing device-specific here.
-            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.pad_channels))
-        return out + shortcut
+        n = self.shortcut_channels
+        if shortcut.shape[1] == out.shape[1] == n:
+            return out + shortcut
+        # out + pad(shortcut) without the padded copy: the other channels gain zero, so they keep
+        # their values.  BatchNorm's backward reads its input, not its output, so the in-place add
+        # on the branch's fresh output is safe for autograd.
+        out.narrow(1, 0, n).add_(shortcut.narrow(1, 0, n))
+        return out
 
 
 class PyramidNet(nn.Module):
@@ -79,6 +89,9 @@ class PyramidNet(nn.Module):
         widening: ``"additive"`` (the paper's main model) or ``"multiplicative"``.
         num_classes: classifier outputs.
         activation_checkpointing: recompute each block's activations in backward.
+        channel_multiple: round every layer's channels up to this multiple, the added ones held at
+            zero (1: the paper's widths as they are).  Weights are drawn as for the paper's widths,
+            and a state dict of either layout loads into the other.
     """
 
     def __init__(
@@ -89,6 +102,7 @@ class PyramidNet(nn.Module):
         widening: Widening = "additive",
         num_classes: int = 10,
         activation_checkpointing: bool = False,
+        channel_multiple: int = 1,
     ) -> None:
         super().__init__()
         n = blocks_per_stage(depth, block)
@@ -113,6 +127,12 @@ class PyramidNet(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        self.channel_multiple = channel_multiple
+        self.padding_parameters = 0
+        if channel_multiple > 1:
+            with torch.random.fork_rng(devices=[]):  # the layers widened draw nothing from the run's stream
+                widen(self, channel_multiple)
+        self.register_load_state_dict_pre_hook(fit_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -127,8 +147,10 @@ class PyramidNet(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (BatchNorm affine weights included, running statistics not)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Trainable parameters (BatchNorm affine weights included, running statistics not), less the
+    channels an aligned PyramidNet holds at zero: the paper's count either way."""
+    padding = sum(getattr(m, "padding_parameters", 0) for m in model.modules())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) - padding
 
 
 def count_convolutions(model: nn.Module) -> int:
@@ -167,10 +189,12 @@ def count_macs(model: nn.Module, image_size: int = 32) -> int:
     return total
 
 
-def model_info(depth: int, alpha: float, block: BlockKind, widening: Widening = "additive") -> dict:
-    """Parameter count and forward MACs per 32x32 image for a PyramidNet variant."""
+def model_info(depth: int, alpha: float, block: BlockKind, widening: Widening = "additive",
+               channel_multiple: int = 1) -> dict:
+    """Parameter count and forward MACs per 32x32 image for a PyramidNet variant; with a
+    ``channel_multiple``, also the MACs its aligned layout computes and how many more that is."""
     model = PyramidNet(depth, alpha, block, widening)
-    return {
+    info = {
         "depth": depth,
         "alpha": alpha,
         "block": block,
@@ -179,3 +203,16 @@ def model_info(depth: int, alpha: float, block: BlockKind, widening: Widening = 
         "macs_per_image": count_macs(model),
         "final_width": model.num_features,
     }
+    if channel_multiple > 1:
+        aligned = PyramidNet(depth, alpha, block, widening, channel_multiple=channel_multiple)
+        macs = count_macs(aligned)
+        info.update(channel_multiple=channel_multiple, aligned_macs_per_image=macs,
+                    aligned_extra_macs=macs / info["macs_per_image"] - 1,
+                    aligned_widths_already=sum(w % channel_multiple == 0 for w in _widths(model)),
+                    widths=len(_widths(model)))
+    return info
+
+
+def _widths(model: PyramidNet) -> list[int]:
+    """The output channels of every convolution."""
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
