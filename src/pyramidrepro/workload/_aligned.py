@@ -30,7 +30,8 @@ def widen(model: Any, multiple: int) -> None:
     """Round every layer of ``model`` (a PyramidNet) up to ``multiple`` channels, in place.
 
     The image's 3 input channels stay as they are; each block's shortcut keeps adding the paper's
-    channels only (an added channel never feeds a real one).  Sets ``model.padding_parameters``: the parameters the added channels hold.
+    channels only (an added channel never feeds a real one).  Sets ``model.padding_parameters``:
+    the parameters the added channels hold.
     """
     before = sum(p.numel() for p in model.parameters())
     model.stem, channels = _widen_sequence(model.stem, 3, multiple)
