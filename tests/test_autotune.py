@@ -272,3 +272,46 @@ def test_a_cached_choice_the_run_falls_far_below_is_dropped_and_retune_measures_
     assert _cache(tmp_path)[key]["predicted_images_per_s"] == pytest.approx(0.03)
     assert "PYRAMIDREPRO_RETUNE" not in os.environ  # the flag held for that run only
     assert "--retune" in cli("run", "--help").stdout
+
+
+def test_a_piece_free_on_the_device_is_kept_without_a_trial_and_the_next_trial_starts_from_it():
+    reference = PathSpec()
+    free = Candidate("tensor_loader", "loader", "torch", free="nothing to wait for on a GPU")
+    after = replace(reference, loader="torch")
+    calls: list[PathSpec] = []
+    measure = _scripted({after: [100.0, 100.0, 100.0], replace(after, channels_last=True): [150.0]}, calls)
+    choice = choose(reference, [free, Candidate("channels_last", "channels_last", True)], measure)
+    assert reference not in calls  # the free piece was never measured against the path without it
+    first, second = choice.decisions
+    assert first.kept and first.reason == "kept without a trial: nothing to wait for on a GPU" and first.ratio is None
+    assert second.kept and second.images_per_s_without == 100.0
+    assert choice.spec == replace(after, channels_last=True)
+
+
+def test_on_a_gpu_bench_keeps_the_free_pieces_and_tries_widths_and_measures_both_baselines():
+    from pyramidrepro.study.bench_plan import BenchPlan, bench_candidates
+
+    cap = {"fast_bf16": True}
+    plan = BenchPlan(device="cuda", compile="off")
+    gpu = {c.name: c for c in bench_candidates(plan, torch.device("cuda"), cap)}
+    assert gpu["tensor_loader"].free and gpu["no_host_sync"].free
+    assert not gpu["fused_sgd"].free and not gpu["channels_last"].free
+    assert gpu["aligned_widths (x8)"].ruled_out is None and gpu["aligned_widths (x8)"].value == 8
+    cpu = {c.name: c for c in bench_candidates(replace(plan, device="cpu"), torch.device("cpu"), cap)}
+    assert not any(c.free for c in cpu.values())
+    assert cpu["aligned_widths (x8)"].ruled_out.startswith("capability:")
+    assert "aligned_widths (x8)" not in {c.name for c in bench_candidates(replace(plan, widths=False),
+                                                                         torch.device("cuda"), cap)}
+    assert {k: v.precision for k, v in plan.baselines(torch.device("cuda")).items()} == {"fp32": "fp32",
+                                                                                          "tf32": "tf32"}
+    assert list(plan.baselines(torch.device("cpu"))) == ["fp32"]
+    assert replace(plan, baseline_loader="torch").baseline.loader == "torch"
+
+
+def test_an_aligned_path_trains_from_the_papers_weights():
+    torch.manual_seed(0)
+    init = PyramidNet(8, 4).state_dict()
+    splits = synthetic_splits(64, 16)
+    rates = [TrainPath(PathSpec(loader="torch", channel_multiple=m), (8, 4, "basic"), init, splits, 16,
+                       torch.device("cpu")).train(2) for m in (1, 8)]
+    assert all(r > 0 for r in rates)

@@ -17,10 +17,15 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
         assert set(data["stage_seconds_per_step"][path]) == {"data", "forward", "backward", "optimizer", "logging"}
     # the baseline is the seed's way of training; the optimized path holds exactly the pieces kept
     assert data["baseline"] == {"precision": "fp32", "channels_last": False, "loader": "torchvision",
-                                "optimizer": "plain", "host_sync": True, "compile": "off"}
+                                "optimizer": "plain", "host_sync": True, "compile": "off", "channel_multiple": 1}
     choices = {c["name"]: c for c in data["choices"]}
-    assert list(choices) == ["tensor_loader", "foreach_sgd", "no_host_sync", "bf16", "channels_last",
-                             "compile (default)"]
+    assert list(choices) == ["tensor_loader", "no_host_sync", "foreach_sgd", "bf16", "channels_last",
+                             "aligned_widths (x8)", "compile (default)"]
+    widths = choices["aligned_widths (x8)"]  # a CPU has no tensor cores: not measured
+    assert not widths["kept"] and widths["reason"].startswith("capability:") and widths["ratio"] is None
+    # the ratio names its baseline: true fp32 (a CPU has no TF32 to compare with)
+    assert data["ratio_over"] == "the seed-style loop in true fp32 (TF32 off)"
+    assert data["baseline_tf32_images_per_s"] is None and data["ratio_over_tf32"] is None
     assert data["capability"]["isa"] and isinstance(data["capability"]["fast_bf16"], bool)
     opt = data["optimized"]
     assert opt["loader"] == ("torch" if choices["tensor_loader"]["kept"] else "torchvision")
@@ -54,7 +59,8 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     text = r.stdout
     assert json.loads(text[: text.index("\n}\n") + 2]) == data
     assert "baseline + channels_last" in text and "HDF5 logging" in text
-    assert text.splitlines()[-1].startswith("ratio ")
+    assert text.splitlines()[-1].startswith("ratio ") and "over the true-fp32 baseline" in text.splitlines()[-1]
+    assert "ratios over the seed-style loop in true fp32 (TF32 off)" in text
     assert "compile (default): compiling" in r.stderr and "capability:" in r.stderr  # progress on stderr
     assert data["elapsed_s"] > 0 and data["budget_s"] == 900
 

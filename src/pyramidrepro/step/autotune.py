@@ -6,7 +6,9 @@ host sync, compile mode).  :func:`choose` starts from a reference path and tries
 pieces in turn (greedy forward selection): each candidate path is the current one with one piece
 switched; the current path is measured before and after each measurement of the candidate
 (:class:`TrialSettings` ``rounds``), and the piece is kept only when the candidate's median
-images/s beats the current one's by more than ``margin``.  A piece that the device's capability rules out is not
+images/s beats the current one's by more than ``margin``.  A piece that cannot cost anything on the device
+(``Candidate.free``: on a GPU, the device-resident loader and a step without a host sync) is kept
+without a trial.  A piece that the device's capability rules out is not
 measured at all (bf16 without bf16 units runs about ten times slower than fp32: one trial would
 cost minutes), and a piece the budget cannot hold is skipped with the reason.
 
@@ -36,12 +38,14 @@ RETRIES = 2  # a disturbed trial is measured again up to this many times
 
 @dataclass(frozen=True)
 class Candidate:
-    """One piece to try: ``PathSpec`` field ``piece`` set to ``value``, unless ``ruled_out`` says why not."""
+    """One piece to try: ``PathSpec`` field ``piece`` set to ``value``, unless ``ruled_out`` says why
+    not, or ``free`` says why it is kept without a trial (it cannot cost anything on this device)."""
 
     name: str
     piece: str
     value: Any
     ruled_out: str | None = None
+    free: str | None = None
 
 
 @dataclass
@@ -204,6 +208,11 @@ def choose(reference: PathSpec, candidates: list[Candidate], measure: Callable[[
     decisions: list[Decision] = []
     skip = skip or (lambda cand: None)
     for cand in candidates:
+        if cand.free and not cand.ruled_out:
+            say(f"{cand.name}: kept without a trial ({cand.free})")
+            decisions.append(Decision(cand.name, True, f"kept without a trial: {cand.free}"))
+            current, rate, before = replace(current, **{cand.piece: cand.value}), None, None
+            continue
         reason = cand.ruled_out or skip(cand)
         if reason:
             say(f"{cand.name}: not tried ({reason})")
@@ -232,3 +241,15 @@ def precision_candidate(cap: dict[str, Any], device: torch.device) -> Candidate:
     isa = cap.get("isa", "?")
     return Candidate("bf16", "precision", "bf16",
                      ruled_out=f"capability: no bf16 units on this CPU ({isa}); bf16 would be emulated, ~10x slower")
+
+
+#: what the widths piece rounds every layer's channels up to: what NVIDIA's convolution guide asks of tensor cores
+TENSOR_CORE_MULTIPLE = 8
+
+
+def widths_candidate(device: torch.device) -> Candidate:
+    """Tensor-core widths (``channel_multiple``): tried on GPUs; on a CPU only extra MACs."""
+    cand = Candidate(f"aligned_widths (x{TENSOR_CORE_MULTIPLE})", "channel_multiple", TENSOR_CORE_MULTIPLE)
+    if device.type == "cuda":
+        return cand
+    return replace(cand, ruled_out="capability: no tensor cores to align for on a CPU; only the added MACs")

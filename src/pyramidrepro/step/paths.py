@@ -1,5 +1,10 @@
 """Training paths: one way to train (precision, memory format, loader, optimizer, host sync,
-compile), set up and timed on its own model copy.  ``bench`` and the ``auto`` chooser measure them.
+compile, channel widths), set up and timed on its own model copy.  ``bench`` and the ``auto``
+chooser measure them.
+
+On a GPU ``fp32`` is true fp32 (TF32 off, as runs keep it by default) and ``tf32`` is fp32 tensors
+with TF32 tensor-core math, PyTorch's own default for cuDNN convolutions: a seed-style loop that
+never touched the setting ran in TF32.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..machine.devices import set_tf32
 from ..workload.loaders import make_loader
 from .executor import OptimizerSettings, StepSettings, make_executor
 
@@ -18,12 +24,13 @@ from .executor import OptimizerSettings, StepSettings, make_executor
 class PathSpec:
     """One way to train: the seed-style baseline, the optimized path, or baseline plus one piece."""
 
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    precision: str = "fp32"  # fp32 | tf32 (GPU: TF32 math) | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     channels_last: bool = False
     loader: str = "torchvision"  # torchvision (DataLoader with workers) | torch (device-resident tensors)
     optimizer: str = "plain"  # plain | foreach | fused | default SGD (executor.OptimizerSettings.impl)
     host_sync: bool = True  # loss.item() every step
     compile_mode: str | None = None  # None: eager
+    channel_multiple: int = 1  # 8: the model's widths rounded up for tensor cores (workload.model)
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -33,6 +40,8 @@ class PathSpec:
 
 
 BASELINE = PathSpec()
+#: the seed-style loop as PyTorch runs it on a GPU when nobody sets TF32: cuDNN convolutions in TF32
+BASELINE_TF32 = PathSpec(precision="tf32")
 
 
 STAGES = ("data", "forward", "backward", "optimizer", "logging")
@@ -51,11 +60,12 @@ class TrainPath:
         from ..workload.model import PyramidNet
 
         self.spec, self.device, self.batch_size, self.log_every = spec, device, batch_size, log_every
-        model = PyramidNet(*arch).to(device)
-        model.load_state_dict(init)
+        model = PyramidNet(*arch, channel_multiple=spec.channel_multiple).to(device)
+        model.load_state_dict(init)  # the paper's widths; an aligned model takes them into its leading channels
+        precision = "fp32" if spec.precision == "tf32" else spec.precision
         self.executor = make_executor(
             "single", model, device,
-            StepSettings(precision=spec.precision, channels_last=spec.channels_last, compile_mode=spec.compile_mode),
+            StepSettings(precision=precision, channels_last=spec.channels_last, compile_mode=spec.compile_mode),
             OptimizerSettings(lr=0.01, momentum=0.9, nesterov=True, impl=spec.optimizer),
         )
         self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
@@ -82,8 +92,11 @@ class TrainPath:
             return next(self.batches)
 
     def sync(self) -> None:
+        """Wait for the device; on a GPU also set this path's math (paths of one bench alternate,
+        and TF32 is a process-wide switch)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            set_tf32(self.spec.precision == "tf32")
 
     def train(self, steps: int, stages: dict[str, float] | None = None, writer: Any = None) -> float:
         """Train ``steps`` steps; returns images/s.

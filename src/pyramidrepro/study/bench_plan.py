@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..step.autotune import Candidate, precision_candidate
-from ..step.paths import BASELINE, PathSpec
+from ..step.autotune import Candidate, precision_candidate, widths_candidate
+from ..step.paths import BASELINE, BASELINE_TF32, PathSpec
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class BenchPlan:
 
     ``steps`` None: sized so the whole fits ``budget_s``.  ``compile``: off, a mode, or auto (each
     of ``compile_modes``, default :func:`compile_candidates`).  ``channels_last`` True/False forces
-    the memory format instead of trying it.  ``ablate``: each piece alone too, beyond the budget.
+    the memory format instead of trying it.  ``widths``: try tensor-core widths (GPUs only).
+    ``ablate``: each piece alone too, beyond the budget.  ``baseline_loader``: the seed-style
+    DataLoader, or ``torch`` where torchvision is not installed (the baseline then says so).
     """
 
     device: str = "cpu"
@@ -35,7 +37,9 @@ class BenchPlan:
     compile_modes: tuple[str, ...] | None = None
     ablate: bool = False
     channels_last: bool | None = None
+    widths: bool = True
     budget_s: float = 180.0
+    baseline_loader: str = "torchvision"
 
     @property
     def arch(self) -> tuple[int, float, str]:
@@ -50,6 +54,18 @@ class BenchPlan:
     def compiling(self) -> bool:
         """Whether any compile mode may be tried."""
         return self.compile != "off"
+
+    @property
+    def baseline(self) -> PathSpec:
+        """The seed-style loop: true fp32 (TF32 off on GPUs), NCHW, eager, host sync, plain SGD."""
+        return replace(BASELINE, loader=self.baseline_loader)
+
+    def baselines(self, device: torch.device) -> dict[str, PathSpec]:
+        """The baselines the headline measures: true fp32, and on GPUs PyTorch's TF32 default too."""
+        out = {"fp32": self.baseline}
+        if device.type == "cuda":
+            out["tf32"] = replace(BASELINE_TF32, loader=self.baseline_loader)
+        return out
 
     def deadline(self, t_start: float) -> float:
         """When the measurements must end: the command's start-up (imports) and exit come out of the budget too."""
@@ -69,18 +85,18 @@ def optimized_spec(device: torch.device, compile_mode: str | None, channels_last
                     "fused" if device.type == "cuda" else "foreach", False, compile_mode)
 
 
-def pieces(device: torch.device, compile_mode: str | None) -> dict[str, PathSpec]:
+def pieces(baseline: PathSpec, device: torch.device, compile_mode: str | None) -> dict[str, PathSpec]:
     """The baseline with exactly one optimization switched on, per optimization."""
     best = optimized_spec(device, compile_mode, channels_last=True)
     out = {
-        "channels_last": replace(BASELINE, channels_last=True),
-        best.precision: replace(BASELINE, precision=best.precision),
-        "tensor_loader": replace(BASELINE, loader="torch"),
-        f"{best.optimizer}_sgd": replace(BASELINE, optimizer=best.optimizer),
-        "no_host_sync": replace(BASELINE, host_sync=False),
+        "channels_last": replace(baseline, channels_last=True),
+        best.precision: replace(baseline, precision=best.precision),
+        "tensor_loader": replace(baseline, loader="torch"),
+        f"{best.optimizer}_sgd": replace(baseline, optimizer=best.optimizer),
+        "no_host_sync": replace(baseline, host_sync=False),
     }
     if compile_mode:
-        out[f"compile ({compile_mode})"] = replace(BASELINE, compile_mode=compile_mode)
+        out[f"compile ({compile_mode})"] = replace(baseline, compile_mode=compile_mode)
     return out
 
 
@@ -109,15 +125,28 @@ def compile_estimate_s(device_type: str, conv_layers: int) -> float:
     return COMPILE_S_CUDA if device_type == "cuda" else COMPILE_S_PER_CONV_CPU * conv_layers
 
 
+#: why a piece cannot cost anything on a GPU, so the chooser keeps it there without a trial
+FREE_ON_GPU = {
+    "tensor_loader": "on a GPU the batches are sliced from device memory: nothing to wait for",
+    "no_host_sync": "on a GPU a loss.item() per step only stalls the launch queue",
+}
+
+
 def bench_candidates(plan: BenchPlan, dev: torch.device, cap: dict[str, Any]) -> list[Candidate]:
-    """The pieces ``bench`` tries, cheapest first; compile modes last (each costs a compile)."""
+    """The pieces ``bench`` tries, cheapest first; compile modes last (each costs a compile).
+
+    On a GPU the pieces that cannot cost anything there (:data:`FREE_ON_GPU`) are kept without a
+    trial; widths, memory format, precision and compile are tried."""
     fast_sgd = "fused" if dev.type == "cuda" else "foreach"
-    out = [Candidate("tensor_loader", "loader", "torch"),
+    free = FREE_ON_GPU if dev.type == "cuda" else {}
+    out = [Candidate("tensor_loader", "loader", "torch", free=free.get("tensor_loader")),
+           Candidate("no_host_sync", "host_sync", False, free=free.get("no_host_sync")),
            Candidate(f"{fast_sgd}_sgd", "optimizer", fast_sgd),
-           Candidate("no_host_sync", "host_sync", False),
            precision_candidate(cap, dev)]
     if plan.channels_last is None:
         out.append(Candidate("channels_last", "channels_last", True))
+    if plan.widths:
+        out.append(widths_candidate(dev))
     out += [Candidate(f"compile ({m})", "compile_mode", m) for m in _compile_modes(plan, dev)]
     return out
 
@@ -136,7 +165,7 @@ def planned_steps(budget_s: float, step_s: float, candidates: list[Candidate], r
     breakdown 2; the first compile trial's expected time (0: none) and the builds' warm-ups are
     set aside first.
     """
-    tried = [c for c in candidates if not c.ruled_out and c.piece != "compile_mode"]
+    tried = [c for c in candidates if not c.ruled_out and not c.free and c.piece != "compile_mode"]
     measurements = 4 * len(tried) + 3 * repeats + 2
     compiling = compile_need_s > 0 and any(c.piece == "compile_mode" for c in candidates)
     if compiling:

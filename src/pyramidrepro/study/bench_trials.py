@@ -15,11 +15,13 @@ from typing import Any
 import torch
 
 from ..step.autotune import Candidate, Choice, choose
-from ..step.paths import BASELINE, PathSpec, TrainPath
+from ..step.paths import PathSpec, TrainPath
 from .bench_plan import BenchPlan, pieces
 
 #: the HDF5 writer's flush interval in the headline, as a run's Trainer uses it
 WRITER_FLUSH_S = 2.0
+#: what ``ratio`` divides by; on GPUs ``ratio_over_tf32`` divides by the same loop in PyTorch's TF32 default
+RATIO_OVER = "the seed-style loop in true fp32 (TF32 off)"
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Headline:
     repeats: int
     base_all: list[float] = field(default_factory=list)
     fast_all: list[float] = field(default_factory=list)
+    tf32_all: list[float] = field(default_factory=list)  # GPUs: the baseline in PyTorch's TF32 default
     with_writer: list[float] = field(default_factory=list)
     loop_s: float = 0.0
     write_s: float = 0.0
@@ -151,11 +154,15 @@ def measure_paths(bench: PathBench, candidates: list[Candidate]) -> dict[str, An
         mode = fast_spec.compile_mode or next(iter(bench.trials), None)
         ablation = ablate(bench, candidates, mode, head.repeats)
     b, f = statistics.median(head.base_all), statistics.median(head.fast_all)
+    tf32 = statistics.median(head.tf32_all) if head.tf32_all else None
     kept_mode, trials = fast_spec.compile_mode, bench.trials
     return {
         "baseline_images_per_s": b, "optimized_images_per_s": f, "ratio": f / b,
+        "ratio_over": RATIO_OVER,
+        "baseline_tf32_images_per_s": tf32, "baseline_tf32_all": head.tf32_all,
+        "ratio_over_tf32": f / tf32 if tf32 else None,
         "baseline_all": head.base_all, "optimized_all": head.fast_all, "repeats": head.repeats,
-        "baseline": BASELINE.describe(), "optimized": fast_spec.describe(),
+        "baseline": bench.plan.baseline.describe(), "optimized": fast_spec.describe(),
         "choices": [d.to_dict() for d in choice.decisions],
         "compile": {"mode": kept_mode, "trials": trials,
                     "compile_s": trials[kept_mode]["compile_s"] if kept_mode in trials else None},
@@ -168,9 +175,9 @@ def measure_paths(bench: PathBench, candidates: list[Candidate]) -> dict[str, An
 def choose_fast_path(bench: PathBench, candidates: list[Candidate]) -> tuple[Choice, PathSpec]:
     """The pieces kept by trial from the baseline, and the path they make (its memory format forced
     when the plan says); each compile trial's images/s becomes the median of its measurements."""
-    bench.base_rates.append(bench.path(BASELINE).train(bench.steps))
+    bench.base_rates.append(bench.path(bench.plan.baseline).train(bench.steps))
     bench.say("choosing the optimized path, piece by piece ...")
-    choice = choose(BASELINE, candidates, bench.measure, skip=bench.budget_skip, say=bench.say)
+    choice = choose(bench.plan.baseline, candidates, bench.measure, skip=bench.budget_skip, say=bench.say)
     forced = bench.plan.channels_last
     fast_spec = choice.spec if forced is None else replace(choice.spec, channels_last=forced)
     for t in bench.trials.values():
@@ -189,14 +196,18 @@ def run_headline(bench: PathBench, fast_spec: PathSpec) -> Headline:
     """Baseline vs the chosen path, alternated, the chosen path also with the HDF5 writer."""
     from ..records.metrics import MetricsWriter
 
-    base, fast, steps = bench.path(BASELINE), bench.path(fast_spec), bench.steps
+    base, fast, steps = bench.path(bench.plan.baseline), bench.path(fast_spec), bench.steps
+    tf32 = bench.path(b) if (b := bench.plan.baselines(bench.path.dev).get("tf32")) else None
     head = Headline(headline_repeats(bench, base, fast))
-    bench.say(f"baseline vs optimized, and the HDF5 writer's cost: {head.repeats} alternated repeats ...")
+    bench.say(f"baseline{' (fp32 and TF32)' if tf32 else ''} vs optimized, and the HDF5 writer's cost: "
+              f"{head.repeats} alternated repeats ...")
     with tempfile.TemporaryDirectory() as tmp:
         writer = MetricsWriter(Path(tmp) / "metrics.h5", flush_interval_s=WRITER_FLUSH_S)
         w0 = writer.write_seconds
         for _ in range(head.repeats):
             head.base_all.append(base.train(steps))
+            if tf32 is not None:
+                head.tf32_all.append(tf32.train(steps))
             head.fast_all.append(fast.train(steps))
             t0 = time.perf_counter()
             head.with_writer.append(fast.train(steps, writer=writer))
@@ -208,7 +219,7 @@ def run_headline(bench: PathBench, fast_spec: PathSpec) -> Headline:
 def stage_seconds(bench: PathBench, fast_spec: PathSpec) -> dict[str, dict[str, float]]:
     """Seconds per step in each stage, baseline and chosen path (one device-synced measurement each)."""
     out: dict[str, dict[str, float]] = {"baseline": {}, "optimized": {}}
-    bench.path(BASELINE).train(bench.steps, stages=out["baseline"])
+    bench.path(bench.plan.baseline).train(bench.steps, stages=out["baseline"])
     bench.path(fast_spec).train(bench.steps, stages=out["optimized"])
     return out
 
@@ -217,7 +228,7 @@ def ablate(bench: PathBench, candidates: list[Candidate], compile_mode: str | No
     """Each piece alone against the baseline, alternated ``repeats`` times (beyond the budget)."""
     ruled_out = {c.name: c.ruled_out for c in candidates if c.ruled_out}
     out: dict[str, Any] = {}
-    for name, spec in pieces(bench.path.dev, compile_mode).items():
+    for name, spec in pieces(bench.plan.baseline, bench.path.dev, compile_mode).items():
         if name in ruled_out:  # the capability says it loses; measuring it would take minutes
             out[name] = {"skipped": ruled_out[name]}
         else:
@@ -230,6 +241,6 @@ def piece_alone(bench: PathBench, name: str, spec: PathSpec, repeats: int) -> di
     bench.say(f"ablation: {name} ...")
     if spec.compile_mode:
         torch._dynamo.reset()
-    rb, ro = alternate(bench.path(BASELINE), bench.path(spec), bench.steps, repeats)
+    rb, ro = alternate(bench.path(bench.plan.baseline), bench.path(spec), bench.steps, repeats)
     return {"images_per_s": statistics.median(ro), "baseline_images_per_s": statistics.median(rb),
             "ratio": statistics.median(ro) / statistics.median(rb)}

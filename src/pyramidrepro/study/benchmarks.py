@@ -18,7 +18,6 @@ import torch
 
 from ..machine.devices import capability
 from ..step.autotune import Candidate
-from ..step.paths import BASELINE
 from ..workload.data import synthetic_splits
 from ..workload.loaders import make_loader
 from ..workload.loaders.dali import dali_threads
@@ -180,7 +179,7 @@ def _bench_model(plan: BenchPlan, dev: torch.device) -> tuple[PathBuilder, float
 def _with_steps(plan: BenchPlan, path: PathBuilder, candidates: list[Candidate], compile_need_s: float,
                 say: Callable[[str], None]) -> BenchPlan:
     """The plan with its steps per measurement: as given, else sized from the baseline's step time."""
-    step_s = plan.batch_size / path(BASELINE).train(3)
+    step_s = plan.batch_size / path(plan.baseline).train(3)
     steps = plan.steps
     if steps is None:
         steps = planned_steps(plan.budget_s, step_s, candidates, plan.repeats,
