@@ -2,6 +2,13 @@
 
     python benchmarks/step_profile.py [--depth 32 --alpha 48 --batch-size 64] [--steps 3] [--repeats 3]
                                       [--compile max-autotune-no-cudagraphs|default|off] [--precision fp32]
+    python benchmarks/step_profile.py --device cuda --depth 110 --alpha 270 --batch-size 256 \
+                                      --precision bf16 --compile off [--channel-multiple 8] [--json-out F]
+
+On a GPU (``--device cuda``) each path's CUDA kernels are profiled instead (torch.profiler's device
+time per kernel) and summed by kernel class: convolution, batch norm, elementwise, compiled (fused
+Triton kernels), copy (memcpy, memset, layout transposes), optimizer, matmul and other; the table
+gives milliseconds per step, the share of kernel time, and each class's three costliest kernels.
 
 Two paths are built as ``bench`` builds them (:class:`pyramidrepro.step.paths.TrainPath`, same model,
 weights and synthetic data): the seed-style baseline and the optimized one given here (tensor
@@ -24,6 +31,7 @@ gives the throughput.  Emulate an AVX2-only CPU on a newer one with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -45,6 +53,17 @@ from pyramidrepro.workload.data import synthetic_splits  # noqa: E402
 from pyramidrepro.workload.model import PyramidNet, count_macs  # noqa: E402
 
 GROUPS = ("conv forward", "conv backward", "everything else")
+#: CUDA kernel classes, each with the name fragments that put a kernel in it; the first class matching wins
+KERNEL_CLASSES = (
+    ("optimizer", ("multi_tensor_apply", "fused_sgd", "fusedsgd", "_foreach")),
+    ("batch norm", ("batch_norm", "batchnorm", "bn_fw", "bn_bw", "cudnn::bn")),
+    ("copy", ("memcpy", "memset", "copy_kernel", "nchwtonhwc", "nhwctonchw", "transpose")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "winograd", "im2col")),
+    ("compiled", ("triton_",)),
+    ("matmul", ("gemm", "gemv", "cublas", "cutlass")),
+    ("convolution", ("xmma", "cudnn")),  # cuDNN's other engines, once GEMMs are told apart
+    ("elementwise", ("elementwise", "pointwise", "reduce_kernel", "pool", "fill")),
+)
 ONEDNN_KINDS = ("forward_training", "backward_data", "backward_weights")
 
 
@@ -67,6 +86,51 @@ def profiled_ms_per_step(path: TrainPath, steps: int) -> dict[str, float]:
         out[group_of(event.key)] += event.self_cpu_time_total / 1e3 / steps
     out["step (wall)"] = wall
     return out
+
+
+def kernel_class(name: str) -> str:
+    """The class of a CUDA kernel, from its name (see :data:`KERNEL_CLASSES`)."""
+    low = name.lower()
+    return next((cls for cls, parts in KERNEL_CLASSES if any(p in low for p in parts)), "other")
+
+
+def kernel_table(kernels: list[tuple[str, float, int]], steps: int) -> dict[str, dict]:
+    """(kernel name, device ms, launches) summed by class: ms and launches per step, share, top three."""
+    total = sum(ms for _, ms, _ in kernels) or 1.0
+    table: dict[str, dict] = {}
+    for name, ms, count in sorted(kernels, key=lambda k: -k[1]):
+        row = table.setdefault(kernel_class(name), {"ms_per_step": 0.0, "launches_per_step": 0.0, "top": []})
+        row["ms_per_step"] += ms / steps
+        row["launches_per_step"] += count / steps
+        if len(row["top"]) < 3:
+            row["top"].append({"kernel": name[:120], "ms_per_step": ms / steps})
+    for row in table.values():
+        row["share"] = row["ms_per_step"] * steps / total
+    return dict(sorted(table.items(), key=lambda kv: -kv[1]["ms_per_step"]))
+
+
+def cuda_kernels(path: TrainPath, steps: int) -> tuple[list[tuple[str, float, int]], float]:
+    """Each CUDA kernel's device milliseconds and launches over ``steps`` profiled steps, and the wall ms per step."""
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        path.train(steps)
+    wall = (time.perf_counter() - t0) * 1e3 / steps
+    kernels = []
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            us = getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+            kernels.append((event.key, us / 1e3, event.count))
+    return kernels, wall
+
+
+def print_kernel_table(name: str, table: dict[str, dict], wall_ms: float) -> None:
+    kernel_ms = sum(row["ms_per_step"] for row in table.values())
+    print(f"{name}: {kernel_ms:.1f} ms of kernels per step, {wall_ms:.1f} ms wall (profiled)")
+    print(f"  {'class':<12}{'ms/step':>10}{'share':>8}{'launches':>10}  costliest kernels")
+    for cls, row in table.items():
+        top = "; ".join(f"{t['kernel'][:60]} {t['ms_per_step']:.2f}" for t in row["top"])
+        figures = f"{row['ms_per_step']:>10.2f}{100 * row['share']:>7.1f}%{row['launches_per_step']:>10.0f}"
+        print(f"  {cls:<12}{figures}  {top}")
 
 
 def onednn_ms_per_step(path: TrainPath, steps: int) -> dict[str, float]:
@@ -94,9 +158,11 @@ def onednn_ms_per_step(path: TrainPath, steps: int) -> dict[str, float]:
     return out
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: profiler groups and oneDNN's times; cuda: the CUDA kernel table (default cpu)")
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--alpha", type=float, default=48)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -105,31 +171,51 @@ def main() -> int:
     ap.add_argument("--compile", default="max-autotune-no-cudagraphs",
                     help="compile mode of the optimized path, or off (default max-autotune-no-cudagraphs)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    args = ap.parse_args()
+    ap.add_argument("--channel-multiple", type=int, default=1,
+                    help="the optimized path's widths rounded up to this multiple (8: tensor cores; default 1)")
+    ap.add_argument("--json-out", metavar="FILE", help="cuda: also write the kernel tables as JSON")
+    return ap.parse_args()
 
-    device = torch.device("cpu")
+
+def build_paths(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, TrainPath], float]:
+    """The baseline and the optimized path, built and warmed up; the model's forward MACs per image."""
     arch = (args.depth, args.alpha, "basic")
     torch.manual_seed(0)
     reference = PyramidNet(*arch)
     init = reference.state_dict()
-    macs = count_macs(reference)
-    gflop_fwd = 2 * macs * args.batch_size / 1e9  # one forward pass; each oneDNN kind does about that
     splits = synthetic_splits(max(args.batch_size * 8, 512), 16)
     optimized = replace(BASELINE, precision=args.precision, channels_last=True, loader="torch", host_sync=False,
-                        compile_mode=None if args.compile == "off" else args.compile)
-    specs = {"baseline (seed-style)": BASELINE, "optimized": optimized}
-
+                        optimizer="fused" if device.type == "cuda" else "plain",
+                        compile_mode=None if args.compile == "off" else args.compile,
+                        channel_multiple=args.channel_multiple)
     isa_env = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ)
     print(f"# command: {isa_env + ' ' if isa_env else ''}python {' '.join(sys.argv)}")
     print(f"# machine: {machine()}; capability: {capability(device)}")
     print(f"# PyramidNet-{args.depth} alpha={args.alpha:g}, batch {args.batch_size}; "
           f"optimized = {optimized.describe()}", flush=True)
     paths = {}
-    for name, spec in specs.items():
+    for name, spec in {"baseline (seed-style)": BASELINE, "optimized": optimized}.items():
         t0 = time.perf_counter()
         paths[name] = TrainPath(spec, arch, init, splits, args.batch_size, device).warm_up(2)
         print(f"# {name}: built and warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
+    return paths, count_macs(reference)
 
+
+def cuda_report(paths: dict[str, TrainPath], args: argparse.Namespace) -> None:
+    """Each path's CUDA kernel table (the last of ``--repeats`` passes), printed and optionally written."""
+    tables = {}
+    for name, path in paths.items():
+        for _ in range(args.repeats):
+            kernels, wall = cuda_kernels(path, args.steps)
+        tables[name] = {"wall_ms_per_step": wall, "classes": kernel_table(kernels, args.steps)}
+        print_kernel_table(name, tables[name]["classes"], wall)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine(),
+                                                   "paths": tables}, indent=2) + "\n")
+
+
+def cpu_report(paths: dict[str, TrainPath], args: argparse.Namespace, macs: float) -> None:
+    """The profiler's three groups per path (median of passes), the bound, and oneDNN's own times."""
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
     for r in range(args.repeats):
         for name, path in paths.items():
@@ -146,16 +232,32 @@ def main() -> int:
               f"profiled time; {1e3 * training_tflops(macs, args.batch_size * 1e3 / conv):.0f} GFLOP/s over the "
               "whole convolution work")
     best = median["optimized"]
-    bound = median["baseline (seed-style)"]["step (wall)"] / (best["conv forward"] + best["conv backward"])
-    print(f"bound: baseline step / optimized convolutions = {bound:.2f}x "
-          f"(measured optimized / baseline here: "
-          f"{median['baseline (seed-style)']['step (wall)'] / best['step (wall)']:.2f}x)")
+    base_wall = median["baseline (seed-style)"]["step (wall)"]
+    print(f"bound: baseline step / optimized convolutions = "
+          f"{base_wall / (best['conv forward'] + best['conv backward']):.2f}x "
+          f"(measured optimized / baseline here: {base_wall / best['step (wall)']:.2f}x)")
 
+    gflop_fwd = 2 * macs * args.batch_size / 1e9  # one forward pass; each oneDNN kind does about that
     print("oneDNN's own time per step, by kind (one more pass each, verbose log on):")
     for name, path in paths.items():
         kinds = onednn_ms_per_step(path, args.steps)
         print(f"  {name:<22}" + "  ".join(
             f"{k} {v:.0f} ms ({gflop_fwd * 1e3 / v:.0f} GFLOP/s)" if v else f"{k} -" for k, v in kinds.items()))
+
+
+def main() -> int:
+    args = parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("step_profile: --device cuda, but no CUDA device is available", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+    paths, macs = build_paths(args, device)
+    if device.type == "cuda":
+        cuda_report(paths, args)
+    else:
+        cpu_report(paths, args, macs)
     return 0
 
 
