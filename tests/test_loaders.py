@@ -93,6 +93,22 @@ def test_without_augmentation_all_loaders_agree():
             assert torch.equal(ya, yb)
 
 
+def test_dali_lays_out_channels_last_itself_with_the_same_values():
+    """The step's NHWC comes straight from DALI's HWC output: a view, no copy in the step."""
+    rng = np.random.default_rng(1)
+    data = ImageSet(rng.integers(0, 256, (128, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 128))
+    outs = {}
+    for channels_last in (False, True):
+        loader = make_loader("dali", data, 64, CPU, num_workers=0, shard=Shard(seed=2), channels_last=channels_last)
+        loader.set_epoch(1)
+        outs[channels_last] = list(loader)
+    for (xa, ya), (xb, yb) in zip(outs[False], outs[True]):
+        assert xb.shape == xa.shape == (64, 3, 32, 32)
+        assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+        assert xb.contiguous(memory_format=torch.channels_last).data_ptr() == xb.data_ptr()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 @pytest.mark.parametrize("kind", LOADERS)
 def test_two_shards_disjoint_cover_and_reshuffle(kind):
     data = coordinate_images(512)

@@ -68,7 +68,8 @@ class TrainPath:
             StepSettings(precision=precision, channels_last=spec.channels_last, compile_mode=spec.compile_mode),
             OptimizerSettings(lr=0.01, momentum=0.9, nesterov=True, impl=spec.optimizer),
         )
-        self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers)
+        self.loader = make_loader(spec.loader, splits.train, batch_size, device, num_workers=num_workers,
+                                  channels_last=spec.channels_last)
         self.batches = iter(self.loader)
         self.epoch = 0
         self.step_count = 0

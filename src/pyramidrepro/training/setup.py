@@ -121,12 +121,14 @@ def build_training(cfg: ExperimentConfig, ctx: RunContext) -> Training:
     )
     shard = Shard(env.rank, env.world_size, t.seed)
     train_loader = make_loader(cfg.data.loader, splits.train, t.batch_size, device, shard=shard,
-                               augment=cfg.data.augment, num_workers=cfg.data.num_workers)
+                               augment=cfg.data.augment, num_workers=cfg.data.num_workers,
+                               channels_last=choice.spec.channels_last)
     test_loader = None
     if t.evaluate:
         eval_batch = env.world_size * max(256, per_rank_batch(t.batch_size, env.world_size))
         test_loader = make_loader(cfg.data.loader, splits.test, eval_batch, device, shard=shard, train=False,
-                                  augment=False, num_workers=cfg.data.num_workers)
+                                  augment=False, num_workers=cfg.data.num_workers,
+                                  channels_last=choice.spec.channels_last)
     link = None
     if ctx.backend is not None and env.world_size > 1 and t.measure_link:
         link = measure_link(device)

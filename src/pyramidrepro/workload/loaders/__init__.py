@@ -23,9 +23,13 @@ __all__ = ["LOADERS", "BatchLoader", "Shard", "ShardedLoader", "make_loader"]
 LOADERS = ("torch", "torchvision", "dali")
 
 
-def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device, *, shard: Shard = Shard(),
-                train: bool = True, augment: bool = True, num_workers: int = 2) -> ShardedLoader:
-    """The loader ``data.loader`` names; ``batch_size`` is the global batch, ``shard`` this rank's share."""
+def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device, *, shard: Shard = Shard(),  # noqa: PLR0913 - keyword-only, one per knob
+                train: bool = True, augment: bool = True, num_workers: int = 2,
+                channels_last: bool = False) -> ShardedLoader:
+    """The loader ``data.loader`` names; ``batch_size`` is the global batch, ``shard`` this rank's share.
+
+    ``channels_last``: the step wants NHWC; DALI then lays its output out so (the others leave the
+    conversion to the step)."""
     common = dict(shard=shard, train=train, augment=augment)
     if kind == "torch":
         from .tensor import TensorLoader
@@ -38,5 +42,6 @@ def make_loader(kind: str, data: ImageSet, batch_size: int, device: torch.device
     if kind == "dali":
         from .dali import DaliLoader
 
-        return DaliLoader(data, batch_size, device, num_threads=max(1, num_workers), **common)
+        return DaliLoader(data, batch_size, device, num_threads=max(1, num_workers), channels_last=channels_last,
+                          **common)
     raise ValueError(f"unknown loader {kind!r} (expected one of {', '.join(LOADERS)})")

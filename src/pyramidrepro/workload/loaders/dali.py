@@ -88,10 +88,12 @@ class DaliLoader(ShardedLoader):
     """
 
     def __init__(self, data: ImageSet, batch_size: int, device: torch.device, *, num_threads: int = 2,
-                 **shard: Any) -> None:
+                 channels_last: bool = False, **shard: Any) -> None:
         dali, fn, types, plugin = _import_dali()
         super().__init__(data, batch_size, device, **shard)
         self.on_gpu = device.type == "cuda"
+        #: HWC out of DALI, viewed as NCHW with channels_last strides: the layout the step wants, no copy
+        self.channels_last = channels_last
         images = np.ascontiguousarray(data.images.transpose(0, 2, 3, 1))
         if self.on_gpu:
             self.images, self.labels = torch.from_numpy(images).to(device), torch.from_numpy(data.labels).to(device)
@@ -117,7 +119,7 @@ class DaliLoader(ShardedLoader):
         def pipeline():  # noqa: ANN202
             images, labels = fn.external_source(
                 source=self._source, num_outputs=2, batch=True, batch_info=True, layout=["HWC", None],
-                device="gpu" if self.on_gpu else "cpu",
+                dtype=[types.UINT8, types.INT64], ndim=[3, 0], device="gpu" if self.on_gpu else "cpu",
                 cuda_stream=torch.cuda.current_stream(self.device).cuda_stream if self.on_gpu else None)
             if do_augment:
                 anchor = fn.random.uniform(values=[float(v) for v in range(-PAD, PAD + 1)], shape=[2])
@@ -128,7 +130,8 @@ class DaliLoader(ShardedLoader):
                 mirror = 0
             images = fn.crop_mirror_normalize(
                 images, mirror=mirror, mean=[255.0 * m for m in CIFAR10_MEAN],
-                std=[255.0 * s for s in CIFAR10_STD], output_layout="CHW", dtype=types.FLOAT)
+                std=[255.0 * s for s in CIFAR10_STD], output_layout="HWC" if self.channels_last else "CHW",
+                dtype=types.FLOAT)
             return images, labels
 
         return pipeline()
@@ -171,4 +174,5 @@ class DaliLoader(ShardedLoader):
         if self.state == "exhausted":  # iterated to the end before: the same order once more
             self._restart()
         for out in self._batches():
-            yield out["images"], out["labels"].reshape(-1).to(self.device, non_blocking=True)
+            images = out["images"].permute(0, 3, 1, 2) if self.channels_last else out["images"]
+            yield images, out["labels"].reshape(-1).to(self.device, non_blocking=True)
