@@ -1,9 +1,8 @@
-"""Probes of the device check (benchmarks/gpu_check.sh) that are not a `pyramidrepro` command.
+"""Probes of the device check (benchmarks/gpu_check.py) that are not a `pyramidrepro` command.
 
     python benchmarks/gpu_check_probes.py env OUT_JSON DEVICE
     python benchmarks/gpu_check_probes.py status RUNS_DIR RUN_ID STATUS   # metrics.h5 says STATUS
     python benchmarks/gpu_check_probes.py dp-thread DEVICE                # bf16 holds in parallel_apply threads
-    python benchmarks/gpu_check_probes.py optimized OUT_JSON DEVICE DEPTH ALPHA BATCH STEPS
     python benchmarks/gpu_check_probes.py importable MODULE               # exit 0 if MODULE imports
 
 Each prints what it found and exits non-zero when the check fails.
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -75,34 +73,6 @@ def dp_thread(device: str) -> int:
     return 0 if dtypes == ["torch.bfloat16"] * 2 else 1
 
 
-def optimized(out_json: str, device: str, depth: int, alpha: float, batch: int, steps: int) -> int:
-    """The optimized training path alone (eager): images/s and MFU, where the baseline cannot run."""
-    import torch
-
-    from pyramidrepro.step.paths import TrainPath
-    from pyramidrepro.study.bench_plan import optimized_spec
-    from pyramidrepro.study.benchmarks import gpu_peak_tflops, machine, training_tflops
-    from pyramidrepro.workload.data import synthetic_splits
-    from pyramidrepro.workload.model import PyramidNet, count_macs
-
-    dev = torch.device(device)
-    torch.backends.cudnn.benchmark = True
-    arch = (depth, alpha, "basic")
-    torch.manual_seed(0)
-    init = PyramidNet(*arch).state_dict()
-    splits = synthetic_splits(batch * (steps + 4) * 2, 16)
-    path = TrainPath(optimized_spec(dev, None), arch, init, splits, batch, dev).warm_up(3)
-    rates = [path.train(steps) for _ in range(3)]
-    peak = gpu_peak_tflops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
-    tflops = training_tflops(count_macs(PyramidNet(*arch)), statistics.median(rates))
-    result = {"model": f"PyramidNet-{depth} alpha={alpha:g}", "batch_size": batch, "path": path.spec.describe(),
-              "images_per_s": statistics.median(rates), "images_per_s_all": rates, "training_tflops": tflops,
-              "peak_tflops": peak, "mfu": tflops / peak if peak else None, "machine": machine()}
-    print(json.dumps(result))
-    Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
 def importable(module: str) -> int:
     try:
         importlib.import_module(module)
@@ -120,9 +90,6 @@ def main(argv: list[str]) -> int:
         return status(*rest)
     if cmd == "dp-thread":
         return dp_thread(*rest)
-    if cmd == "optimized":
-        out, device, depth, alpha, batch, steps = rest
-        return optimized(out, device, int(depth), float(alpha), int(batch), int(steps))
     if cmd == "importable":
         return importable(*rest)
     print(__doc__, file=sys.stderr)

@@ -1,24 +1,31 @@
-"""The device check (benchmarks/gpu_check.sh) in its shrunk CPU form, as the GPU machine's image has
+"""The device check (benchmarks/gpu_check.py) in its shrunk CPU form, as the GPU machine's image has
 it: torchvision, matplotlib and submitit hidden, DALI there as a carried pack brings it
 (benchmarks/dali_pack.py, tested below).  Every step must run or be skipped for a named missing
-package; none may fail."""
+package; none may fail.  The ``cuda`` form's plan is read here too, and each of its runs validated
+against a Python without DALI, as the device image is before its pack is unpacked."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 
+import pytest
+
 from support import INDUCTOR_CACHE, ROOT
 from support.hide import hiding_env
 
 RUN_STEPS = ["cap_b256", "cap_b512", "sync_fp32", "sync_bf16", "ddp_gloo_ws1", "ddp_gloo_2ranks", "dp",
-             "dp_balanced_bf16", "fp16_scaler", "compile_bf16", "dali_single_sync", "dali_gloo_2ranks"]
+             "dp_balanced_bf16", "fp16_scaler", "compile_bf16", "dali_single_sync", "dali_gloo_2ranks",
+             "dali_bf16_channels_last"]
+#: what the device image has: torch, h5py, pyyaml (DALI only once its pack is unpacked)
+DEVICE_IMAGE_LACKS = {"torchvision", "matplotlib", "submitit"}
 
 
 def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
     out = tmp_path / "out"
-    hidden = hiding_env(tmp_path / "hide", {"torchvision", "matplotlib", "submitit"}, str(ROOT / "src"))
+    hidden = hiding_env(tmp_path / "hide", DEVICE_IMAGE_LACKS, str(ROOT / "src"))
     env = dict(os.environ, GPU_CHECK_DEVICE="cpu", PYTHON=str(ROOT / ".venv" / "bin" / "python"),
                OUT=str(out), TMPDIR=str(tmp_path), **hidden, **INDUCTOR_CACHE)
     if not os.path.exists(env["PYTHON"]):
@@ -32,17 +39,21 @@ def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
     lines = r.stdout.splitlines()
     assert not [x for x in lines if x.startswith("FAIL")]
     ok = {m.group(1) for x in lines if (m := re.match(r"ok +(\S+) ", x))}
-    for name in ["env", "dp_thread_bf16", "bench_optimized", "bench_loader_dali", "bench_loader_torch", *RUN_STEPS,
+    for name in ["env", "dp_thread_bf16", "bench", "bench_loader_dali", "bench_loader_torch", *RUN_STEPS,
                  *(f"{s}_status" for s in RUN_STEPS)]:
         assert name in ok, (name, r.stdout)
     skipped = {m.group(1): m.group(2) for x in lines if (m := re.match(r"skip +(\S+): (.*)", x))}
-    assert set(skipped) == {"bench_baseline", "bench_loader_torchvision", "report"}
-    assert "torchvision does not import" in skipped["bench_baseline"]
-    assert lines[-1].startswith("gpu_check: 0 failed, 3 skipped")
+    assert skipped == {"bench_loader_torchvision": "torchvision does not import",
+                       "report": "matplotlib does not import"}
+    assert lines[-1].startswith("gpu_check: 0 failed, 2 skipped")
     assert '"loader": "dali"' in (out / "bench_loader_dali.log").read_text()
+    # bench without torchvision: the baseline fed by the tensor loader, and saying so
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["baseline"]["loader"] == "torch" and bench["ratio_over"].startswith("the seed-style loop in true fp32")
+    assert "torchvision is not installed" in (out / "bench.log").read_text()
     # the OOM case is recorded as oom, and only small files came back (never a checkpoint)
     assert '"status": "oom"' in (out / "cap_b512_status.log").read_text()
-    assert (out / "env.json").is_file() and (out / "bench_optimized.json").is_file()
+    assert (out / "env.json").is_file()
     assert len(list(out.glob("runs/*/*/metrics.h5"))) == len(RUN_STEPS)
     assert not list(out.rglob("*.pt")) and not list(tmp_path.glob("gpu_check.*"))  # work folder removed
 
@@ -101,3 +112,56 @@ def test_a_wheel_carried_in_parts_is_joined_verified_and_imports_beside_the_nvid
     r = _unpack(pack, tmp_path / "site2")
     assert r.returncode == 2 and "missing" in r.stderr and second.name in r.stderr
     assert not (tmp_path / "site2").exists()
+
+
+def _plan_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_plan", ROOT / "benchmarks" / "gpu_check_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_plan"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+#: run in a Python as the device image has it before DALI's pack is unpacked: each run's config loaded
+#: and checked as ``run`` checks it before training (the loader's package must import)
+VALIDATE = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+from gpu_check_plan import plan
+from pyramidrepro.spec.config import load_config
+from pyramidrepro.workload.requirements import host_problem
+out = {}
+for step in plan("cuda", sys.argv[1] or None):
+    if not step.expect or "nvidia.dali" in step.needs:
+        continue
+    experiment, *rest = step.config
+    cfg = load_config(experiment, [rest[i + 1] for i, a in enumerate(rest) if a == "--set"])
+    out[step.name] = {"loader": cfg.data.loader, "problem": host_problem(cfg.data.loader, "")}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("pack", ["", ".dali_pack"])
+def test_every_run_of_the_cuda_plan_gets_the_loader_it_names_in_the_device_image(tmp_path, pack):
+    """The check tripped on its own plan once: the capacity runs took an experiment that says
+    ``loader: dali`` while the device image had no DALI yet.  Each run must name its loader, the
+    runs that need DALI must say so (they are skipped without it), and every other run must pass
+    ``run``'s own check in a Python without DALI, torchvision, matplotlib or submitit."""
+    steps = _plan_module().plan("cuda", pack or None)
+    runs = [s for s in steps if s.expect]
+    assert {"cap_b256", "cap_b512", "dali_single_sync", "compile_bf16"} <= {s.name for s in runs}
+    assert all(s.loader and s.needs for s in runs)
+    if pack:  # unpacked before any step that could use it
+        assert steps[0].name == "dali_unpack"
+    needs_dali = {s.name for s in steps if "nvidia.dali" in s.needs}
+    assert needs_dali == {"dali_single_sync", "dali_gloo_2ranks", "dali_bf16_channels_last", "bench_loader_dali"}
+    env = dict(os.environ, **hiding_env(tmp_path / "hide", DEVICE_IMAGE_LACKS | {"nvidia.dali"}, str(ROOT / "src")))
+    r = subprocess.run([sys.executable, "-c", VALIDATE, pack], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    checked = json.loads(r.stdout)
+    assert set(checked) == {s.name for s in runs} - needs_dali
+    assert {name: c["problem"] for name, c in checked.items() if c["problem"]} == {}
+    assert checked["cap_b256"]["loader"] == "torch"
