@@ -146,7 +146,8 @@ def test_apptainer_definitions_and_templates():
     assert not list((root / "containers").glob("*ngc*"))  # an image --container refuses is not offered
     for name in ("single.sbatch", "dp.sbatch", "ddp_1node.sbatch", "ddp_multinode.sbatch"):
         body = (root / "slurm" / name).read_text()
-        assert body.startswith("#!/bin/bash") and "#SBATCH" in body and "pyramidrepro run" in body
+        assert body.startswith("#!/bin/bash") and "#SBATCH" in body
+        assert '"$PYRAMIDREPRO" run' in body and "slurm/locate.sh" in body
     multi = (root / "slurm" / "ddp_multinode.sbatch").read_text()
     assert "scontrol show hostnames" in multi and "srun" in multi and "MASTER_ADDR" in multi
     import shutil as _sh

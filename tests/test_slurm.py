@@ -1,10 +1,12 @@
 """Dispatch on the real Slurm test cluster (slurm/dev/cluster.sh, started by `make test`); one node per job here,
 multi-node jobs in test_multinode.py."""
 
+import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,24 @@ def test_dry_run_shows_the_generated_scripts(tmp_path):
     # each task's command starts on the host in the requeue relay (machine/requeue_relay), copied at submit
     assert re.search(r"/bin/sh \S+/\.submitit/[\w-]+/relay/relay\.sh \S*apptainer exec --nv", out), out
     assert not list(tmp_path.glob("smoke/*")) and not list(tmp_path.rglob("relay.sh"))  # nothing submitted
+
+
+def test_an_sbatch_template_submitted_from_another_folder_finds_the_package_and_the_experiment(tmp_path):
+    """sbatch slurm/single.sbatch from the user's own folder, no venv on PATH: the job finds the
+    repository through Slurm's record of the script, the package in its venv, and the relative
+    experiment there; the run's folder is under the folder it was submitted from."""
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not Path(p, "pyramidrepro").exists())
+    env = dict(os.environ, PATH=path, EXP="experiments/smoke.yaml")
+    r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1",
+                        f"--output={tmp_path}/job.out", str(ROOT / "slurm" / "single.sbatch"),
+                        "--set", "model.depth=8", "--set", "model.alpha=4", "--set", "devices.device=cpu"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    run_dir = tmp_path / "results" / "runs" / "smoke" / "sbatch-single"
+    deadline = time.monotonic() + 180
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still queued or running"
+        time.sleep(1)
+    log = (tmp_path / "job.out").read_text()
+    assert read_metrics(run_dir / "metrics.h5")["attrs"]["status"] == "completed", log
