@@ -216,6 +216,38 @@ def image() -> Path:
     return path
 
 
+#: what a run in the image sees of its scratch folder: the variable, and where tempfile puts a file
+SCRATCH_PROBE = ("import os, tempfile; fd, path = tempfile.mkstemp(); os.close(fd); "
+                 "print(os.environ.get('TMPDIR'), path)")
+
+
+def test_a_run_in_the_image_sees_the_nodes_tmpdir_bound_in(image, tmp_path, monkeypatch):
+    """A job's node-local scratch ($TMPDIR, under /tmp or not) reaches the run in the image: bound at
+    its path and passed on, in the command run here and in the shell line a job runs on its node."""
+    box = Container(image=str(image), runtime="bwrap", executable=shutil.which("bwrap"), digest="")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    r = subprocess.run([*box.python([tmp_path / "out"], cwd=tmp_path), "-c", SCRATCH_PROBE], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    said, made = r.stdout.split()
+    assert said == str(scratch) and Path(made).parent == scratch and Path(made).is_file()  # on the host's folder
+    line = box.python_command([tmp_path / "out"], cwd=tmp_path)
+    assert str(scratch) not in line  # written on the login node: the job's own $TMPDIR is read on its node
+    node_scratch = tmp_path / "node-scratch"
+    node_scratch.mkdir()
+    r = subprocess.run(["bash", "-c", f"{line} -c \"{SCRATCH_PROBE}\""], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, TMPDIR=str(node_scratch)))
+    assert r.returncode == 0, r.stderr
+    said, made = r.stdout.split()
+    assert said == str(node_scratch) and Path(made).parent == node_scratch and Path(made).is_file()
+    no_scratch = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+    r = subprocess.run(["bash", "-c", f"{line} -c \"{SCRATCH_PROBE}\""], capture_output=True, text=True,
+                       timeout=120, env=no_scratch)
+    assert r.returncode == 0 and r.stdout.startswith("None /tmp/"), r.stdout + r.stderr  # the image's own /tmp
+
+
 def _manifest_digest(image: Path) -> str:
     return "sha256:" + hashlib.sha256((image / IMAGE_MANIFEST.lstrip("/")).read_bytes()).hexdigest()
 

@@ -21,10 +21,11 @@ import sys
 PASS_PREFIXES = ("SLURM_", "SLURMD_", "SUBMITIT_", "NCCL_", "CUDA_", "NVIDIA_", "CUDNN_", "TORCH_", "TORCHELASTIC_",
                  "PYTORCH_", "OMP_", "MKL_", "KMP_", "DALI_", "GLOO_", "UCX_", "FI_", "APPTAINER_", "SINGULARITY_",
                  "CH_", "PYRAMIDREPRO_")
-#: single variables: torch.distributed's rendezvous, the user, the locale, Python's output mode
+#: single variables: torch.distributed's rendezvous, the user, the locale, Python's output mode, the
+#: job's node-local scratch (bound in by machine.container)
 PASS_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
               "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM",
-              "TZ", "HOSTNAME", "PYTHONUNBUFFERED", "PYTHONFAULTHANDLER")
+              "TZ", "HOSTNAME", "PYTHONUNBUFFERED", "PYTHONFAULTHANDLER", "TMPDIR")
 #: set inside: the names this file passed on, comma-separated (the run records them)
 PASSED_VARIABLE = "PYRAMIDREPRO_CONTAINER_PASSED"
 #: set by the host: more names to keep, comma-separated (the experiment's own ``container.env``)

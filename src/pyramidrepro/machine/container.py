@@ -138,6 +138,12 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - th
     return "sha256:" + h.hexdigest()
 
 
+#: the node-local scratch folder a job's Slurm (or the site's prolog) names: bound in, and passed on
+SCRATCH_VARIABLE = "TMPDIR"
+#: the same bind as shell text, expanded by the job's shell on the node (nothing when it is unset)
+SHELL_SCRATCH_BIND = {"apptainer": '${TMPDIR:+--bind "$TMPDIR"}', "bwrap": '${TMPDIR:+--bind "$TMPDIR" "$TMPDIR"}'}
+
+
 @dataclass(frozen=True)
 class Container:
     """An image and the runtime that runs it; :meth:`python` is the command that starts its Python,
@@ -152,7 +158,15 @@ class Container:
 
     def python(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> list[str]:
         """The command (a list) that runs the image's Python with ``host_paths`` bound read-write at
-        the same place; ``cwd`` is bound too and is the working folder."""
+        the same place; ``cwd`` is bound too and is the working folder, and so is this process's
+        ``$TMPDIR`` (a job's node-local scratch) when it is a folder."""
+        scratch = os.environ.get(SCRATCH_VARIABLE, "")
+        return self._command(host_paths, cwd, self._scratch_binds(scratch) if os.path.isdir(scratch) else [])
+
+    def _scratch_binds(self, folder: str) -> list[str]:
+        return ["--bind", f"{folder}:{folder}"] if self.runtime == "apptainer" else ["--bind", folder, folder]
+
+    def _command(self, host_paths: list[str | Path], cwd: str | Path | None, scratch: list[str]) -> list[str]:
         cwd = str(Path(cwd or os.getcwd()).resolve())
         binds = [*(f"{p}:{p}" for p in same_place(host_paths + [cwd])), *self.binds]
         env = [(ENV_IMAGE, self.image), (ENV_DIGEST, self.digest), *self.env]
@@ -164,7 +178,7 @@ class Container:
                 cmd += ["--bind", b]
             for k, v in env:
                 cmd += ["--env", f"{k}={v}"]
-            return [*cmd, self.image, *IMAGE_CLEAN_ENV]
+            return [*cmd, *scratch, self.image, *IMAGE_CLEAN_ENV]
         cmd = [self.executable, *root_from(Path(self.image)), "--proc", "/proc", "--dev", "/dev",
                "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--ro-bind", "/sys", "/sys"]
         for f in HOST_FILES:
@@ -173,7 +187,7 @@ class Container:
         for b in binds:
             src, dest, read_only = parse_bind(b)
             cmd += ["--ro-bind" if read_only else "--bind", src, dest]
-        cmd += ["--chdir", cwd, "--setenv", "PATH", f"{IMAGE_VENV}/bin:/usr/local/bin:/usr/bin:/bin"]
+        cmd += [*scratch, "--chdir", cwd, "--setenv", "PATH", f"{IMAGE_VENV}/bin:/usr/local/bin:/usr/bin:/bin"]
         for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD"):
             cmd += ["--unsetenv", k]
         for k, v in env:
@@ -187,8 +201,11 @@ class Container:
         return self.runtime != "bwrap"
 
     def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
-        """:meth:`python` as one shell string (submitit's ``python`` parameter)."""
-        return " ".join(shlex.quote(p) for p in self.python(host_paths, cwd))
+        """:meth:`python` as one shell string (submitit's ``python`` parameter), written on the login
+        node: the job's shell binds its own ``$TMPDIR``, where it has one, when it runs the line."""
+        marker = "\0scratch"
+        parts = self._command(host_paths, cwd, [marker])
+        return " ".join(SHELL_SCRATCH_BIND[self.runtime] if p == marker else shlex.quote(p) for p in parts)
 
 
 def root_from(image: Path) -> list[str]:
