@@ -6,7 +6,8 @@
 #                                    offline, else from the package index), the launcher and the
 #                                    path to the package source
 #   install.sh package               check /opt/pyramidrepro/src and record what the image is in
-#                                    /opt/pyramidrepro/IMAGE_INFO.json (baked commit, recipe, date)
+#                                    /opt/pyramidrepro/IMAGE_INFO.json (baked commit, recipe, date,
+#                                    the package's version and config schema)
 #   install.sh recipe-hash           sha256 of the recipe (this script, packages.txt, the lock):
 #                                    the key a built image is cached under
 set -euo pipefail
@@ -42,10 +43,15 @@ package)
     [ -f "$home/src/pyramidrepro/__init__.py" ] || { echo "install.sh: no package under $home/src" >&2; exit 2; }
     commit=$(cat "$home/src/pyramidrepro/BUILD_COMMIT" 2>/dev/null || echo unknown)
     "$venv/bin/python" -m compileall -q "$home/src"
-    "$venv/bin/python" - "$commit" "$(recipe_hash)" "$home/IMAGE_INFO.json" <<'EOF'
+    "$venv/bin/python" - "$commit" "$(recipe_hash)" "$home/IMAGE_INFO.json" "$home/src" <<'EOF'
 import json, sys, time
-commit, recipe, path = sys.argv[1:]
-info = {"commit": commit, "recipe": recipe, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+commit, recipe, path, src = sys.argv[1:]
+sys.path.insert(0, src)
+import pyramidrepro
+from pyramidrepro.spec.experiment import schema_digest
+# the config schema: submit compares it with the login node's before queueing (machine/image_match.py)
+info = {"commit": commit, "recipe": recipe, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "version": pyramidrepro.__version__, "config_schema": schema_digest()}
 with open(path, "w") as fh:
     json.dump(info, fh)
 EOF

@@ -2,6 +2,7 @@
 cached), then runs inside it under bwrap, locally and through submit on the Slurm test cluster."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import pyramidrepro
 from pyramidrepro.machine.container import (
     ENV_DIGEST,
     IMAGE_CLEAN_ENV,
@@ -27,6 +29,7 @@ from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.spec.config import load_config
 from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
+from support.images import fake_image
 from support.slurm import preempt_and_resume, slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
@@ -513,3 +516,37 @@ def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself
     assert f"requeue.sh: the run ended with exit 143; requeueing job {second} to resume in {run_dir}" in logs, logs
 
 
+
+
+def test_submit_refuses_an_image_whose_package_reads_another_config_schema_before_any_job(cli, tmp_path):
+    """After a git pull without a rebuild, every job would fail at start: submit compares the image's
+    recorded schema with this host's once, before anything is written, and says how to fix it."""
+    from pyramidrepro.spec.experiment import schema_digest
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (make tools): a folder image needs it")
+    stale = fake_image(tmp_path / "stale", {"commit": "0123456789abcdef-dirty", "config_schema": "0" * 16})
+    out = tmp_path / "out"
+    r = cli("submit", str(SMOKE), "--dry-run", "--container", str(stale), "--out", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"reads configs of schema {'0' * 16}" in r.stderr and f"writes schema {schema_digest()}" in r.stderr
+    assert "containers/build.sh" in r.stderr and "git checkout 0123456789ab && pip install -e ." in r.stderr
+    assert not out.exists()
+    same = fake_image(tmp_path / "same", {"commit": git_commit(), "config_schema": schema_digest()})
+    r = cli("submit", str(SMOKE), "--dry-run", "--container", str(same), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_image_of_this_checkout_records_the_schema_submit_compares(image):
+    from pyramidrepro.machine.container import IMAGE_INFO
+    from pyramidrepro.spec.experiment import schema_digest
+
+    info = json.loads((image / IMAGE_INFO.lstrip("/")).read_text())
+    assert info["config_schema"] == schema_digest() and info["version"] == pyramidrepro.__version__
+
+
+def test_the_hosts_submitit_is_pinned_to_the_images():
+    """Both ends pickle submitit's job objects: the login node installs the version the image runs."""
+    lock = (ROOT / "containers" / "requirements.lock").read_text()
+    pinned = re.search(r"^submitit==(\S+)$", lock, re.M).group(1)
+    assert f'"submitit=={pinned}"' in (ROOT / "pyproject.toml").read_text()

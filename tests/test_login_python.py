@@ -16,6 +16,7 @@ import pytest
 
 from pyramidrepro.cluster.campaign_state import CampaignState, Repeats, save_state
 from support import ROOT, SMOKE
+from support.images import fake_image
 from support.slurm import slurm_unavailable
 
 DECLARED = re.search(r'^requires-python = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
@@ -76,10 +77,7 @@ def test_the_lowest_declared_python_installs_and_runs_the_login_node_commands(tm
 
     r = cli("validate", str(SMOKE))
     assert r.returncode == 0 and "# data: synthetic" in r.stdout, r.stderr
-    image = tmp_path / "image"  # a folder image's layout: the dry run checks it and the runtime, and starts nothing
-    for part in ("opt/pyramidrepro/src/pyramidrepro/__init__.py", "opt/venv/bin/python"):
-        (image / part).parent.mkdir(parents=True, exist_ok=True)
-        (image / part).write_text("")
+    image = fake_image(tmp_path / "image")  # the dry run checks its layout and the runtime, and starts nothing
     r = cli("submit", str(SMOKE), "--dry-run", "--container", str(image), "--out", str(tmp_path / "dry"))
     assert r.returncode == 0 and "1 point(s) of smoke -> 1 job array(s)" in r.stdout, r.stdout + r.stderr
     assert "#SBATCH --requeue" in r.stdout and "/usr/bin/bwrap" in r.stdout

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from ..machine import requeue_relay
 from ..machine.container import resolve
+from ..machine.image_match import read_image_info, skew_problem
 from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisfiable
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
 from ..spec.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
@@ -223,6 +224,8 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     # unique per submission: a cluster restarted from scratch gives its job ids again
     folder = out / ".submitit" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     box = resolve(cfg, source, preview=dry_run)  # ConfigError before anything is written
+    if box and (skew := skew_problem(box, read_image_info(box))):
+        raise ConfigError(source, "container.image", skew)
     if box and cfg.cluster.executor == "debug":
         raise ConfigError(source, "cluster.executor", "debug runs the jobs in this process, which cannot run in "
                                                       f"the image {box.image}: use local or slurm")

@@ -135,3 +135,21 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
     cfg = build(ExperimentConfig, raw, source, "")
     cfg.validate(source)
     return cfg
+
+
+def schema_digest() -> str:
+    """Every config key with its declared type, hashed (16 hex digits): two packages with the same
+    digest read each other's configs.  The login node pickles a point's config and the image's
+    package unpickles it, so a key added, removed or retyped on one side fails every job at start."""
+
+    def keys(cls: type, prefix: str) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(value):
+                out += keys(type(value), f"{prefix}{f.name}.")
+            else:
+                out.append(f"{prefix}{f.name}: {f.type}")
+        return out
+
+    return hashlib.sha256("\n".join(keys(ExperimentConfig, "")).encode()).hexdigest()[:16]
