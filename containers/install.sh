@@ -32,7 +32,8 @@ deps)
     fi
     python3 -m venv "$venv"
     # --no-deps: the lock names every package; pip check below proves it complete
-    "$venv/bin/python" -m pip install -q --no-deps "${pip_source[@]}" -r "$here/requirements.lock"
+    # no pip cache: its downloads (GBs of CUDA wheels) would end up in the image
+    "$venv/bin/python" -m pip install -q --no-cache-dir --no-deps "${pip_source[@]}" -r "$here/requirements.lock"
     "$venv/bin/python" -m pip check
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     echo "$home/src" >"$site/pyramidrepro.pth"

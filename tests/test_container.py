@@ -56,7 +56,11 @@ def test_both_apptainer_definitions_build_the_local_recipe():
     environment, runscript and test."""
     header, primary = _sections((CONTAINERS / "pyramidrepro.def").read_text())
     assert header["Bootstrap"] == "docker" and header["From"] == "debian:bookworm-slim"
-    assert "apt-get install" in primary["post"] and "containers/packages.txt" in primary["post"]
+    assert "containers/packages.txt" in primary["post"]
+    # apt under --fakeroot without a subuid entry: it must not drop to its _apt user (setgroups fails)
+    apt = [ln.strip() for ln in primary["post"].splitlines() if ln.strip().startswith("apt-get")]
+    assert apt and all(ln.startswith("apt-get -o APT::Sandbox::User=root ") for ln in apt)
+    assert any(" install " in ln for ln in apt)
     boot_header, boot = _sections((CONTAINERS / "pyramidrepro-debootstrap.def").read_text())
     assert boot_header["Bootstrap"] == "debootstrap" and boot_header["OSVersion"] == "bookworm"
     assert sorted(boot_header["Include"].split()) == sorted(_recipe_packages())
@@ -550,3 +554,98 @@ def test_the_hosts_submitit_is_pinned_to_the_images():
     lock = (ROOT / "containers" / "requirements.lock").read_text()
     pinned = re.search(r"^submitit==(\S+)$", lock, re.M).group(1)
     assert f'"submitit=={pinned}"' in (ROOT / "pyproject.toml").read_text()
+
+
+def _fake_tools(folder: Path, fs_type: str) -> dict[str, str]:
+    """A PATH with an ``apptainer`` that writes a 3 MiB 'SIF' (and logs its calls) and a ``stat`` that
+    reports ``fs_type`` for file systems (``stat -f``) and defers to the real one otherwise."""
+    folder.mkdir()
+    (folder / "apptainer").write_text(
+        '#!/bin/bash\necho "$@" >> "$(dirname "$0")/calls"\n'
+        'if [ "$1" = build ]; then for a in "$@"; do out=$a; [ "${a%.sif}" != "$a" ] && break; done; '
+        'head -c 3145728 /dev/urandom > "$out"; fi\n')
+    real_stat = shutil.which("stat")
+    (folder / "stat").write_text(
+        f'#!/bin/bash\nif [ "$1" = -f ]; then echo {fs_type}; else exec {real_stat} "$@"; fi\n')
+    for tool in ("apptainer", "stat"):
+        (folder / tool).chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}", "PYRAMIDREPRO_BUILD_MIN_GB": "0"}
+
+
+def test_build_sh_refuses_a_temporary_folder_on_a_network_file_system(tmp_path):
+    env = dict(os.environ, **_fake_tools(tmp_path / "bin", "nfs"), APPTAINER_TMPDIR=str(tmp_path / "nfs-tmp"))
+    r = subprocess.run(["bash", str(CONTAINERS / "build.sh"), str(tmp_path / "x.sif")], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"APPTAINER_TMPDIR={tmp_path / 'nfs-tmp'} is on nfs" in r.stderr and "local disk" in r.stderr
+    assert not (tmp_path / "bin" / "calls").exists() and not (tmp_path / "x.sif").exists()  # nothing built
+    small = dict(env, PYRAMIDREPRO_BUILD_MIN_GB="100000", PATH=os.environ["PATH"] + f":{tmp_path / 'bin'}")
+    r = subprocess.run(["bash", str(CONTAINERS / "build.sh"), str(tmp_path / "x.sif")], capture_output=True,
+                       text=True, env=small, timeout=60)
+    assert r.returncode == 2 and "GB free, the build needs about 100000 GB there" in r.stderr, r.stderr
+
+
+def test_a_sif_copied_after_its_digest_file_keeps_its_digest_without_hashing_it(tmp_path, monkeypatch):
+    """build.sh ties the digest to the SIF's size and first and last MiB: a copy that writes the digest
+    file first still reads it (2 MiB read, never the whole SIF), and a SIF of the same size and another
+    content does not get it."""
+    from pyramidrepro.machine import container
+
+    env = dict(os.environ, **_fake_tools(tmp_path / "bin", "ext2/ext3"), APPTAINER_TMPDIR=str(tmp_path / "tmp"))
+    built = tmp_path / "build" / "x.sif"
+    built.parent.mkdir()
+    r = subprocess.run(["bash", str(CONTAINERS / "build.sh"), str(built)], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "build --fakeroot" in (tmp_path / "bin" / "calls").read_text()
+    copy = tmp_path / "site" / "x.sif"
+    copy.parent.mkdir()
+    shutil.copy(built.with_name("x.sif.sha256"), copy.with_name("x.sif.sha256"))  # the digest file first ...
+    time.sleep(0.01)
+    shutil.copy(built, copy)  # ... then the SIF: newer than its digest file
+    hashed: list[str] = []
+    monkeypatch.setattr(container, "_sha256_of", lambda *a: hashed.append(a[0]) or "sha256:hashed")
+    read: list[int] = []
+    real_open = open
+
+    def counting_open(path, mode="r", *a, **kw):  # noqa: ANN001, ANN202 - open's own signature
+        fh = real_open(path, mode, *a, **kw)
+        if str(path) == str(copy) and "b" in mode:
+            raw_read = fh.read
+            fh = _Counted(fh, raw_read, read)
+        return fh
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    expected = "sha256:" + hashlib.sha256(built.read_bytes()).hexdigest()
+    assert container.image_digest(copy) == expected and hashed == []
+    assert 0 < sum(read) <= 2 * container.SAMPLE_BYTES  # its first and last MiB only, of 3 MiB
+    monkeypatch.setattr("builtins.open", real_open)
+    data = bytearray(copy.read_bytes())
+    data[-10] ^= 0xFF  # same size, another content in its last MiB
+    copy.write_bytes(bytes(data))
+    assert container.image_digest(copy) == "sha256:hashed" and hashed == [str(copy.resolve())]
+
+
+class _Counted:
+    """A file whose reads are counted in bytes."""
+
+    def __init__(self, fh, raw_read, counts):  # noqa: ANN001
+        self._fh, self._raw_read, self._counts = fh, raw_read, counts
+
+    def read(self, n=-1):  # noqa: ANN001, ANN201
+        data = self._raw_read(n)
+        self._counts.append(len(data))
+        return data
+
+    def __getattr__(self, name):  # noqa: ANN001, ANN204
+        return getattr(self._fh, name)
+
+    def __enter__(self):  # noqa: ANN204
+        return self
+
+    def __exit__(self, *exc):  # noqa: ANN001, ANN204
+        self._fh.close()
+
+
+def test_the_image_holds_no_pip_cache(image):
+    assert not list((image / "root").glob(".cache/pip")) and not list(image.glob("home/*/.cache/pip"))

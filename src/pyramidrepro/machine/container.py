@@ -104,15 +104,36 @@ def digest_inside(image: str) -> str:
 
 
 def read_digest_beside(sif: Path) -> str:
-    """``sha256:…`` from ``SIF.sha256`` (``sha256sum`` output) when it is newer than the SIF; else ""."""
+    """``sha256:…`` from ``SIF.sha256`` when it is this SIF's; else "".
+
+    containers/build.sh writes ``sha256sum``'s line and ``# size=N sample=H`` (H: the sha256 of the
+    SIF's first and last MiB): the digest is this SIF's when both match, whatever the files' ages
+    (a copy may write the digest file first).  A digest file of one line (an older build) is taken
+    only when it is newer than the SIF."""
     sidecar = sif.with_name(sif.name + DIGEST_SUFFIX)
     try:
-        if sidecar.stat().st_mtime_ns < sif.stat().st_mtime_ns:
-            return ""  # written for an earlier build of this path
-        word = sidecar.read_text().split()[0]
-    except (OSError, IndexError):
+        lines = sidecar.read_text().splitlines()
+        word = lines[0].split()[0]
+        tie = dict(kv.split("=", 1) for kv in lines[1].lstrip("# ").split()) if len(lines) > 1 else None
+        if tie is not None:
+            if int(tie["size"]) != sif.stat().st_size or tie["sample"] != sif_sample(sif):
+                return ""  # written for another build of this path
+        elif sidecar.stat().st_mtime_ns < sif.stat().st_mtime_ns:
+            return ""
+    except (OSError, IndexError, KeyError, ValueError):
         return ""
     return f"sha256:{word}" if len(word) == 64 and all(c in "0123456789abcdef" for c in word) else ""
+
+
+SAMPLE_BYTES = 1 << 20
+
+
+def sif_sample(sif: Path) -> str:
+    """sha256 of a file's first and last MiB, as build.sh computes it (``head -c`` and ``tail -c``)."""
+    with open(sif, "rb") as fh:
+        head = fh.read(SAMPLE_BYTES)
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - SAMPLE_BYTES))
+        return hashlib.sha256(head + fh.read(SAMPLE_BYTES)).hexdigest()
 
 
 def image_digest(image: str | Path) -> str:
