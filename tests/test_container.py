@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import pyramidrepro
 from pyramidrepro.machine.container import (
@@ -26,6 +27,7 @@ from pyramidrepro.machine.container import (
 from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.records.runs import CHECKPOINT_NAME
 from pyramidrepro.spec.config import load_config
 from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
@@ -449,6 +451,28 @@ def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_an
     assert "pyramidrepro: preempted or timed out: requeued, resumes from step" in logs
     job = subprocess.run(["scontrol", "show", "job", m["attrs"]["slurm_job_id"]], capture_output=True, text=True)
     assert "Restarts=2" in job.stdout, job.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+def test_a_preempted_run_in_the_image_whose_requeue_is_refused_ends_interrupted_with_its_checkpoint(image, tmp_path):
+    """Submitted with --no-requeue (cluster.requeue: false, as on a site that refuses requeue), a
+    preempted run checkpoints, the relayed `scontrol requeue` fails on the host, and the run ends
+    ``interrupted`` (not ``failed``) with its checkpoint and the line that says what to do."""
+    r = preempt_and_resume(tmp_path, ["train.epochs=16", "train.batch_size=32", "train.threads=1",
+                                      "cluster.requeue=false", f"container.image={image}"])
+    (metrics,) = tmp_path.glob("smoke/*/metrics.h5")
+    m = read_metrics(metrics)
+    logs = "".join(p.read_text() for p in (tmp_path / ".submitit").rglob("*_log.err"))
+    line = re.search(r"pyramidrepro: preempted or timed out: this site refuses requeue: resubmit to resume "
+                     r"\(from step (\d+)\)", logs)
+    assert line, r.stdout + r.stderr + logs
+    assert m["attrs"]["status"] == "interrupted" and "this site refuses requeue" in m["attrs"]["error"]
+    assert "failed" not in r.stdout.split("STATUSES ", 1)[1].splitlines()[0]
+    saved = torch.load(metrics.parent / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    assert saved["step"] == int(line.group(1)) > 0  # the checkpoint a resubmission resumes from
+    assert _job(str(m["attrs"]["slurm_job_id"])).get("Restarts", "0") == "0"  # never requeued
+    _check_ran_in(image, {**m, "attrs": {**m["attrs"], "status": "completed"}})  # in the image
 
 
 def _steps(run_dir: Path) -> list[int]:

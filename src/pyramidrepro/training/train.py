@@ -12,6 +12,7 @@ anything else is failed.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -168,6 +169,9 @@ class Trainer:
         if self.requeued and isinstance(exc, SystemExit):  # submitit ends this attempt; the job goes on
             self._record_requeue()
             return None
+        if self.requeued and refused_requeue(exc):  # checkpointed, but Slurm would not requeue the job
+            self._record_requeue(refused=True)
+            return None
         if is_out_of_memory(exc):  # CUDA's, or the CPU allocator's under an emulated cap
             return self._stop(Status.OOM, {Attr.OOM_BATCH_SIZE: self.cfg.train.batch_size,
                                            Attr.ERROR: (str(exc).splitlines() or [repr(exc)])[0]})
@@ -180,11 +184,15 @@ class Trainer:
             return None
         return peer.outcome()  # a peer stopped the run (its leaving broke this rank's collective)
 
-    def _record_requeue(self) -> None:
-        """This attempt ends requeued: the run is interrupted, and resumes in the next attempt."""
+    def _record_requeue(self, refused: bool = False) -> None:
+        """This attempt ends requeued: the run is interrupted, and resumes in the next attempt; or
+        (``refused``) Slurm refused the requeue: interrupted, with its checkpoint, for a resubmission."""
         saved = self.loop.checkpoints.saved if self.loop is not None else None
-        why = "preempted or timed out: requeued, " + (f"resumes from step {saved.step}" if saved is not None
-                                                       else "starts afresh")
+        at = f"from step {saved.step}" if saved is not None else "afresh"
+        if refused:
+            why = f"preempted or timed out: this site refuses requeue: resubmit to resume ({at})"
+        else:
+            why = "preempted or timed out: requeued, " + (f"resumes {at}" if saved is not None else "starts afresh")
         self._finish(*self._stop(Status.INTERRUPTED, {Attr.ERROR: why}))
         print(f"pyramidrepro: {why}", file=sys.stderr, flush=True)
 
@@ -263,3 +271,11 @@ class Trainer:
         if self.context is not None and self.context.is_main:
             print(f"{record.status} (rank {record.rank}): {self.context.run_dir / METRICS_NAME}", flush=True)
         return EXIT_CODES.get(record.status, 1)
+
+
+def refused_requeue(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``scontrol requeue`` failing under submitit's requeue (a partition or job
+    that does not allow it: ``--no-requeue``, ``JobRequeue=0`` without ``--requeue``)."""
+    cmd = getattr(exc, "cmd", None)
+    return isinstance(exc, subprocess.CalledProcessError) and isinstance(cmd, (list, tuple)) and \
+        list(cmd[:2]) == ["scontrol", "requeue"]
