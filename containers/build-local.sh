@@ -68,7 +68,8 @@ if [ ! -f "$dir/base.complete" ] || [ ! -d "$rootfs" ]; then
         -d "$dir/wheels" -r "$here/requirements.lock" 2> >(grep -v "is ignored: it is neither" >&2)
     say "[3/3] /opt/venv from the wheels, inside the image"
     mkdir -p "$rootfs.new/opt/pyramidrepro/containers"
-    cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$rootfs.new/opt/pyramidrepro/containers/"
+    cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$here/requirements-cu128.lock" \
+        "$rootfs.new/opt/pyramidrepro/containers/"
     in_image "$rootfs.new" --ro-bind "$dir/wheels" /tmp/wheels \
         bash /opt/pyramidrepro/containers/install.sh deps --wheels /tmp/wheels
     rm -rf "$dir/wheels"
@@ -94,7 +95,7 @@ find "$pkg/src" -name __pycache__ -prune -exec rm -rf {} +
 for f in hosts resolv.conf; do  # empty files the runtimes bind the host's over
     [ -e "$rootfs/etc/$f" ] || : >"$rootfs/etc/$f"
 done
-cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$pkg/containers/"
+cp "$here/install.sh" "$here/packages.txt" "$here/requirements.lock" "$here/requirements-cu128.lock" "$pkg/containers/"
 commit=$(bash "$here/bake_commit.sh" "$pkg/src/pyramidrepro" "$repo")
 in_image "$rootfs" bash /opt/pyramidrepro/containers/install.sh package >&2
 (cd "$rootfs" && { cat "$dir/base.sha256"; find ./opt/pyramidrepro -type f -print0 | xargs -0 sha256sum; } \

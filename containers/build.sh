@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the Apptainer image on a machine that has Apptainer (a login or build node, or a laptop):
 #   bash containers/build.sh [OUTPUT.sif]     unprivileged (--fakeroot), from debian:bookworm-slim
+#   CUDA_LINE=cu128 bash containers/build.sh  the CUDA 12 line, for nodes with a driver older than 580
 #   sudo FAKEROOT= DEF=containers/pyramidrepro-debootstrap.def bash containers/build.sh [OUTPUT.sif]
 #                                             as root, with debootstrap, without a registry
 # then:  pyramidrepro submit EXPERIMENT --container OUTPUT.sif   or   apptainer run --nv OUTPUT.sif run ...
@@ -9,6 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-pyramidrepro.sif}"
 def="${DEF:-containers/pyramidrepro.def}"
+# the image's CUDA line: cu130 (CUDA 13, NVIDIA driver >= 580.65.06) or cu128 (CUDA 12.8, driver >= 525.60.13)
+line="${CUDA_LINE:-cu130}"
+case $line in
+    cu130|cu128) ;;
+    *) echo "build.sh: CUDA_LINE=$line: expected cu130 (driver >= 580) or cu128 (driver >= 525)" >&2; exit 2 ;;
+esac
 command -v apptainer >/dev/null || { echo "build.sh: apptainer not found (https://apptainer.org); without it: make image" >&2; exit 2; }
 [ -f "$def" ] || { echo "build.sh: DEF=$def: no such definition" >&2; exit 2; }
 # Apptainer unpacks the whole root file system in its temporary folder (default /tmp): on a login node
@@ -35,7 +42,7 @@ done
 bash containers/bake_commit.sh src/pyramidrepro
 trap 'rm -f src/pyramidrepro/BUILD_COMMIT' EXIT
 # --fakeroot unless FAKEROOT is set empty (root builds; debootstrap fails under --fakeroot)
-apptainer build ${FAKEROOT---fakeroot} "$out" "$def"
+apptainer build ${FAKEROOT---fakeroot} --build-arg CUDA_LINE="$line" "$out" "$def"
 apptainer test "$out"
 # its digest beside it: runs and submits read it instead of hashing a multi-GB file per job.  The
 # second line ties it to this SIF's size and its first and last MiB (not to the files' ages: a copy

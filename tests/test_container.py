@@ -72,10 +72,15 @@ def test_both_apptainer_definitions_build_the_local_recipe():
     for sections in (primary, boot):
         post = sections["post"]
         assert post.index("install.sh deps") < post.index("install.sh package")
-        for name in ("install.sh", "packages.txt", "requirements.lock"):
+        for name in ("install.sh", "packages.txt", "requirements.lock", "requirements-cu128.lock"):
             assert f"containers/{name} /opt/pyramidrepro/containers/{name}" in sections["files"]
-    for section in ("files", "environment", "runscript", "test", "labels"):
+    for section in ("files", "environment", "runscript", "test", "labels", "arguments"):
         assert primary[section] == boot[section], section
+    # the CUDA line is a build argument, the local builder's (cu130, install.sh's default) by default
+    assert primary["arguments"].split() == ["CUDA_LINE=cu130"]
+    assert "install.sh deps --line {{ CUDA_LINE }}" in primary["post"]
+    assert "--build-arg CUDA_LINE=" in (CONTAINERS / "build.sh").read_text()
+    assert "line=cu130" in (CONTAINERS / "install.sh").read_text()
     lock = [ln for ln in (CONTAINERS / "requirements.lock").read_text().splitlines() if ln and ln[0] != "#"]
     assert lock and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.+\-]+", ln) for ln in lock)  # every one pinned
     assert {"torch", "nvidia-dali-cuda130", "h5py", "submitit"} <= {ln.split("==")[0] for ln in lock}
@@ -571,6 +576,31 @@ def test_an_image_of_this_checkout_records_the_schema_submit_compares(image):
 
     info = json.loads((image / IMAGE_INFO.lstrip("/")).read_text())
     assert info["config_schema"] == schema_digest() and info["version"] == pyramidrepro.__version__
+    assert info["cuda_line"] == "cu130"  # the local builder's line, the definitions' default
+    installed = (image / "opt/pyramidrepro/requirements.installed").read_text()
+    assert "torch==" in installed and "nvidia-dali-cuda130==" in installed
+
+
+def _lock(name: str) -> dict[str, str]:
+    lines = (CONTAINERS / name).read_text().splitlines()
+    return dict(ln.split("==") for ln in lines if ln and not ln.startswith("#"))
+
+
+def test_the_cuda_12_lock_pins_what_the_cuda_13_lock_pins_outside_cuda():
+    """One image recipe, two CUDA lines: the same packages and versions except torch's CUDA build,
+    DALI's CUDA package and CUDA's own libraries (the CUDA 12 ones come as torch's wheel pins them)."""
+    from pyramidrepro.machine.driver import CUDA_LINES
+
+    cu13, cu12 = _lock("requirements.lock"), _lock("requirements-cu128.lock")
+    assert set(CUDA_LINES) == {"cu130", "cu128"}
+    cuda_only = {k for k in cu13 if k.startswith(("nvidia-", "cuda-"))}
+    assert {k: v for k, v in cu13.items() if k not in cuda_only and k not in ("torch", "torchvision")} == \
+        {k: v for k, v in cu12.items() if k not in ("torch", "torchvision", "nvidia-dali-cuda120")}
+    assert cu12["torch"] == cu13["torch"] + "+cu128" and cu12["torchvision"] == cu13["torchvision"] + "+cu128"
+    assert cu12["nvidia-dali-cuda120"] == cu13["nvidia-dali-cuda130"]
+    assert not [k for k in cu12 if k.endswith("-cu13") or k.startswith("cuda-")]
+    install = (CONTAINERS / "install.sh").read_text()
+    assert "requirements-cu128.lock" in install and "https://download.pytorch.org/whl/cu128" in install
 
 
 def test_the_hosts_submitit_is_pinned_to_the_images():

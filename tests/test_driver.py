@@ -31,6 +31,18 @@ def test_each_cuda_release_needs_its_minimum_driver():
     assert driver_problem("535.104.05", "99.0") is None  # a release this table does not know
 
 
+def test_each_image_line_has_its_driver_rule_and_a_too_old_driver_is_told_the_other_line():
+    from pyramidrepro.machine.driver import CUDA_LINES, line_for
+
+    assert CUDA_LINES == {"cu130": 13, "cu128": 12}
+    message = driver_problem("550.54.14", "13.0")  # the CUDA 13 line on a 550 node: refused, cu128 named
+    assert "needs an NVIDIA driver >= 580.65.06" in message and "550.54.14" in message
+    assert "the image's cu128 line, which this driver runs: CUDA_LINE=cu128 bash containers/build.sh" in message
+    assert driver_problem("550.54.14", "12.8") is None and driver_problem("570.86.10", "12.8") is None  # cu128
+    assert driver_problem("520.61.05", "12.8") and "image's" not in driver_problem("520.61.05", "13.0")  # no line
+    assert line_for("580.65.06") == "cu130" and line_for("550.54.14") == "cu128" and line_for("470.1") is None
+
+
 def test_a_cuda_run_on_a_node_with_an_old_driver_says_which_driver_it_needs(tmp_path, cli, monkeypatch):
     import torch
 

@@ -16,6 +16,9 @@ from pathlib import Path
 DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
 #: CUDA major release -> the oldest Linux driver that runs it
 MINIMUM_DRIVER = {13: "580.65.06", 12: "525.60.13", 11: "450.80.02"}
+#: the image's CUDA lines (containers/build.sh CUDA_LINE=...): line -> its CUDA major release; each
+#: line's lock is containers/requirements.lock (cu130) or containers/requirements-<line>.lock
+CUDA_LINES = {"cu130": 13, "cu128": 12}
 
 
 def node_driver(path: Path | None = None) -> str | None:
@@ -41,8 +44,22 @@ def driver_problem(driver: str | None, cuda: str | None) -> str | None:
     if needed is None or _numbers(driver) >= _numbers(needed):
         return None
     return (f"this torch is built for CUDA {cuda}, which needs an NVIDIA driver >= {needed}; this node's "
-            f"driver is {driver}: CUDA sees no GPU (run on nodes with a newer driver, or use an image "
-            f"built for an older CUDA)")
+            f"driver is {driver}: CUDA sees no GPU (run on nodes with a newer driver{_other_line(driver)})")
+
+
+def line_for(driver: str) -> str | None:
+    """The newest image line (:data:`CUDA_LINES`) whose CUDA ``driver`` runs, or None."""
+    fits = [(major, line) for line, major in CUDA_LINES.items()
+            if _numbers(driver) >= _numbers(MINIMUM_DRIVER[major])]
+    return max(fits)[1] if fits else None
+
+
+def _other_line(driver: str) -> str:
+    line = line_for(driver)
+    if line is None:
+        return ""
+    return (f", or the image's {line} line, which this driver runs: CUDA_LINE={line} bash containers/build.sh, "
+            f"driver >= {MINIMUM_DRIVER[CUDA_LINES[line]]}")
 
 
 def gpus_without_torch() -> int:
