@@ -478,6 +478,9 @@ def test_a_preempted_run_in_the_image_whose_requeue_is_refused_ends_interrupted_
     assert saved["step"] == int(line.group(1)) > 0  # the checkpoint a resubmission resumes from
     assert _job(str(m["attrs"]["slurm_job_id"])).get("Restarts", "0") == "0"  # never requeued
     _check_ran_in(image, {**m, "attrs": {**m["attrs"], "status": "completed"}})  # in the image
+    sharing = json.loads(m["attrs"]["node_sharing"])  # Slurm's view of the node, asked through the relay
+    assert sharing["start"]["node"] == m["attrs"]["slurm_nodelist"] and sharing["start"]["cpus_own"] == 1, sharing
+    assert "other_cpus" in sharing["end"], sharing
 
 
 def _steps(run_dir: Path) -> list[int]:

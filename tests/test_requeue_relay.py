@@ -97,13 +97,18 @@ def test_the_stub_refuses_anything_but_a_requeue_and_a_forged_request_is_not_run
     assert os.access(STUB, os.X_OK)  # the image runs its own copy from the PATH
     shown = subprocess.run([str(STUB), "show", "job", "77"], env={**env, RELAY_REQUEST_VARIABLE: "x"},
                            capture_output=True, text=True)
-    assert shown.returncode == 1 and "only 'scontrol requeue JOB' is relayed to the host" in shown.stderr
+    assert shown.returncode == 1 and "only 'scontrol requeue JOB' and 'scontrol -o show node NAME'" in shown.stderr
     outside = subprocess.run([str(STUB), "requeue", "77"], env=env, capture_output=True, text=True)
     assert outside.returncode == 1  # not started by relay.sh: nobody would answer
     forged = 'printf "cancel 77\\n" >"$PYRAMIDREPRO_RELAY_REQUEST"; sleep 3; cat "$PYRAMIDREPRO_RELAY_REQUEST.rc"'
     r = subprocess.run(["/bin/sh", str(relay), "sh", "-c", forged], env=env, capture_output=True, text=True,
                        timeout=30)
-    assert r.stdout == "2\n" and "refused a request that is not 'requeue JOB': cancel 77" in r.stderr
+    assert r.stdout == "2\n" and "refused a request that is not 'requeue JOB' or 'node NAME': cancel 77" in r.stderr
+    assert not (tmp_path / "node-scontrol.args").exists()
+    forged = 'printf "node a;b\n" >"$PYRAMIDREPRO_RELAY_REQUEST"; sleep 3; cat "$PYRAMIDREPRO_RELAY_REQUEST.rc"'
+    r = subprocess.run(["/bin/sh", str(relay), "sh", "-c", forged], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.stdout == "2\n" and "refused a node name with other characters: a;b" in r.stderr
     assert not (tmp_path / "node-scontrol.args").exists()
 
 

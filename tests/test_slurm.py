@@ -1,6 +1,7 @@
 """Dispatch on the real Slurm test cluster (slurm/dev/cluster.sh, started by `make test`); one node per job here,
 multi-node jobs in test_multinode.py."""
 
+import json
 import os
 import re
 import subprocess
@@ -134,3 +135,30 @@ def test_an_sbatch_template_submitted_from_another_folder_finds_the_package_and_
         time.sleep(1)
     log = (tmp_path / "job.out").read_text()
     assert read_metrics(run_dir / "metrics.h5")["attrs"]["status"] == "completed", log
+
+
+def test_a_run_beside_another_job_on_its_node_records_it_and_the_report_names_the_point(tmp_path):
+    """Two jobs on one node: the run records Slurm's view of its node at start and end (the other
+    job's CPU), and the report's confounders name the point measured there."""
+    blocker = subprocess.run(["sbatch", "--parsable", "-w", "node1", "-c", "1", "-o", "/dev/null",
+                              "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["squeue", "-h", "-j", blocker, "-o", "%T"], capture_output=True,
+                             text=True).stdout.strip() != "RUNNING":
+            assert time.monotonic() < deadline, "the other job never started"
+            time.sleep(0.5)
+        r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
+                    *TINY, "--set", "cluster.additional_parameters={nodelist: node1}")
+    finally:
+        subprocess.run(["scancel", blocker])
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = _runs(tmp_path).values()
+    sharing = json.loads(m["attrs"]["node_sharing"])
+    for when in ("start", "end"):
+        view = sharing[when]
+        assert view["node"] == "node1" and view["cpus_own"] == 1 and view["other_cpus"] == 1, sharing
+    report = run_cli("report", str(tmp_path / "smoke"))
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "smoke" / "report.md").read_text()
+    assert re.search(r"batch 64: 1 of 1 run\(s\) measured on a node other jobs shared \(node1: up to 1 CPU", text), text

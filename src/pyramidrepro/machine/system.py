@@ -93,3 +93,33 @@ def describe_system(device: torch.device, local_world_size: int = 1,
             topology=_run(["nvidia-smi", "topo", "-m"]),
         )
     return info
+
+
+def node_sharing(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Slurm's view of this job's node now: what is allocated there and what of it is this job's, so
+    ``other_cpus`` / ``other_gpus`` are other jobs' (a throughput measured beside them is distorted).
+    {} outside Slurm; ``{"unknown": why}`` when Slurm's client cannot tell (in an image, the relay's
+    ``scontrol`` answers it)."""
+    env = os.environ if environ is None else environ
+    node = env.get("SLURMD_NODENAME")
+    if "SLURM_JOB_ID" not in env or not node:
+        return {}
+    try:
+        r = subprocess.run(["scontrol", "-o", "show", "node", node], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"unknown": f"scontrol show node {node}: {exc}"}
+    if r.returncode != 0:
+        return {"unknown": f"scontrol show node {node}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}"}
+    fields = dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
+    tres = dict(t.split("=", 1) for t in fields.get("AllocTRES", "").split(",") if "=" in t)
+    own_cpus = _count(env.get("SLURM_CPUS_ON_NODE"))
+    own_gpus = _count(env.get("SLURM_GPUS_ON_NODE")) or len([g for g in env.get("SLURM_JOB_GPUS", "").split(",") if g])
+    cpus, gpus = _count(fields.get("CPUAlloc")), _count(tres.get("gres/gpu"))
+    return {"node": node, "cpus_allocated": cpus, "cpus_own": own_cpus, "other_cpus": max(0, cpus - own_cpus),
+            "gpus_allocated": gpus, "gpus_own": own_gpus, "other_gpus": max(0, gpus - own_gpus)}
+
+
+def _count(text: str | None) -> int:
+    """A count Slurm printed ("4", "4(x2)" for per-node repeats), 0 when missing."""
+    digits = (text or "").split("(")[0]
+    return int(digits) if digits.isdigit() else 0

@@ -132,6 +132,7 @@ class RunRecord:
     boundary_probe: bool = False  # a `boundary` search's probe: counts for what fits, not for throughput
     nodes: int = 1  # hosts its ranks ran on (the ranks' host names)
     hosts: tuple[str, ...] = ()  # the nodes it ran on, sorted (_hosts); empty: none recorded
+    node_sharing: dict[str, Any] = field(default_factory=dict)  # Slurm's view of its node at start and end
     container_digest: str = ""  # the image's sha256 (container.image_digest), with container_image
     image_commit: str = ""  # the commit baked into that image
 
@@ -324,6 +325,7 @@ def _layout(m: dict[str, Any], a: Fields) -> dict[str, Any]:
         world_size=a.integer(Attr.WORLD_SIZE, 1, least=1),
         nodes=max(1, len({str(h) for h in np.ravel(hosts)})),
         hosts=_hosts(hosts, a),
+        node_sharing=a.nested(Attr.NODE_SHARING, dict),
         data_source=a.text(Attr.DATA_SOURCE),
         memory_limit_gb=a.number(Attr.MEMORY_LIMIT_GB, least=0) or None,
         threads=a.integer(Attr.THREADS_PER_PROCESS, None, least=0) or None,

@@ -90,6 +90,8 @@ class Attr(StrEnum):
     SLURM_JOB_ID = "slurm_job_id"
     SLURM_ARRAY_TASK_ID = "slurm_array_task_id"
     SLURM_NODELIST = "slurm_nodelist"
+    #: JSON {"start": ..., "end": ...}: Slurm's view of rank 0's node as the run started and ended (system.node_sharing)
+    NODE_SHARING = "node_sharing"
     SUBMITIT_JOB_ID = "submitit_job_id"
     JOB_STDOUT = "job_stdout"  # the job's log files (submitit's of rank 0's task, else Slurm's StdOut/StdErr)
     JOB_STDERR = "job_stderr"

@@ -143,16 +143,40 @@ def _slow_node_lines(runs: list[Any]) -> list[str]:
     return [_slow_node_line(node, found) for node, found in sorted(by_node.items())]
 
 
+def others_on_node(run: Any) -> tuple[int, int]:
+    """The most CPUs and GPUs other jobs held on the run's node at its start or end (Slurm's view)."""
+    views = [v for v in (run.node_sharing.get("start"), run.node_sharing.get("end")) if isinstance(v, dict)]
+    return (max((int(v.get("other_cpus", 0)) for v in views), default=0),
+            max((int(v.get("other_gpus", 0)) for v in views), default=0))
+
+
+def _shared_node_lines(runs: list[Any]) -> list[str]:
+    """One line per point with a run measured on a node that other jobs held CPUs or GPUs of."""
+    by_point: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for r in runs:
+        by_point[(r.line, r.batch_size)].append(r)
+    lines = []
+    for (line, batch), point_runs in sorted(by_point.items()):
+        shared = [(r, others_on_node(r)) for r in point_runs if any(others_on_node(r))]
+        if not shared:
+            continue
+        nodes = sorted({str(r.node_sharing.get("start", {}).get("node", "?")) for r, _ in shared})
+        cpus, gpus = max(c for _, (c, _) in shared), max(g for _, (_, g) in shared)
+        lines.append(f"{line} batch {batch}: {len(shared)} of {len(point_runs)} run(s) measured on a node other jobs "
+                     f"shared ({', '.join(nodes)}: up to {cpus} CPU(s) and {gpus} GPU(s) of other jobs)")
+    return lines
+
+
 #: one check per known trap, in the order the report lists what they found: each returns its line or None
 CONFOUNDER_CHECKS: tuple[Callable[[list[Any]], str | None], ...] = (
     _small_shm_with_nccl, _p2p_disabled, _tf32_on, _mixed_gpu_models, _threads_over_cores, _mixed_commits,
     _mixed_versions,
 )
 #: checks that find one line per culprit (each slow node), listed after :data:`CONFOUNDER_CHECKS`' lines
-CONFOUNDER_LIST_CHECKS: tuple[Callable[[list[Any]], list[str]], ...] = (_slow_node_lines,)
+CONFOUNDER_LIST_CHECKS: tuple[Callable[[list[Any]], list[str]], ...] = (_slow_node_lines, _shared_node_lines)
 #: what the checks look for, in words (the report says so when none tripped)
 CONFOUNDERS_CHECKED = ("/dev/shm with NCCL, NCCL_P2P_DISABLE, TF32, mixed GPU models, threads over cores, "
-                       "mixed commits or versions, repeats slower on one node than another")
+                       "mixed commits or versions, repeats slower on one node than another, nodes other jobs shared")
 
 
 def confounders(runs: list[Any]) -> list[str]:

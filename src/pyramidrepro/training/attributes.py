@@ -15,7 +15,7 @@ from ..machine.container import container_attributes
 from ..machine.devices import allocator_settings, capability, device_name
 from ..machine.provenance import git_commit, versions
 from ..machine.slurm_state import job_log_paths
-from ..machine.system import describe_system, slurm_attributes
+from ..machine.system import describe_system, node_sharing, slurm_attributes
 from ..spec.config import ExperimentConfig
 from ..spec.schema import Attr
 from ..step.executor import resolve_optimizer_impl
@@ -44,7 +44,14 @@ def identity_attributes(cfg: ExperimentConfig, ctx: RunContext, extra: dict[str,
         Attr.STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), Attr.COMMAND: " ".join(sys.argv),
         Attr.SYSTEM: describe_system(ctx.device, ctx.env.local_world_size),
         **slurm_attributes(), **job_log_attributes(ctx.is_main), **container_attributes(), **extra,
+        **_node_sharing_at_start(ctx.is_main),
     }
+
+
+def _node_sharing_at_start(is_main: bool) -> dict[str, Any]:
+    """Slurm's view of rank 0's node as the run starts (``node_sharing``); {} elsewhere."""
+    sharing = node_sharing() if is_main else {}
+    return {Attr.NODE_SHARING: {"start": sharing}} if sharing else {}
 
 
 def job_log_attributes(is_main: bool) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ..machine.devices import is_out_of_memory
 from ..machine.interrupts import SCHEDULER_STOP, DeferredStop, interruption, interruption_reason
 from ..machine.parallel import shutdown_process_group
 from ..machine.slurm_state import under_submitit
+from ..machine.system import node_sharing
 from ..records.lock import RunFolderError, RunLock
 from ..records.recorder import RunRecorder
 from ..records.runs import METRICS_NAME
@@ -263,6 +264,8 @@ class Trainer:
                 self.lock = RunLock(self.context.run_dir).acquire()
             except RunFolderError:
                 return
+        if self.identity and (sharing := self.identity.get(Attr.NODE_SHARING)):  # Slurm's view again, at the end
+            info = {**info, Attr.NODE_SHARING: {**sharing, "end": node_sharing()}}
         self.recorder.finish(status, info, self.identity)
 
     def _on_peer_stop(self, record: StopRecord) -> int:

@@ -7,7 +7,8 @@
 # `scontrol` (this folder's stub, first on the PATH that clean_env.py sets when
 # PYRAMIDREPRO_RELAY_REQUEST is there) writes the request to a file and waits for its answer; on the
 # host, a watcher started here runs it with the node's `scontrol` at once and writes back its exit
-# status, which the stub returns to submitit.
+# status, which the stub returns to submitit.  The run's `scontrol -o show node NAME` (what it records
+# of the node's other jobs, machine/system.py) is relayed the same way, its output with it.
 #
 # This shell then replaces itself with the container command, so the task's process is the runtime's,
 # as without the relay: where Slurm signals only the task's own process (proctrack/cgroup), Apptainer
@@ -29,8 +30,16 @@ answer() {  # answer REQUEST_LINE: run a requeue request, print its exit status
         scontrol requeue "$2" >&2
         echo "$?"
         ;;
+    2:node:*[!A-Za-z0-9._-]*)
+        echo "relay.sh: refused a node name with other characters: $2" >&2
+        echo 2
+        ;;
+    2:node:?*)  # Slurm's view of the node (a run records whether other jobs share it)
+        scontrol -o show node "$2" >"$request.out" 2>/dev/null
+        echo "$?"
+        ;;
     *)
-        echo "relay.sh: refused a request that is not 'requeue JOB': $*" >&2
+        echo "relay.sh: refused a request that is not 'requeue JOB' or 'node NAME': $*" >&2
         echo 2
         ;;
     esac
