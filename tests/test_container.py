@@ -247,6 +247,8 @@ def test_a_run_in_the_image_sees_the_nodes_tmpdir_bound_in(image, tmp_path, monk
     assert r.returncode == 0, r.stderr
     said, made = r.stdout.split()
     assert said == str(scratch) and Path(made).parent == scratch and Path(made).is_file()  # on the host's folder
+    here = box.python_command([tmp_path / "out"], cwd=tmp_path, on_node=False)  # the local executor: no shell
+    assert f"--bind {scratch} {scratch}" in here and "${TMPDIR" not in here
     line = box.python_command([tmp_path / "out"], cwd=tmp_path)
     assert str(scratch) not in line  # written on the login node: the job's own $TMPDIR is read on its node
     node_scratch = tmp_path / "node-scratch"

@@ -239,7 +239,8 @@ def submit(cfg: ExperimentConfig, source: str, out: str | Path, dry_run: bool = 
     new_folders = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     if box and not dry_run:
         out.mkdir(parents=True, exist_ok=True)  # bound into the image: it must exist
-    python = box.python_command([out, Path(cfg.data.root).resolve()]) if box else None
+    python = box.python_command([out, Path(cfg.data.root).resolve()],
+                                on_node=cfg.cluster.executor == "slurm") if box else None
     if python and cfg.cluster.executor == "slurm":  # submitit's requeue, from inside the image
         relay = folder / "relay" / "relay.sh"
         python = requeue_relay.relayed(python, relay if dry_run else requeue_relay.install(relay.parent),

@@ -221,9 +221,14 @@ class Container:
         does; bwrap's does not, and dies of SIGTERM, leaving the run orphaned."""
         return self.runtime != "bwrap"
 
-    def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> str:
-        """:meth:`python` as one shell string (submitit's ``python`` parameter), written on the login
-        node: the job's shell binds its own ``$TMPDIR``, where it has one, when it runs the line."""
+    def python_command(self, host_paths: list[str | Path], cwd: str | Path | None = None,
+                       on_node: bool = True) -> str:
+        """:meth:`python` as one shell string (submitit's ``python`` parameter).  ``on_node``: the line
+        is written here and run by a job's shell on its node (Slurm's batch script), which binds its
+        own ``$TMPDIR`` when it has one; else (the local executor, which runs it without a shell, on
+        this machine) this process's ``$TMPDIR`` is bound, as :meth:`python` does."""
+        if not on_node:
+            return " ".join(shlex.quote(p) for p in self.python(host_paths, cwd))
         marker = "\0scratch"
         parts = self._command(host_paths, cwd, [marker])
         return " ".join(SHELL_SCRATCH_BIND[self.runtime] if p == marker else shlex.quote(p) for p in parts)
