@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..spec.errors import ConfigError
+from ..spec.config import ModelConfig
 from ._common import add_model_args, check_model_args
 
 
@@ -25,8 +25,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     from ..workload.model import model_info
 
     check_model_args(args, args.widening)
-    if not 1 <= args.channel_multiple <= 64:
-        raise ConfigError("model-info", "--channel-multiple", f"expected 1 to 64, got {args.channel_multiple}")
+    ModelConfig.CHANNEL_MULTIPLE.check(args.channel_multiple, "model-info", "--channel-multiple")  # the config's range
     info = model_info(args.depth, args.alpha, args.block, args.widening, args.channel_multiple)
     print(json.dumps(info, indent=2))
     return 0

@@ -95,7 +95,8 @@ class ModelConfig(Section):
     num_classes: int = 10
     channel_multiple: int = 1  # 8: every layer's channels rounded up for tensor cores, the added ones kept at zero
 
-    BOUNDS = (Bound("num_classes", 0, 100_000), Bound("channel_multiple", 1, 64, at_least=True))
+    CHANNEL_MULTIPLE = Bound("channel_multiple", 1, 64, at_least=True)
+    BOUNDS = (Bound("num_classes", 0, 100_000), CHANNEL_MULTIPLE)
 
     def validate(self, source: str) -> None:
         """The variant exists and is not too large to build (:func:`check_size`)."""
