@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import CliResult, call_main  # noqa: E402
+from support import ROOT, CliResult, call_main  # noqa: E402
 
 
 @pytest.fixture
@@ -28,3 +31,19 @@ def cli() -> Callable[..., CliResult]:
     for tests that check an exit code, a message and what was (not) created."""
     return call_main
 
+
+@pytest.fixture(scope="session")
+def image() -> Path:
+    """The image folder of this checkout: containers/build-local.sh (cold ~7 min, cached seconds)."""
+    missing = [t for t in ("mmdebstrap", "bwrap") if subprocess.run(["which", t], capture_output=True).returncode]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"building the image needs root and {', '.join(missing) or 'mmdebstrap, bwrap'} "
+                    "(`make test` installs them)")
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(ROOT / "containers" / "build-local.sh")], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable), timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    path = Path(r.stdout.strip().splitlines()[-1])
+    said = [ln for ln in r.stderr.splitlines() if "dependencies" in ln or "image ready" in ln]
+    print(f"\nimage: {path} in {time.monotonic() - t0:.0f} s: {' | '.join(said)}", file=sys.stderr)
+    return path

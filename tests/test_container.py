@@ -213,23 +213,6 @@ def test_only_the_pass_through_variables_reach_the_run_with_their_values_on_the_
     assert under_apptainer["LD_LIBRARY_PATH"] == "/.singularity.d/libs"  # --nv's driver libraries
 
 
-@pytest.fixture(scope="module")
-def image() -> Path:
-    """The image folder of this checkout: containers/build-local.sh (cold ~7 min, cached seconds)."""
-    missing = [t for t in ("mmdebstrap", "bwrap") if subprocess.run(["which", t], capture_output=True).returncode]
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"building the image needs root and {', '.join(missing) or 'mmdebstrap, bwrap'} "
-                    "(`make test` installs them)")
-    t0 = time.monotonic()
-    r = subprocess.run(["bash", str(CONTAINERS / "build-local.sh")], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHON=sys.executable), timeout=1500)
-    assert r.returncode == 0, r.stderr[-3000:]
-    path = Path(r.stdout.strip().splitlines()[-1])
-    said = [ln for ln in r.stderr.splitlines() if "dependencies" in ln or "image ready" in ln]
-    print(f"\nimage: {path} in {time.monotonic() - t0:.0f} s: {' | '.join(said)}", file=sys.stderr)
-    return path
-
-
 #: what a run in the image sees of its scratch folder: the variable, and where tempfile puts a file
 SCRATCH_PROBE = ("import os, tempfile; fd, path = tempfile.mkstemp(); os.close(fd); "
                  "print(os.environ.get('TMPDIR'), path)")
