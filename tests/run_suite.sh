@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=1
 py=${1:?usage: run_suite.sh PYTHON}
 cd "$(dirname "$0")/.."
 serial=(tests/test_container.py tests/test_follow_lock.py tests/test_multinode.py tests/test_slurm.py
-        tests/test_campaign_slurm.py
+        tests/test_campaign_slurm.py tests/test_login_python.py
         tests/test_submit_requests.py tests/test_bench.py tests/test_boundary.py)
 log=$(mktemp "${TMPDIR:-/tmp}/pyramidrepro-suite.XXXXXX")
 "$py" -m pytest -q --durations=8 "${serial[@]}" >"$log" 2>&1 &
