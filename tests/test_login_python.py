@@ -77,3 +77,6 @@ def test_the_readme_quick_start_runs_as_written_in_the_lowest_declared_python(tm
         assert re.search(r"^\| run-\w+ \| [01]/1 \|", said["status"], re.M), said["status"]  # while it runs
         assert "follow: 1 runs of 1 points" in said["follow"], said["follow"]
         quick.check_campaign()
+        r = quick.run(f".venv/bin/pyramidrepro submit experiments/fig5.yaml --dry-run --container {quick.sif} "
+                      "--set cluster.partition=debug", substitute=False)  # the paper's own campaign
+        assert r.returncode == 0 and "#SBATCH --requeue" in r.stdout and "--nv" in r.stdout, r.stdout + r.stderr

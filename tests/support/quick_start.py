@@ -85,9 +85,9 @@ class QuickStart:
         self.used: set[str] = set()
         self.outputs: dict[str, str] = {}
 
-    def run(self, command: str) -> subprocess.CompletedProcess:
+    def run(self, command: str, substitute: bool = True) -> subprocess.CompletedProcess:
         """One command, substituted, in bash (``set -euo pipefail``) from where the user would be."""
-        for s in self.substitutions:
+        for s in self.substitutions if substitute else []:
             if s.old in command:
                 command = command.replace(s.old, s.new)
                 self.used.add(s.old)
