@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pyramidrepro.cluster.boundary import BoundarySearch, find_boundaries  # noqa: E402
-from pyramidrepro.spec.config import load_config  # noqa: E402
-from pyramidrepro.spec.schema import Status  # noqa: E402
+from pyramidrepro.config.config import load_config
+from pyramidrepro.config.schema import Status
 
 EXPERIMENT = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml")
 

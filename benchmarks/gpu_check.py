@@ -32,7 +32,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "src")]
 
 from gpu_check_plan import Step, plan  # noqa: E402
 
-from pyramidrepro.spec.schema import EXIT_CODES  # noqa: E402 - torch-free
+from pyramidrepro.config.schema import EXIT_CODES  # noqa: E402
 
 SMALL_FILES = ("*.log", "*.json", "*.h5", "*.yaml", "*.md", "*.png")
 

@@ -70,7 +70,7 @@ import json, sys, time
 commit, recipe, path, src, line = sys.argv[1:]
 sys.path.insert(0, src)
 import pyramidrepro
-from pyramidrepro.spec.experiment import schema_digest
+from pyramidrepro.config.experiment import schema_digest
 # the config schema: submit compares it with the login node's before queueing (machine/image_match.py)
 info = {"commit": commit, "recipe": recipe, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "version": pyramidrepro.__version__, "config_schema": schema_digest(), "cuda_line": line}

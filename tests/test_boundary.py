@@ -8,9 +8,9 @@ import math
 import pytest
 
 from pyramidrepro.cluster.boundary import search
+from pyramidrepro.config.schema import Attr, Status
 from pyramidrepro.machine.devices import is_out_of_memory
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.spec.schema import Attr, Status
 from support import SMOKE
 
 

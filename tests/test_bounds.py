@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from pyramidrepro.config.config import load_config
+from pyramidrepro.config.schema import Summary
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.spec.config import load_config
-from pyramidrepro.spec.schema import Summary
 from pyramidrepro.step.bounds import Bounds, compute_seconds, measure_bounds
 from pyramidrepro.training.setup import build_training, open_context
 from support import SMOKE, run_cli

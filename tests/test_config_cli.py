@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyramidrepro.spec.config import ConfigError, expand_sweep, load_config
+from pyramidrepro.config.config import ConfigError, expand_sweep, load_config
 from support import ONCE, SMOKE, run_cli
 
 
@@ -168,7 +168,7 @@ def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     lowest = next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)  # a shim may refuse
     if lowest is None:
         pytest.skip("no Python 3.10 on this machine")
-    code = ("import sys; sys.path.insert(0, 'src'); from pyramidrepro.spec.schema import Status; "
+    code = ("import sys; sys.path.insert(0, 'src'); from pyramidrepro.config.schema import Status; "
             "assert str(Status.COMPLETED) == 'completed' and f'{Status.OOM}' == 'oom' and Status.NAN == 'nan'; "
             "print(sys.version_info[:2])")
     r = subprocess.run([lowest, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import pyramidrepro
+from pyramidrepro.config.config import load_config
 from pyramidrepro.machine.container import (
     ENV_DIGEST,
     IMAGE_CLEAN_ENV,
@@ -28,7 +29,6 @@ from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_state import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import CHECKPOINT_NAME
-from pyramidrepro.spec.config import load_config
 from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
 from support.hide import hiding_env
 from support.images import fake_image
@@ -542,7 +542,7 @@ def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself
 def test_submit_refuses_an_image_whose_package_reads_another_config_schema_before_any_job(cli, tmp_path):
     """After a git pull without a rebuild, every job would fail at start: submit compares the image's
     recorded schema with this host's once, before anything is written, and says how to fix it."""
-    from pyramidrepro.spec.experiment import schema_digest
+    from pyramidrepro.config.experiment import schema_digest
 
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed (make tools): a folder image needs it")
@@ -559,8 +559,8 @@ def test_submit_refuses_an_image_whose_package_reads_another_config_schema_befor
 
 
 def test_an_image_of_this_checkout_records_the_schema_submit_compares(image):
+    from pyramidrepro.config.experiment import schema_digest
     from pyramidrepro.machine.container import IMAGE_INFO
-    from pyramidrepro.spec.experiment import schema_digest
 
     info = json.loads((image / IMAGE_INFO.lstrip("/")).read_text())
     assert info["config_schema"] == schema_digest() and info["version"] == pyramidrepro.__version__

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from pyramidrepro.config.config import load_config
+from pyramidrepro.config.schema import Status
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.recorder import RunRecorder
 from pyramidrepro.records.runs import is_done, status_of
-from pyramidrepro.spec.config import load_config
-from pyramidrepro.spec.schema import Status
 from pyramidrepro.step.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
 from pyramidrepro.training.checkpoint import Checkpoints, Position
 from pyramidrepro.training.loop import LoopSettings, TrainingLoop

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyramidrepro.config.config import ConfigError, load_config
 from pyramidrepro.machine.devices import (
     ALLOCATOR_ENV,
     EXPANDABLE_SEGMENTS,
@@ -21,7 +22,6 @@ from pyramidrepro.machine.devices import (
 )
 from pyramidrepro.machine.parallel import wrap_model
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.spec.config import ConfigError, load_config
 from pyramidrepro.step.executor import resolve_optimizer_impl
 from pyramidrepro.study.benchmarks import gpu_peak_tflops
 from pyramidrepro.workload.model import PyramidNet

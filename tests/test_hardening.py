@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
+from pyramidrepro.config.config import load_config
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import RunFolderError, RunLock, new_run_id
-from pyramidrepro.spec.config import load_config
 from support import ROOT, SMOKE, run_cli, wait_for_metrics
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyramidrepro.spec.architecture import block_widths, blocks_per_stage
+from pyramidrepro.config.model_shape import block_widths, blocks_per_stage
 from pyramidrepro.workload.model import PyramidNet, count_parameters, model_info
 
 # The paper's table (Han et al. 2017) rounds to 0.1 M; these are the exact counts, BN included.

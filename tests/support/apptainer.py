@@ -54,8 +54,8 @@ def folder_of(sif: str) -> Path:
 
 
 def _bwrap(sif: str, options: dict[str, list[str]], command: list[str]) -> list[str]:
+    from pyramidrepro.config.binds import IMAGE_VENV
     from pyramidrepro.machine.container import HOST_FILES, root_from
-    from pyramidrepro.spec.binds import IMAGE_VENV
 
     image = folder_of(sif)
     cwd = options["pwd"][-1] if options["pwd"] else os.getcwd()
@@ -79,7 +79,7 @@ def _bwrap(sif: str, options: dict[str, list[str]], command: list[str]) -> list[
 def main(args: list[str], image: str) -> int:
     """Apptainer's verbs as the package and build.sh use them: ``build [opts] OUT.sif DEF``,
     ``test SIF``, ``exec [opts] SIF CMD...``, ``run [opts] SIF ARGS...``."""
-    from pyramidrepro.spec.binds import IMAGE_PYTHON
+    from pyramidrepro.config.binds import IMAGE_PYTHON
 
     verb, rest = args[0], args[1:]
     options, operands = _parse(rest)

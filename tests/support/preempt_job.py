@@ -21,8 +21,8 @@ import threading
 import time
 
 from pyramidrepro.cluster import dispatch
+from pyramidrepro.config.config import load_config
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.spec.config import load_config
 
 BASE = ["train.max_steps=null", "model.depth=8", "model.alpha=4", "cluster.executor=slurm", "cluster.cpus_per_task=1",
         "cluster.time_min=10", "train.checkpoint_every_s=1"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import sys
 
-from ..spec.config import ConfigError
-from ..spec.schema import EXIT_BAD_INPUT
+from ..config.config import ConfigError
+from ..config.schema import EXIT_BAD_INPUT
 
 EXIT_CTRL_C = 130
 EXIT_SIGTERM = 143

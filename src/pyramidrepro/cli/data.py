@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from ..spec.errors import ConfigError, shown
+from ..config.errors import ConfigError, shown
 from ..workload.cifar_files import ARCHIVE_NAME, ARCHIVE_URL, BATCHES_DIR
 from ._types import positive_float
 

@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..spec.config import ConfigError, load_config
-from ..spec.schema import EXIT_CODES, Attr
+from ..config.config import ConfigError, load_config
+from ..config.schema import EXIT_CODES, Attr
 from ..step.trial_cache import RETUNE_ENV
 from ._common import add_config_args, add_container_arg, add_out_arg, check_runnable, container_override
 from ._types import int_between
 
 if TYPE_CHECKING:
-    from ..spec.config import ExperimentConfig
+    from ..config.config import ExperimentConfig
 
 MAX_LOCAL_RANKS = 256
 

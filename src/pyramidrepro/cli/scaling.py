@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..spec.config import ConfigError
-from ..spec.schema import Status
+from ..config.config import ConfigError
+from ..config.schema import Status
 from ..stats.scaling import LINKS
 from ._common import add_model_args, check_model_args
 from ._types import float_between, non_negative_float, positive_float, positive_int

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.config import ExperimentConfig, load_config, point_slug, sweep_points
+from ..config.schema import EXIT_CODES, Status
 from ..records.runs import is_done, run_dir_for
-from ..spec.config import ExperimentConfig, load_config, point_slug, sweep_points
-from ..spec.schema import EXIT_CODES, Status
 
 #: a probe runs this many steps (the first is warm-up: peaks are the steady state's after it)
 PROBE_STEPS = 3
@@ -207,8 +207,8 @@ def training_set_size(cfg: ExperimentConfig) -> int:
 
 def read_probe(folder: Path, batch: int, seconds: float, reused: bool) -> Probe:
     """A probe's outcome from its run folder's metrics.h5."""
+    from ..config.schema import Summary
     from ..records.metrics import read_metrics
-    from ..spec.schema import Summary
 
     metrics = read_metrics(folder / "metrics.h5")
     status = metrics["attrs"].get("status", "")

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..config.config import ExperimentConfig, expand_sweep
+from ..config.schema import FINISHED, Status
 from ..records.runs import METRICS_NAME, load_run, run_dir_for
-from ..spec.config import ExperimentConfig, expand_sweep
-from ..spec.schema import FINISHED, Status
 from ..stats.measure import Estimate, pool
 from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
 from .campaign_view import ENDED_HERE, Kind, RunView, look

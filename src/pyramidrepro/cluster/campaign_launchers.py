@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..config.config import ExperimentConfig
+from ..config.schema import EXIT_CODES, FINISHED, Status
 from ..records.runs import run_dir_for, status_of
-from ..spec.config import ExperimentConfig
-from ..spec.schema import EXIT_CODES, FINISHED, Status
 from . import dispatch
 from .campaign import Campaign, Launcher, Progress
 from .campaign_state import CampaignState, Submission, point_of, save_state, slurm_job

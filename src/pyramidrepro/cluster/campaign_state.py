@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..config.config import ConfigError
 from ..records.lock import RunFolderError, RunLock
 from ..records.storage import write_atomically
-from ..spec.config import ConfigError
 
 STATE_NAME = "campaign.json"
 #: the format's version; a state of another version is refused with its path

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
+from ..config.schema import FINISHED
 from ..machine.slurm_state import SlurmQueryError, queue_states
 from ..records.runs import run_dir_for, status_of
-from ..spec.schema import FINISHED
 from .campaign_state import MAX_SUBMISSIONS, CampaignState, Submission
 from .follow import ENDED
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config.schema import FINISHED, Status
 from ..machine.slurm_state import (
     NEVER_REASONS,
     NODE_REASONS,
@@ -33,7 +34,6 @@ from ..machine.slurm_state import (
     reason_code,
     waits_for,
 )
-from ..spec.schema import FINISHED, Status
 
 TERMINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "INTERRUPTED"}

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..spec.config import ConfigError, ExperimentConfig
-from ..spec.sections import gres_gpus
+from ..config.config import ConfigError, ExperimentConfig
+from ..config.sections import gres_gpus
 
 #: the GPUs of a DataParallel point, and of a DDP point without tasks_per_node (fig5's two TITAN Xp)
 PARALLEL_GPUS = 2

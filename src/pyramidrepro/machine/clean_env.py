@@ -30,7 +30,7 @@ PASS_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", 
 PASSED_VARIABLE = "PYRAMIDREPRO_CONTAINER_PASSED"
 #: set by the host: more names to keep, comma-separated (the experiment's own ``container.env``)
 KEEP_VARIABLE = "PYRAMIDREPRO_CONTAINER_KEEP"
-IMAGE_PYTHON = "/opt/venv/bin/python"  # spec.binds.IMAGE_PYTHON: this file imports nothing of the package
+IMAGE_PYTHON = "/opt/venv/bin/python"  # config.binds.IMAGE_PYTHON: this file imports nothing of the package
 IMAGE_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
 #: set by the host's requeue relay (relay/relay.sh): the file its ``scontrol`` writes a request to
 RELAY_REQUEST_VARIABLE = "PYRAMIDREPRO_RELAY_REQUEST"

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..spec.binds import IMAGE_FOLDERS, IMAGE_HOME, IMAGE_PYTHON, IMAGE_VENV, parse_bind
-from ..spec.config import ConfigError, ExperimentConfig
-from ..spec.schema import Attr
+from ..config.binds import IMAGE_FOLDERS, IMAGE_HOME, IMAGE_PYTHON, IMAGE_VENV, parse_bind
+from ..config.config import ConfigError, ExperimentConfig
+from ..config.schema import Attr
 from .clean_env import KEEP_VARIABLE, PASSED_VARIABLE
 
 IMAGE_INFO = f"{IMAGE_HOME}/IMAGE_INFO.json"  # written by containers/install.sh package
@@ -174,7 +174,7 @@ class Container:
     runtime: str  # "apptainer" | "bwrap"
     executable: str
     digest: str
-    binds: tuple[str, ...] = ()  # SRC[:DEST[:ro]], the experiment's own (spec.binds.parse_bind reads them)
+    binds: tuple[str, ...] = ()  # SRC[:DEST[:ro]], the experiment's own (config.binds.parse_bind reads them)
     env: tuple[tuple[str, str], ...] = ()
 
     def python(self, host_paths: list[str | Path], cwd: str | Path | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..spec.schema import Attr, Summary
+from ..config.schema import Attr, Summary
 from .driver import driver_problem, node_driver
 
 GIB = 2**30

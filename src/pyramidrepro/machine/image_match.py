@@ -3,7 +3,7 @@
 ``submit --container`` pickles each point's config on the login node; the image's package
 unpickles and validates it.  After a ``git pull`` without a rebuild (or the reverse), a key added,
 removed or retyped on one side fails every job at start, after the queue wait.  The image records
-its package's config schema (:func:`..spec.experiment.schema_digest`) and commit in
+its package's config schema (:func:`..config.experiment.schema_digest`) and commit in
 ``IMAGE_INFO.json`` when it is built; :func:`skew_problem` compares them with this host's, once per
 submission, before anything is queued.
 """
@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..spec.experiment import schema_digest
+from ..config.experiment import schema_digest
 from .container import IMAGE_INFO, Container
 from .provenance import git_commit
 

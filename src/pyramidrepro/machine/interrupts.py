@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from ..spec.schema import EXIT_CODES, Status
+from ..config.schema import EXIT_CODES, Status
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: a second stop signal this long after the first raises at once (a rank that does not reach a

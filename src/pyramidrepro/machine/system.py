@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..spec.schema import Attr
+from ..config.schema import Attr
 from .devices import cpu_model
 
 ENV_PREFIXES = ("NCCL_", "CUDA_", "SLURM_JOB_", "OMP_", "MKL_")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec.errors import shown
+from ..config.errors import shown
 
 
 def is_missing(value: Any) -> bool:

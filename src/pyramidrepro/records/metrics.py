@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..spec.schema import EPOCH_FIELDS, RANK_FIELDS, STEP_FIELDS, Attr, Status, Summary, check_names
+from ..config.schema import EPOCH_FIELDS, RANK_FIELDS, STEP_FIELDS, Attr, Status, Summary, check_names
 from .storage import SPACE_RESERVE_BYTES, ensure_space
 
 _INT_FIELDS = {"step", "epoch"}

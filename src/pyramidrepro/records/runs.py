@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..spec.config import SAFE_COMPONENT, ConfigError, ExperimentConfig, parse_yaml_text
-from ..spec.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
+from ..config.config import SAFE_COMPONENT, ConfigError, ExperimentConfig, parse_yaml_text
+from ..config.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from ..stats.measure import Estimate, windows_of
 from .fields import Fields, is_missing, series
 from .lock import RunFolderError as RunFolderError

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..spec.schema import Summary
+from ..config.schema import Summary
 from ..stats.scaling import slowest_rank
 from ..workload.loaders.base import BatchLoader
 from .executor import StepExecutor

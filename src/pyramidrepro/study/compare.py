@@ -18,9 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..config.config import ConfigError
+from ..config.schema import Status
 from ..records.runs import RunRecord, load_runs
-from ..spec.config import ConfigError
-from ..spec.schema import Status
 from .table import summarise
 
 #: slower or faster only beyond this fraction of REF (``--tolerance``), and beyond noise

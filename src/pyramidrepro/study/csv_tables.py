@@ -23,9 +23,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..config.schema import Summary
 from ..records.runs import RunRecord
 from ..records.storage import write_atomically
-from ..spec.schema import Summary
 from .table import Point, Table
 
 RUN_COLUMNS = ("run_id", "experiment", "model", "line", "mode", "batch_size", "world_size", "precision", "loader",

@@ -8,9 +8,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..config.schema import Status
 from ..records.runs import RunRecord
 from ..records.storage import write_atomically
-from ..spec.schema import Status
 from ..stats.scaling import LINKS, DeviceStep, Fabric, Link, default_overlap, predict
 from .paper import PAPER_ERROR
 from .scaling_section import GPUS_PER_NODE, SCALING_CLUSTERS, SCALING_DEVICES, ScalingRow

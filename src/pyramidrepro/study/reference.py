@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
+from ..config.config import ConfigError
 from ..records.storage import write_atomically
-from ..spec.config import ConfigError
 from .compare import MACHINE_FIELDS, PointKey, Side, SidePoint, campaign_side
 
 FORMAT = "pyramidrepro-reference"

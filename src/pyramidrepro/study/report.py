@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.config import ConfigError
+from ..config.schema import BOUND_FIELDS, Status, Summary
 from ..records.runs import RunRecord, load_runs
 from ..records.storage import write_atomically
-from ..spec.config import ConfigError
-from ..spec.schema import BOUND_FIELDS, Status, Summary
 from .claims import Claim, check_claims
 from .csv_tables import write_tables
 from .figures import figure5_lines, line_style, plot_accuracy, plot_fig5, plot_fitting, plot_scaling

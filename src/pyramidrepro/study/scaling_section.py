@@ -7,8 +7,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.schema import Status
 from ..records.runs import RunRecord
-from ..spec.schema import Status
 from ..stats.scaling import DeviceStep, Fabric, Link, Prediction, default_overlap, predict
 from .markdown import md_text
 

@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..config.schema import Status
 from ..records.runs import RunRecord
-from ..spec.schema import Status
 from ..stats.measure import Estimate, pool
 
 

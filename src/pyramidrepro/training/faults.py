@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ..spec.config import ConfigError
-from ..spec.schema import Attr
+from ..config.config import ConfigError
+from ..config.schema import Attr
 
 INJECT_OOM_VAR = "PYRAMIDREPRO_INJECT_OOM"
 INJECT_SIGNAL_VAR = "PYRAMIDREPRO_INJECT_SIGNAL"

@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config.config import ExperimentConfig
 from ..machine.devices import MemoryCap, cap_gpu_memory, cap_process_memory, request_allocator_settings, set_tf32
 from ..machine.parallel import DistEnv, detect_dist_env, free_port, init_process_group, pick_device
 from ..machine.system import default_threads
 from ..records.runs import new_run_id, run_dir_for
-from ..spec.config import ExperimentConfig
 from ..stats.scaling import Link, grad_bytes_of, measure_link
 from ..step.auto_values import AutoRequest, resolve_auto, review_prediction
 from ..step.autotune import Choice

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ..config.config import ConfigError, ExperimentConfig
+from ..config.schema import EXIT_CODES, Attr, Status
 from ..machine.devices import is_out_of_memory
 from ..machine.interrupts import SCHEDULER_STOP, DeferredStop, interruption, interruption_reason
 from ..machine.parallel import shutdown_process_group
@@ -29,8 +31,6 @@ from ..machine.system import node_sharing
 from ..records.lock import RunFolderError, RunLock
 from ..records.recorder import RunRecorder
 from ..records.runs import METRICS_NAME
-from ..spec.config import ConfigError, ExperimentConfig
-from ..spec.schema import EXIT_CODES, Attr, Status
 from ..step.bounds import measure_bounds
 from ..workload.data import DataError
 from .attributes import identity_attributes, setup_attributes

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..spec.architecture import BlockKind, Widening, block_widths, blocks_per_stage
+from ..config.model_shape import BlockKind, Widening, block_widths, blocks_per_stage
 from ._aligned import fit_state_dict, widen
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from pyramidrepro.config.config import load_config
+from pyramidrepro.config.schema import EXIT_CODES, FINISHED, Status
 from pyramidrepro.records.metrics import MetricsWriter, read_metrics
 from pyramidrepro.records.runs import is_done, prepare, run_dir_for, status_of
-from pyramidrepro.spec.config import load_config
-from pyramidrepro.spec.schema import EXIT_CODES, FINISHED, Status
 from support import SMOKE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pyramidrepro"
@@ -41,7 +41,7 @@ def _import_graph() -> dict[str, set[str]]:
 
 #: the package's layers, lowest first: a module may import its own group and the groups below it,
 #: never one above (``cli`` sits on top of all; groups on one line are peers that import neither)
-LAYERS = (("spec",), ("workload", "stats"), ("machine",), ("records",), ("step",), ("training",),
+LAYERS = (("config",), ("workload", "stats"), ("machine",), ("records",), ("step",), ("training",),
           ("cluster",), ("study",), ("cli",))
 LEVEL = {group: level for level, groups in enumerate(LAYERS) for group in groups}
 
@@ -62,7 +62,7 @@ def test_groups_import_only_their_own_layer_or_below():
     assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
 
 
-def test_every_public_name_of_a_group_resolves_and_spec_stays_free_of_torch():
+def test_every_public_name_of_a_group_resolves_and_config_stays_free_of_torch():
     import importlib
     import subprocess
     import sys
@@ -71,7 +71,7 @@ def test_every_public_name_of_a_group_resolves_and_spec_stays_free_of_torch():
         package = importlib.import_module(f"pyramidrepro.{group}")
         for name in getattr(package, "__all__", ()):
             assert getattr(package, name) is not None, f"pyramidrepro.{group}.{name}"
-    code = ("import sys, pyramidrepro.spec.config as c, pyramidrepro.records.runs, pyramidrepro.stats.measure; "
+    code = ("import sys, pyramidrepro.config.config as c, pyramidrepro.records.runs, pyramidrepro.stats.measure; "
             "c.load_config(sys.argv[1]); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(SMOKE)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "checking a config imported torch"

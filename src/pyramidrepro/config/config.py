@@ -15,13 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError, shown
-from .experiment import (
-    SAFE_COMPONENT,
-    SWEEPABLE_CLUSTER_KEYS,
-    ExperimentConfig,
-    config_from_dict,
-    sweep_blocks,
-)
+from .experiment import SAFE_COMPONENT, SWEEPABLE_CLUSTER_KEYS, ExperimentConfig, config_from_dict, sweep_blocks
 from .reading import MAX_YAML_DEPTH, MAX_YAML_NODES, apply_override, parse_override, parse_yaml_text, read_yaml
 from .sections import (
     COMPILE_MODES,

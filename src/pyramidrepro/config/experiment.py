@@ -13,15 +13,7 @@ import yaml
 
 from .coerce import build
 from .errors import ConfigError, shown
-from .sections import (
-    ClusterConfig,
-    ContainerConfig,
-    DataConfig,
-    DevicesConfig,
-    MetricsConfig,
-    ModelConfig,
-    TrainConfig,
-)
+from .sections import ClusterConfig, ContainerConfig, DataConfig, DevicesConfig, MetricsConfig, ModelConfig, TrainConfig
 
 #: a name or run id is one safe path component: letters, digits and ``_.=+,-``, not starting with a dot
 SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,-]{0,127}$")

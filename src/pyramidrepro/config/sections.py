@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, Optional, Union
 
-from .architecture import check_size
 from .binds import parse_bind
 from .errors import ConfigError, shown
+from .model_shape import check_size
 
 #: torch.compile modes (``train.compile_mode``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

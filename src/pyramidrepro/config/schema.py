@@ -150,4 +150,4 @@ def check_names(names: object, allowed: type[StrEnum], where: str) -> None:
     known = {m.value for m in allowed}
     for name in names:  # type: ignore[attr-defined]
         if name not in known:
-            raise KeyError(f"{where}: {name!r} is not a {allowed.__name__} name (add it to pyramidrepro.spec.schema)")
+            raise KeyError(f"{where}: {name!r} is not a {allowed.__name__} name (add it to pyramidrepro.config.schema)")

@@ -9,5 +9,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "experiment": ("ExperimentConfig",),
     "sweep": ("expand_sweep", "point_run_id"),
     "schema": ("Status", "Attr", "Summary", "FINISHED", "EXIT_CODES", "EXIT_BAD_INPUT"),
-    "architecture": ("check_size", "block_widths", "blocks_per_stage"),
+    "model_shape": ("check_size", "block_widths", "blocks_per_stage"),
 })
