@@ -34,11 +34,11 @@ image: $(STAMP) tools
 
 ## test: lint, then the whole suite (starts the local Slurm test cluster when it can; builds the image)
 test: $(STAMP) tools
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks devicecheck
 	bash slurm/dev/with-cluster.sh bash tests/run_suite.sh $(PY)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks devicecheck
 
 ## bench: the benchmark scripts (figures printed, not asserted)
 bench: $(STAMP)

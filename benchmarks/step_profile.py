@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from pyramidrepro.bench.harness import machine, training_tflops
 from pyramidrepro.machine.devices import capability  # noqa: E402
 from pyramidrepro.step.paths import BASELINE, TrainPath  # noqa: E402
-from pyramidrepro.study.benchmarks import machine, training_tflops  # noqa: E402
 from pyramidrepro.workload.data import synthetic_splits  # noqa: E402
 from pyramidrepro.workload.model import PyramidNet, count_macs  # noqa: E402
 

@@ -10,7 +10,7 @@ classified as one of:
 * ``hang``: still running after the case's time limit;
 * ``silent``: anything else (a run that should have been refused, a wrong exit code ...).
 
-``benchmarks/fuzz_verdicts.py`` prints the count of each verdict per group; the tests assert each
+``tests/support/fuzz_verdicts.py`` prints the count of each verdict per group; the tests assert each
 case gets the verdict it expects.
 """
 

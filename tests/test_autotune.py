@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pyramidrepro.autotune.chooser import Candidate, TrialSettings, choose
 from pyramidrepro.config.config import load_config
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.step.autotune import Candidate, TrialSettings, choose
 from pyramidrepro.step.paths import PathSpec, TrainPath
 from pyramidrepro.workload.data import synthetic_splits
 from pyramidrepro.workload.model import PyramidNet
@@ -289,7 +289,7 @@ def test_a_piece_free_on_the_device_is_kept_without_a_trial_and_the_next_trial_s
 
 
 def test_on_a_gpu_bench_keeps_the_free_pieces_and_tries_widths_and_measures_both_baselines():
-    from pyramidrepro.study.bench_plan import BenchPlan, bench_candidates
+    from pyramidrepro.bench.plan import BenchPlan, bench_candidates
 
     cap = {"fast_bf16": True}
     plan = BenchPlan(device="cuda", compile="off")

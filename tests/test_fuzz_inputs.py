@@ -1,6 +1,6 @@
 """Every careless or hostile input gets one clear line (exit 2, nothing created) or a correct result.
 
-The cases and their classifier are in fuzz_cases.py; ``benchmarks/fuzz_verdicts.py`` counts the
+The cases and their classifier are in fuzz_cases.py; ``tests/support/fuzz_verdicts.py`` counts the
 verdicts of any checkout (the closing notes give the counts before and after).
 """
 

@@ -1,6 +1,6 @@
-"""The device check (benchmarks/gpu_check.py) in its shrunk CPU form, as the GPU machine's image has
+"""The device check (devicecheck/gpu_check.py) in its shrunk CPU form, as the GPU machine's image has
 it: torchvision, matplotlib and submitit hidden, DALI there as a carried pack brings it
-(benchmarks/dali_pack.py, tested below).  Every step must run or be skipped for a named missing
+(devicecheck/dali_pack.py, tested below).  Every step must run or be skipped for a named missing
 package; none may fail.  The ``cuda`` form's plan is read here too, and each of its runs validated
 against a Python without DALI, as the device image is before its pack is unpacked."""
 
@@ -31,7 +31,7 @@ def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
     if not os.path.exists(env["PYTHON"]):
         env["PYTHON"] = __import__("sys").executable
     t0 = time.monotonic()
-    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = subprocess.run(["bash", "devicecheck/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)
     elapsed = time.monotonic() - t0
     print(r.stdout, f"\n{elapsed:.0f} s")
@@ -61,14 +61,14 @@ def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
 def _load_dali_pack():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("dali_pack", ROOT / "benchmarks" / "dali_pack.py")
+    spec = importlib.util.spec_from_file_location("dali_pack", ROOT / "devicecheck" / "dali_pack.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _unpack(pack, dest):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dali_pack.py"), "unpack", str(pack), str(dest)],
+    return subprocess.run([sys.executable, str(ROOT / "devicecheck" / "dali_pack.py"), "unpack", str(pack), str(dest)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -117,7 +117,7 @@ def test_a_wheel_carried_in_parts_is_joined_verified_and_imports_beside_the_nvid
 def _plan_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check_plan", ROOT / "benchmarks" / "gpu_check_plan.py")
+    spec = importlib.util.spec_from_file_location("gpu_check_plan", ROOT / "devicecheck" / "gpu_check_plan.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check_plan"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -128,7 +128,7 @@ def _plan_module():
 #: and checked as ``run`` checks it before training (the loader's package must import)
 VALIDATE = """
 import json, sys
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, "devicecheck")
 from gpu_check_plan import plan
 from pyramidrepro.config.config import load_config
 from pyramidrepro.workload.requirements import host_problem

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyramidrepro.bench.harness import gpu_peak_tflops
 from pyramidrepro.config.config import ConfigError, load_config
 from pyramidrepro.machine.devices import (
     ALLOCATOR_ENV,
@@ -23,7 +24,6 @@ from pyramidrepro.machine.devices import (
 from pyramidrepro.machine.parallel import wrap_model
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.step.executor import resolve_optimizer_impl
-from pyramidrepro.study.benchmarks import gpu_peak_tflops
 from pyramidrepro.workload.model import PyramidNet
 from support import ROOT, SMOKE, run_cli
 

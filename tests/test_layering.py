@@ -41,8 +41,8 @@ def _import_graph() -> dict[str, set[str]]:
 
 #: the package's layers, lowest first: a module may import its own group and the groups below it,
 #: never one above (``cli`` sits on top of all; groups on one line are peers that import neither)
-LAYERS = (("config",), ("workload", "stats"), ("machine",), ("records",), ("step",), ("training",),
-          ("cluster",), ("study",), ("cli",))
+LAYERS = (("config",), ("workload", "stats"), ("machine",), ("records",), ("step",), ("autotune",),
+          ("training", "bench"), ("cluster",), ("study",), ("cli",))
 LEVEL = {group: level for level, groups in enumerate(LAYERS) for group in groups}
 
 

@@ -73,8 +73,8 @@ def progress_printer() -> Callable[[str], None]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the comparison; print (and with ``--json-out`` write) its JSON, then the table."""
-    from ..study.bench_plan import BenchPlan
-    from ..study.benchmarks import bench_training
+    from ..bench.harness import bench_training
+    from ..bench.plan import BenchPlan
 
     check_model_args(args)
     baseline_loader = "torchvision"

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench_loader(args: argparse.Namespace) -> int:
     """Time the loader and print its JSON; an epoch holds at least one batch."""
-    from ..study.benchmarks import bench_loader
+    from ..bench.harness import bench_loader
 
     if args.images < args.batch_size:
         raise ConfigError("bench-loader", "--images", f"must be >= {args.batch_size}, got {args.images}")

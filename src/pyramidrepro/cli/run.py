@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..autotune.trial_cache import RETUNE_ENV
 from ..config.config import ConfigError, load_config
 from ..config.schema import EXIT_CODES, Attr
-from ..step.trial_cache import RETUNE_ENV
 from ._common import add_config_args, add_container_arg, add_out_arg, check_runnable, container_override
 from ._types import int_between
 

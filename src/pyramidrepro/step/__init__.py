@@ -1,12 +1,10 @@
 """One optimizer step: the executor that hides precision, DP and DDP behind ``step()``, the
-speed options of a path, their automatic choice, and the step's compute / input / all-reduce bounds."""
+speed options of a path, and the step's compute / input / all-reduce bounds."""
 
 from .._exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "executor": ("StepExecutor", "StepSettings", "OptimizerSettings", "make_executor"),
     "paths": ("PathSpec", "TrainPath"),
-    "autotune": ("Choice", "Decision", "choose"),
-    "auto_values": ("AutoRequest", "resolve_auto", "review_prediction"),
     "bounds": ("Bounds", "measure_bounds"),
 })

@@ -12,16 +12,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..autotune.chooser import Choice
+from ..autotune.run_values import AutoRequest, resolve_auto, review_prediction
+from ..autotune.trial_cache import retune_requested
 from ..config.config import ExperimentConfig
 from ..machine.devices import MemoryCap, cap_gpu_memory, cap_process_memory, request_allocator_settings, set_tf32
 from ..machine.parallel import DistEnv, detect_dist_env, free_port, init_process_group, pick_device
 from ..machine.system import default_threads
 from ..records.runs import new_run_id, run_dir_for
 from ..stats.scaling import Link, grad_bytes_of, measure_link
-from ..step.auto_values import AutoRequest, resolve_auto, review_prediction
-from ..step.autotune import Choice
 from ..step.executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
-from ..step.trial_cache import retune_requested
 from ..workload.data import load_splits, per_rank_batch
 from ..workload.loaders import BatchLoader, Shard, make_loader
 from ..workload.model import PyramidNet
@@ -157,7 +157,7 @@ def choose_path(cfg: ExperimentConfig, ctx: RunContext) -> Choice:
 
 def review_choice(cfg: ExperimentConfig, ctx: RunContext, choice: Choice, images_per_s: float | None) -> None:
     """After a completed run: drop its cached auto choice if the run measured far below what the
-    trials predicted (:func:`.auto_values.review_prediction`).
+    trials predicted (:func:`..autotune.run_values.review_prediction`).
 
     Only where the run's step is the trials' step: one process, one device, device-resident data
     (the ``torch`` loader) and no activation checkpointing; other runs' images/s hold costs (an

@@ -15,7 +15,7 @@ cost minutes), and a piece the budget cannot hold is skipped with the reason.
 The reference measured around each trial tells a steady machine from a disturbed one (another job
 on the same cores): when it moved by more than the trial's own noise, the trial is measured again,
 and a choice whose trials stayed disturbed is used but not cached.  ``pyramidrepro bench`` and the
-``auto`` values of a run's config (:mod:`.auto_values`) use the same chooser.
+``auto`` values of a run's config (:mod:`.run_values`) use the same chooser.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .paths import PathSpec
+from ..step.paths import PathSpec
 
 MARGIN = 0.02  # a piece must win by more than this (2 %) to be kept: run-to-run noise is about that
 DECISIVE = 0.15  # a first round this far from 1.0x settles a trial (bf16, compile): no second round

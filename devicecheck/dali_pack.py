@@ -1,7 +1,7 @@
 """The DALI wheel carried to a machine without internet, in parts small enough for one transfer each.
 
-    python benchmarks/dali_pack.py pack .dali_pack            # here: download, split, write MANIFEST.json
-    python benchmarks/dali_pack.py unpack .dali_pack DEST     # there: check, join, verify, extract into DEST
+    python devicecheck/dali_pack.py pack .dali_pack            # here: download, split, write MANIFEST.json
+    python devicecheck/dali_pack.py unpack .dali_pack DEST     # there: check, join, verify, extract into DEST
     PYTHONPATH=DEST:$PYTHONPATH python -c "import nvidia.dali"
 
 ``pack`` downloads the DALI wheel of the version installed here (``--version`` to choose) with pip,

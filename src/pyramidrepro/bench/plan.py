@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..step.autotune import Candidate, precision_candidate, widths_candidate
+from ..autotune.chooser import Candidate, precision_candidate, widths_candidate
 from ..step.paths import BASELINE, BASELINE_TF32, PathSpec
 
 

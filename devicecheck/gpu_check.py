@@ -1,12 +1,12 @@
 """One short pass over every GPU code path, made to run whole in one call on a bare GPU machine
 (torch, h5py and pyyaml; no pip install, no torchvision / matplotlib / DALI / submitit needed):
 
-    PYTHONPATH=src python3 benchmarks/gpu_check.py                      # on a GPU machine, <= 8 minutes
-    DALI_PACK=.dali_pack PYTHONPATH=src python3 benchmarks/gpu_check.py # DALI from its carried parts
-    GPU_CHECK_DEVICE=cpu PYTHONPATH=src python3 benchmarks/gpu_check.py # the same steps shrunk, on a CPU
+    PYTHONPATH=src python3 devicecheck/gpu_check.py                      # on a GPU machine, <= 8 minutes
+    DALI_PACK=.dali_pack PYTHONPATH=src python3 devicecheck/gpu_check.py # DALI from its carried parts
+    GPU_CHECK_DEVICE=cpu PYTHONPATH=src python3 devicecheck/gpu_check.py # the same steps shrunk, on a CPU
 
-(``bash benchmarks/gpu_check.sh`` runs the same.)  The steps, in order, are in
-benchmarks/gpu_check_plan.py: DALI's pack unpacked first when given, the emulated 12 GB card's
+(``bash devicecheck/gpu_check.sh`` runs the same.)  The steps, in order, are in
+devicecheck/gpu_check_plan.py: DALI's pack unpacked first when given, the emulated 12 GB card's
 boundary, no host sync, bf16 in DataParallel's threads, DDP, DP, fp16, compile, bench (true-fp32
 and TF32 baselines, widths and compile trials), the CUDA kernel table, DALI on the device, each
 loader's throughput, the report.  A step whose package is missing is skipped with the reason;
@@ -72,7 +72,7 @@ class Check:
             ok = rc == 0
         self.outcome(step.name, time.monotonic() - t0, ok)
         if step.expect is not None:
-            self.run_step(Step(f"{step.name}_status", 30, ("benchmarks/gpu_check_probes.py", "status", "{runs}",
+            self.run_step(Step(f"{step.name}_status", 30, ("devicecheck/gpu_check_probes.py", "status", "{runs}",
                                                             step.name, step.expect)))
 
     def run_step(self, step: Step) -> None:
@@ -88,7 +88,7 @@ class Check:
         self.finish(step, self.start(step), t0)
 
     def importable(self, module: str) -> bool:
-        r = subprocess.run([self.python, "benchmarks/gpu_check_probes.py", "importable", module], cwd=ROOT,
+        r = subprocess.run([self.python, "devicecheck/gpu_check_probes.py", "importable", module], cwd=ROOT,
                            env=self.env, capture_output=True, timeout=120)
         return r.returncode == 0
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from ..machine.devices import capability
-from .autotune import Candidate, Choice, choose, precision_candidate
-from .paths import PathSpec
+from ..step.paths import PathSpec
+from .chooser import Candidate, Choice, choose, precision_candidate
 from .trial_cache import cache_file, drop_entry, read_entry, write_entry
 
 FAR_BELOW = 0.7  # a run below this share of the images/s its trials predicted drops their cached choice
@@ -146,9 +146,9 @@ def _keep(key: str, choice: Choice, say: Callable[[str], None]) -> None:
 def _trials(reference: PathSpec, candidates: list[Candidate], arch: tuple[int, float, str], batch: int,
             device: torch.device, trial_steps: int, say: Callable[[str], None]) -> Choice:
     """:func:`choose` on short trials of the run's model, each path built once and freed after."""
+    from ..step.paths import TrainPath
     from ..workload.data import synthetic_splits
     from ..workload.model import PyramidNet
-    from .paths import TrainPath
 
     paths: dict[PathSpec, TrainPath] = {}
 

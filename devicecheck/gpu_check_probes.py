@@ -1,9 +1,9 @@
-"""Probes of the device check (benchmarks/gpu_check.py) that are not a `pyramidrepro` command.
+"""Probes of the device check (devicecheck/gpu_check.py) that are not a `pyramidrepro` command.
 
-    python benchmarks/gpu_check_probes.py env OUT_JSON DEVICE
-    python benchmarks/gpu_check_probes.py status RUNS_DIR RUN_ID STATUS   # metrics.h5 says STATUS
-    python benchmarks/gpu_check_probes.py dp-thread DEVICE                # bf16 holds in parallel_apply threads
-    python benchmarks/gpu_check_probes.py importable MODULE               # exit 0 if MODULE imports
+    python devicecheck/gpu_check_probes.py env OUT_JSON DEVICE
+    python devicecheck/gpu_check_probes.py status RUNS_DIR RUN_ID STATUS   # metrics.h5 says STATUS
+    python devicecheck/gpu_check_probes.py dp-thread DEVICE                # bf16 holds in parallel_apply threads
+    python devicecheck/gpu_check_probes.py importable MODULE               # exit 0 if MODULE imports
 
 Each prints what it found and exits non-zero when the check fails.
 """

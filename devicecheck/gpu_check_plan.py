@@ -1,4 +1,4 @@
-"""The device check's plan: every step of benchmarks/gpu_check.py, in order, for one device form.
+"""The device check's plan: every step of devicecheck/gpu_check.py, in order, for one device form.
 
 Kept apart from the runner so that a test can read the ``cuda`` form's plan on a CPU and validate
 each run's configuration against a Python without DALI (the device image has none until its pack
@@ -100,13 +100,13 @@ FORMS = {"cuda": CUDA, "cpu": CPU}
 
 
 def probe(*args: str) -> tuple[str, ...]:
-    return ("benchmarks/gpu_check_probes.py", *args)
+    return ("devicecheck/gpu_check_probes.py", *args)
 
 
 def plan(device: str, dali_pack: str | None = None) -> list[Step]:
     """Every step for ``device`` (cuda, or cpu: the same steps shrunk), in order of value."""
     f = FORMS[device]
-    steps = [Step("dali_unpack", 120, ("benchmarks/dali_pack.py", "unpack", dali_pack, "{work}/dali_site"))
+    steps = [Step("dali_unpack", 120, ("devicecheck/dali_pack.py", "unpack", dali_pack, "{work}/dali_site"))
              ] if dali_pack else []  # first: any step after it may use DALI
     steps += [Step("env", 60, probe("env", "{work}/env.json", device)),
               # 1. the paper's card, emulated: 256 fits, 512 does not

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..step.autotune import Candidate, Choice, choose
+from ..autotune.chooser import Candidate, Choice, choose
 from ..step.paths import PathSpec, TrainPath
-from .bench_plan import BenchPlan, pieces
+from .plan import BenchPlan, pieces
 
 #: the HDF5 writer's flush interval in the headline, as a run's Trainer uses it
 WRITER_FLUSH_S = 2.0

@@ -1,6 +1,6 @@
 """Count the verdicts of the input fuzz cases (tests/fuzz_cases.py), per group.
 
-    python benchmarks/fuzz_verdicts.py [--show silent,traceback,hang]
+    python tests/support/fuzz_verdicts.py [--show silent,traceback,hang]
 
 Run it against any checkout (PYTHONPATH=OTHER/src) to compare before and after.
 """
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz_cases import all_cases, run_case  # noqa: E402
 

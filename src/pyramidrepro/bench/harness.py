@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
+from ..autotune.chooser import Candidate
 from ..machine.devices import capability
-from ..step.autotune import Candidate
 from ..workload.data import synthetic_splits
 from ..workload.loaders import make_loader
 from ..workload.loaders.dali import dali_threads
-from .bench_plan import BenchPlan, bench_candidates, compile_estimate_s, planned_steps
-from .bench_trials import PathBench, PathBuilder, measure_paths
+from .plan import BenchPlan, bench_candidates, compile_estimate_s, planned_steps
+from .trials import PathBench, PathBuilder, measure_paths
 
 
 def machine() -> dict[str, Any]:

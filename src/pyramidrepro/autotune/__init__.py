@@ -1,0 +1,1 @@
+"""The autotuner: which training path a run takes when its config says ``auto``."""

@@ -1,0 +1,1 @@
+"""The benchmark harness behind ``bench`` and ``bench-loader``."""
