@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pyramidrepro.cluster.boundary import BoundarySearch, find_boundaries  # noqa: E402
+from pyramidrepro.cluster.batch_search import BoundarySearch, find_boundaries
 from pyramidrepro.config.config import load_config
 from pyramidrepro.config.schema import Status
 

@@ -25,7 +25,7 @@ CLUSTER = ["bash", str(ROOT / "slurm" / "dev" / "cluster.sh")]
 
 ALL_REDUCE = """
 import os, socket, torch, torch.distributed as dist
-from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.machine.slurm_job import expand_nodelist
 rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
 first = expand_nodelist(os.environ["SLURM_JOB_NODELIST"])[0]
 dist.init_process_group("gloo", init_method=f"tcp://{first}:{29500 + int(os.environ['SLURM_JOB_ID']) % 1000}",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pyramidrepro.cluster.boundary import search
+from pyramidrepro.cluster.batch_search import search
 from pyramidrepro.config.schema import Attr, Status
 from pyramidrepro.machine.devices import is_out_of_memory
 from pyramidrepro.records.metrics import read_metrics

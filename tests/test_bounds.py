@@ -9,7 +9,7 @@ import pytest
 from pyramidrepro.config.config import load_config
 from pyramidrepro.config.schema import Summary
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.step.bounds import Bounds, compute_seconds, measure_bounds
+from pyramidrepro.step.bottleneck import Bounds, compute_seconds, measure_bounds
 from pyramidrepro.training.setup import build_training, open_context
 from support import SMOKE, run_cli
 

@@ -152,7 +152,7 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
 def test_a_purged_job_asked_about_alone_is_not_listed_rather_than_an_error():
     """squeue -j with one job id fails once the controller has purged that job (MinJobAge after its
     end): a campaign whose last pass had one job would take it for "no answer" for ever."""
-    from pyramidrepro.machine.slurm_state import queue_states
+    from pyramidrepro.cluster.slurm_queue import queue_states
 
     assert queue_states(["999999"]) == {}
     assert queue_states(["999999", "999998"]) == {}

@@ -26,7 +26,7 @@ from pyramidrepro.machine.container import (
     resolve,
 )
 from pyramidrepro.machine.provenance import git_commit
-from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import CHECKPOINT_NAME
 from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics

@@ -19,7 +19,7 @@ import pytest
 
 from pyramidrepro.cluster import follow
 from pyramidrepro.cluster.follow import BACKOFF, MAX_POLL_S, NODES_EVERY, QUIET_S, NeverStartWatch, PollClock
-from pyramidrepro.machine.slurm_state import Node, Request, never_starts, waits_for
+from pyramidrepro.cluster.slurm_queue import Node, Request, never_starts, waits_for
 from pyramidrepro.records import lock as lock_module
 from pyramidrepro.records.lock import LOCK_NAME, RunFolderError, RunLock
 from pyramidrepro.records.metrics import read_metrics

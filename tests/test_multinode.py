@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import load_run
 from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics

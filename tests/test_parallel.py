@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
-from pyramidrepro.machine.slurm_state import expand_nodelist
+from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from support import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
 

@@ -1,5 +1,5 @@
-"""The host side of submitit's requeue from inside an image (machine/relay): the scripts for real, in
-real shells, with a stand-in for the node's `scontrol` and for the container command."""
+"""The host side of submitit's requeue from inside an image (cluster/relay.sh, machine/relay/scontrol):
+the scripts for real, in real shells, with a stand-in for the node's `scontrol` and for the container command."""
 
 import os
 import signal
@@ -7,12 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from pyramidrepro.machine import requeue_relay
+from pyramidrepro.cluster import requeue_relay
 from pyramidrepro.machine.clean_env import RELAY_BIN, RELAY_REQUEST_VARIABLE, cleaned
 
-STUB = requeue_relay.SOURCE / "scontrol"
+STUB = requeue_relay.STUB_DIR / "scontrol"
 #: the container command's stand-in: submitit in the image, once its job has checkpointed
-IN_IMAGE = f'PATH="{requeue_relay.SOURCE}:$PATH"; scontrol requeue 77_1; echo "stub: $?" >"$1"'
+IN_IMAGE = f'PATH="{requeue_relay.STUB_DIR}:$PATH"; scontrol requeue 77_1; echo "stub: $?" >"$1"'
 
 
 def _node(tmp_path: Path, host_rc: int = 0, host_s: float = 0) -> tuple[Path, dict[str, str]]:
@@ -50,7 +50,7 @@ def test_the_stub_outlives_the_requeues_own_sigterm_and_still_answers(tmp_path):
     """Where Slurm signals every process of the step, the kill that the requeue starts reaches the
     stub while it waits for the answer: submitit must still hear that the requeue worked."""
     relay, env = _node(tmp_path, host_s=1)
-    in_image = (f'PATH="{requeue_relay.SOURCE}:$PATH"; scontrol requeue 77_1 & stub=$!; sleep 0.5; '
+    in_image = (f'PATH="{requeue_relay.STUB_DIR}:$PATH"; scontrol requeue 77_1 & stub=$!; sleep 0.5; '
                 'kill -TERM $stub; wait $stub; echo "stub: $?" >"$1"')
     r = subprocess.run(["/bin/sh", str(relay), "sh", "-c", in_image, "run", str(tmp_path / "said")], env=env,
                        capture_output=True, text=True, timeout=30)
@@ -115,5 +115,5 @@ def test_the_stub_refuses_anything_but_a_requeue_and_a_forged_request_is_not_run
 def test_clean_env_puts_the_images_stub_first_only_under_the_relay():
     path = cleaned({RELAY_REQUEST_VARIABLE: "/results/.submitit/x/relay/request.7.0", "PATH": "/host/bin"})["PATH"]
     assert path.startswith(f"{RELAY_BIN}:/opt/venv/bin:") and "/host/bin" not in path
-    assert Path(RELAY_BIN) == requeue_relay.SOURCE  # clean_env's own folder: in the image, the image's copy
+    assert Path(RELAY_BIN) == requeue_relay.STUB_DIR  # clean_env's own folder: in the image, the image's copy
     assert cleaned({"PATH": "/host/bin"})["PATH"].startswith("/opt/venv/bin:")

@@ -111,7 +111,7 @@ def test_dry_run_shows_the_generated_scripts(tmp_path):
             "-u -m submitit.core._submit") in out  # only the pass-through variables reach the job
     assert f"--bind {tmp_path.resolve()}:{tmp_path.resolve()}" in out
     assert "--env PYRAMIDREPRO_CONTAINER_IMAGE=/img/pyramidrepro.sif" in out
-    # each task's command starts on the host in the requeue relay (machine/requeue_relay), copied at submit
+    # each task's command starts on the host in the requeue relay (cluster/requeue_relay), copied at submit
     assert re.search(r"/bin/sh \S+/\.submitit/[\w-]+/relay/relay\.sh \S*apptainer exec --nv", out), out
     assert not list(tmp_path.glob("smoke/*")) and not list(tmp_path.rglob("relay.sh"))  # nothing submitted
 

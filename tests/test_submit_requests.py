@@ -7,9 +7,9 @@ import re
 import pytest
 
 from pyramidrepro.cluster.dispatch import request_of
+from pyramidrepro.cluster.slurm_queue import Node, unsatisfiable
 from pyramidrepro.config.config import expand_sweep, load_config
 from pyramidrepro.machine.parallel import DERIVED_PORTS, port_from_job_id, rendezvous_port
-from pyramidrepro.machine.slurm_state import Node, unsatisfiable
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import run_dir_for
 from support import ONCE, ROOT, SMOKE

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_boundary(args: argparse.Namespace) -> int:
     """The largest batch under the memory cap, per line of the experiment, by doubling and bisection."""
-    from ..cluster.boundary import ProbeError, find_boundaries
+    from ..cluster.batch_search import ProbeError, find_boundaries
     from ..records.storage import write_atomically
 
     cfg = load_config(args.experiment, args.set)

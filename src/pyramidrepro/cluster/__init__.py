@@ -8,5 +8,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "requests": ("gpu_request", "GpuRequest", "tasks_per_node"),
     "campaign": ("Campaign", "drive"),
     "campaign_state": ("CampaignState", "Repeats", "load_state"),
-    "boundary": ("find_boundaries", "ProbeError"),
+    "batch_search": ("find_boundaries", "ProbeError"),
 })

@@ -15,10 +15,10 @@ from enum import Enum
 from pathlib import Path
 
 from ..config.schema import FINISHED
-from ..machine.slurm_state import SlurmQueryError, queue_states
 from ..records.runs import run_dir_for, status_of
 from .campaign_state import MAX_SUBMISSIONS, CampaignState, Submission
 from .follow import ENDED
+from .slurm_queue import SlurmQueryError, queue_states
 
 #: a job this process followed to its end (it is not asked about again)
 ENDED_HERE = "ENDED"

@@ -25,15 +25,15 @@ from typing import Any, TextIO
 
 from ..config.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
 from ..config.schema import Attr
-from ..machine import requeue_relay
 from ..machine.container import resolve
 from ..machine.image_match import read_image_info, skew_problem
-from ..machine.slurm_state import Request, SlurmQueryError, node_sizes, unsatisfiable
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of
 from ..workload.data import check_data_available
 from ..workload.requirements import host_problem
+from . import requeue_relay
 from .follow import POLL_S, follow_jobs
 from .requests import gpu_parameters, gpu_request, tasks_per_node
+from .slurm_queue import Request, SlurmQueryError, node_sizes, unsatisfiable
 
 
 def slurm_parameters(cfg: ExperimentConfig) -> dict[str, Any]:

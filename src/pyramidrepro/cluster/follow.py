@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config.schema import FINISHED, Status
-from ..machine.slurm_state import (
+from .slurm_queue import (
     NEVER_REASONS,
     NODE_REASONS,
     SIZE_REASONS,

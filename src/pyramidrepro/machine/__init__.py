@@ -9,6 +9,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "system": ("describe_system",),
     "provenance": ("git_commit", "versions"),
     "container": ("Container", "resolve", "run_in_image", "image_info"),
-    "slurm_state": ("SlurmQueryError", "queue_states", "never_starts"),
+    "slurm_job": ("SlurmQueryError", "expand_nodelist", "under_submitit"),
     "interrupts": ("RunInterrupted", "DeferredStop"),
 })

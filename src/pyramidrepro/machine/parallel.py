@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .interrupts import STOP_SIGNALS, ended_interrupted, interruption
-from .slurm_state import expand_nodelist
+from .slurm_job import expand_nodelist
 
 
 @dataclass

@@ -12,7 +12,7 @@ Layout (documented in docs/architecture.md; every name is defined in :mod:`.sche
 Rows are buffered in memory and appended every ``flush_interval_s`` seconds by opening the file,
 extending the resizable datasets and closing it again.  Between flushes the file on disk is
 closed and consistent, so it can be read mid-run and survives ``kill -9`` with every row flushed
-so far.  The writer is thread-safe: a run may be closed from its stop watcher (``faults``).
+so far.  The writer is thread-safe: a run may be closed from its stop watcher (:mod:`..training.stop_channel`).
 
 A full disk stops the appends (nothing half-written: :func:`.storage.ensure_space` comes first), but
 the final status still gets written: a writer made with ``reserve_bytes`` holds that much disk in a

@@ -22,8 +22,9 @@ class RunRecorder:
     """Opens the run folder and ``metrics.h5`` (rank 0), buffers rows, writes the final status once.
 
     The final status may be written from the stop watcher's thread while the loop still runs
-    (``faults``): :meth:`finish` takes a lock and writes only the first outcome.  The writer holds disk
-    for that last write (:class:`.metrics.SpaceReserve`), so a run the full disk stopped ends ``failed``.
+    (:mod:`..training.stop_channel`): :meth:`finish` takes a lock and writes only the first outcome.
+    The writer holds disk for that last write (:class:`.metrics.SpaceReserve`), so a run the full disk
+    stopped ends ``failed``.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, is_main: bool) -> None:

@@ -6,5 +6,5 @@ from .._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "executor": ("StepExecutor", "StepSettings", "OptimizerSettings", "make_executor"),
     "paths": ("PathSpec", "TrainPath"),
-    "bounds": ("Bounds", "measure_bounds"),
+    "bottleneck": ("Bounds", "measure_bounds"),
 })

@@ -7,5 +7,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "train": ("Trainer",),
     "loop": ("TrainingLoop", "LoopSettings"),
     "checkpoint": ("Checkpoints", "Position"),
-    "faults": ("StopChannel",),
+    "stop_channel": ("StopChannel",),
 })

@@ -16,7 +16,7 @@ from ..config.schema import Attr
 from ..machine.container import container_attributes
 from ..machine.devices import allocator_settings, capability, device_name
 from ..machine.provenance import git_commit, versions
-from ..machine.slurm_state import job_log_paths
+from ..machine.slurm_job import job_log_paths
 from ..machine.system import describe_system, node_sharing, slurm_attributes
 from ..step.executor import resolve_optimizer_impl
 from ..workload.data import per_rank_batch

@@ -26,19 +26,17 @@ from ..config.schema import EXIT_CODES, Attr, Status
 from ..machine.devices import is_out_of_memory
 from ..machine.interrupts import SCHEDULER_STOP, DeferredStop, interruption, interruption_reason
 from ..machine.parallel import shutdown_process_group
-from ..machine.slurm_state import under_submitit
+from ..machine.slurm_job import under_submitit
 from ..machine.system import node_sharing
 from ..records.lock import RunFolderError, RunLock
 from ..records.recorder import RunRecorder
 from ..records.runs import METRICS_NAME
-from ..step.bounds import measure_bounds
+from ..step.bottleneck import measure_bounds
 from ..workload.data import DataError
 from .attributes import identity_attributes, setup_attributes
 from .checkpoint import Checkpoints, Position
-from .faults import (
+from .fault_injection import (
     INJECT_DELAY_VAR,
-    StopChannel,
-    StopRecord,
     injected_delay,
     injected_oom_step,
     injected_signal,
@@ -47,6 +45,7 @@ from .faults import (
 )
 from .loop import LoopSettings, TrainingLoop
 from .setup import RunContext, build_training, open_context, review_choice
+from .stop_channel import StopChannel, StopRecord
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001

@@ -4,7 +4,7 @@ submitit requeues a preempted or timed-out Slurm job from the job's own process 
 once the job has checkpointed).  With ``--container`` that process runs in the image, which has no
 Slurm client.  So each task's command becomes ``/bin/sh relay.sh CONTAINER_PYTHON…``: ``relay.sh``
 starts a watcher on the host and replaces itself with the container command; in the image,
-``relay/scontrol`` (put first on the PATH by :mod:`.clean_env`) writes the request down, the watcher
+``machine/relay/scontrol`` (put first on the PATH by :mod:`..machine.clean_env`) writes the request down, the watcher
 runs it with the node's ``scontrol`` at once and hands back its exit status.  ``relay.sh`` is copied
 into the submission's folder, which the nodes see, so a compute node needs nothing of the login
 node's Python; it is run by ``/bin/sh``, so that folder need not allow exec.
@@ -16,14 +16,16 @@ import shlex
 import shutil
 from pathlib import Path
 
-#: the scripts, shipped beside this module (``scontrol`` runs from the image's own copy)
-SOURCE = Path(__file__).with_name("relay")
+#: the host's half, shipped beside this module
+RELAY_SH = Path(__file__).with_name("relay.sh")
+#: the image's half: the ``scontrol`` stub in :mod:`..machine.clean_env`'s folder (the image runs its own copy)
+STUB_DIR = Path(__file__).parents[1] / "machine" / "relay"
 
 
 def install(folder: Path) -> Path:
     """Copy ``relay.sh`` into ``folder`` (made if missing; the nodes must see it) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copyfile(SOURCE / "relay.sh", folder / "relay.sh"))
+    return Path(shutil.copyfile(RELAY_SH, folder / "relay.sh"))
 
 
 def relayed(command: str, relay: Path, outlive_signals: bool) -> str:

@@ -8,18 +8,16 @@
   per-job QOS/association limits, resources beyond every node of any state) instead of waiting
   forever; :func:`waits_for` says what any other reason waits for (nodes an admin drained or
   reserved come back, so those jobs are waited on).
-* :func:`job_log_paths`: where the job running this process writes its stdout and stderr.
 * :func:`failed_tasks` reads srun's own lines (``srun: error: node3: task 2: Killed``) from a
   job's error log, to name the node and task that ended a multi-node job.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
+
+from ..machine.slurm_job import SlurmQueryError, expand_nodelist, slurm
 
 #: pending reasons that never clear by waiting: the request breaks a partition, constraint or
 #: per-job limit, or depends on a job that failed (Slurm's job_reason codes; the per-user,
@@ -51,41 +49,6 @@ WAITS_FOR = {
 }
 #: reason code prefixes of limits shared with other jobs: they clear as those jobs end
 SHARED_LIMITS = ("QOSGrp", "AssocGrp", "QOSMax", "AssocMax", "MaxJob", "MaxCpu", "MaxNode", "MaxMem")
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Expand a Slurm node list such as ``gpu[01-03,07],login1`` into host names."""
-    hosts: list[str] = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
-        if not m:
-            hosts.append(part)
-            continue
-        prefix, ranges, suffix = m.groups()
-        for r in ranges.split(","):
-            if "-" in r:
-                lo, hi = r.split("-", 1)
-                width = len(lo)
-                hosts.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1))
-            else:
-                hosts.append(f"{prefix}{r}{suffix}")
-    return hosts
-
-
-class SlurmQueryError(RuntimeError):
-    """A Slurm command was missing or failed."""
-
-
-def _slurm(*cmd: str, timeout_s: float = 30) -> str:
-    if shutil.which(cmd[0]) is None:
-        raise SlurmQueryError(f"{cmd[0]} not found: Slurm's client tools are needed")
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise SlurmQueryError(f"{' '.join(cmd)}: no answer in {timeout_s:g} s") from None
-    if r.returncode != 0:
-        raise SlurmQueryError(f"{' '.join(cmd)}: {r.stderr.strip() or f'exit {r.returncode}'}")
-    return r.stdout
 
 
 @dataclass(frozen=True)
@@ -137,7 +100,7 @@ def _gpu_count(gres: str) -> int:
 def node_sizes() -> list[Node]:
     """Every node with its CPUs, GPUs, memory, state and partitions (``sinfo -N``)."""
     nodes: dict[str, Node] = {}
-    for line in _slurm("sinfo", "-h", "-N", "-o", "%N|%c|%G|%m|%t|%R").splitlines():
+    for line in slurm("sinfo", "-h", "-N", "-o", "%N|%c|%G|%m|%t|%R").splitlines():
         name, cpus, gres, mem, state, part = line.split("|")
         old = nodes.get(name)
         parts = (*old.partitions, part) if old else (part,)
@@ -178,7 +141,7 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
         return {}
     out: dict[str, tuple[str, str]] = {}
     try:
-        listing = _slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r")
+        listing = slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r")
     except SlurmQueryError as exc:
         # asked for one job only, squeue loads that job alone and fails once the controller has purged it
         # (MinJobAge after its end); among several, a purged one is just not listed
@@ -197,7 +160,7 @@ _MB = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 def job_request(job_id: str) -> Request:
     """The request of a queued job, as the controller holds it (``scontrol show job``)."""
-    return parse_job_request(_slurm("scontrol", "-o", "show", "job", job_id))
+    return parse_job_request(slurm("scontrol", "-o", "show", "job", job_id))
 
 
 def parse_job_request(text: str) -> Request:
@@ -249,29 +212,6 @@ def node_states(reason: str, nodes: list[Node]) -> str:
     named = [n for w in re.findall(r"UnavailableNodes:(\S+)", reason) for n in expand_nodelist(w)]
     listed = {n.name: n.state for n in nodes}
     return ", ".join(f"{n} {listed[n]}" for n in named if n in listed)
-
-
-def under_submitit() -> bool:
-    """Whether submitit's job runner started this process (Slurm or local executor)."""
-    return os.environ.get("SUBMITIT_EXECUTOR", "") in ("slurm", "local")
-
-
-def job_log_paths() -> tuple[str, str]:
-    """(stdout, stderr) of the job running this process: submitit's log files of this task when
-    submitit started it, else the batch job's as Slurm holds them (``scontrol``), else ('', '')."""
-    if under_submitit():
-        import submitit
-
-        paths = submitit.JobEnvironment().paths
-        return str(paths.stdout), str(paths.stderr)
-    job_id = os.environ.get("SLURM_JOB_ID", "")
-    if not job_id.isdigit():
-        return "", ""
-    try:
-        fields = dict(re.findall(r"(\S+?)=(\S*)", _slurm("scontrol", "-o", "show", "job", job_id, timeout_s=5)))
-    except SlurmQueryError:
-        return "", ""
-    return fields.get("StdOut", ""), fields.get("StdErr", "")
 
 
 _SRUN_ERROR = re.compile(r"^srun: error: (\S+): tasks? ([\d,\-]+): (.+)$", re.M)

@@ -1,14 +1,14 @@
 """What the package reads from Slurm's answers: node sizes, never-starting pending reasons, failed tasks."""
 
-from pyramidrepro.machine.slurm_state import (
+from pyramidrepro.cluster.slurm_queue import (
     Node,
     Request,
-    expand_nodelist,
     failed_tasks,
     never_starts,
     parse_job_request,
     unsatisfiable,
 )
+from pyramidrepro.machine.slurm_job import expand_nodelist
 
 NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "idle", ("debug",)),
          Node("big1", 64, 8, 512000, "drain", ("big",))]
@@ -29,7 +29,7 @@ def test_a_partition_list_runs_in_any_one_of_its_partitions():
 
 
 def test_a_limit_shared_with_other_jobs_is_waited_on_and_a_per_job_one_is_not():
-    from pyramidrepro.machine.slurm_state import waits_for
+    from pyramidrepro.cluster.slurm_queue import waits_for
 
     req = Request(1, 1, 1)
     for shared in ("MaxCpuPerAccount", "QOSGrpCpuLimit", "AssocGrpGRES", "QOSMaxJobsPerUserLimit"):
