@@ -9,7 +9,7 @@ import pytest
 
 from pyramidrepro.cluster.batch_search import search
 from pyramidrepro.config.schema import Attr, Status
-from pyramidrepro.machine.devices import is_out_of_memory
+from pyramidrepro.machine.devices import ONEDNN_NO_PRIMITIVE, is_out_of_memory
 from pyramidrepro.records.metrics import read_metrics
 from support import SMOKE
 
@@ -45,6 +45,8 @@ def test_search_refuses_what_it_cannot_search():
 
 
 def test_failed_allocations_of_every_kind_count_as_out_of_memory():
+    import resource
+
     import torch
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
@@ -52,6 +54,14 @@ def test_failed_allocations_of_every_kind_count_as_out_of_memory():
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
                                          "can't allocate memory: you tried to allocate 8388608 bytes."))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    onednn = RuntimeError("could not create a primitive")  # its scratchpad not allocated, under RLIMIT_DATA
+    assert not is_out_of_memory(onednn)  # uncapped: some other oneDNN failure, a bug to show
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (1 << 44, hard))  # 16 TiB: a cap that changes nothing here
+    try:
+        assert is_out_of_memory(onednn)
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path, cli):
@@ -74,7 +84,9 @@ def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path, 
     assert f"largest batch that fits {fit}, first that fails {fail}" in done.stdout
     metrics = read_metrics(probes[fail]["run_dir"] + "/metrics.h5")["attrs"]
     assert metrics[Attr.STATUS] == Status.OOM and metrics[Attr.OOM_BATCH_SIZE] == fail
-    assert "can't allocate memory" in metrics[Attr.ERROR] and json.loads(metrics[Attr.BOUNDARY_SEARCH]) == {}
+    said = metrics[Attr.ERROR]  # the C allocator's words, or oneDNN's when its scratchpad did not fit
+    assert ("can't allocate memory" in said or ONEDNN_NO_PRIMITIVE in said) and json.loads(
+        metrics[Attr.BOUNDARY_SEARCH]) == {}
     assert metrics[Attr.ALLOCATOR_CAP_BYTES] > 0
 
     report = cli("report", str(out), "--out", str(tmp_path / "report"))

@@ -152,11 +152,24 @@ def cap_process_memory(card_gib: float) -> MemoryCap:
     return MemoryCap(card, ram, held, card - held, on_gpu=False)
 
 
+#: oneDNN's words when it cannot make a convolution's primitive, which it says when the primitive's
+#: memory (its scratchpad) cannot be allocated
+ONEDNN_NO_PRIMITIVE = "could not create a primitive"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation: CUDA's, the CPU allocator's (under a cap) or Python's own."""
+    """A failed allocation: CUDA's, the CPU allocator's or oneDNN's (under a cap) or Python's own."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)  # DefaultCPUAllocator
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return "can't allocate memory" in text or (ONEDNN_NO_PRIMITIVE in text and process_memory_capped())
+
+
+def process_memory_capped() -> bool:
+    """Whether this process's private writable memory is capped (``RLIMIT_DATA``, :func:`cap_process_memory`)."""
+    return resource.getrlimit(resource.RLIMIT_DATA)[0] != resource.RLIM_INFINITY
 
 
 def set_tf32(allowed: bool) -> None:
