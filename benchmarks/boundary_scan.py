@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pyramidrepro.cluster.batch_search import BoundarySearch, find_boundaries
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import Status
 
 EXPERIMENT = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml")

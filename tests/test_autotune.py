@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyramidrepro.autotune.chooser import Candidate, TrialSettings, choose
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.step.paths import PathSpec, TrainPath
 from pyramidrepro.workload.data import synthetic_splits
@@ -157,7 +157,7 @@ def test_auto_values_validate_and_dp_never_compiles():
     cfg = load_config(SMOKE, ["train.precision=auto", "train.channels_last=auto", "train.compile=auto"])
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.compile) == ("auto", "auto", "auto")
     load_config(SMOKE, ["train.mode=dp", "train.compile=auto"])  # auto: the chooser rules compile out
-    from pyramidrepro.config.config import ConfigError
+    from pyramidrepro.config.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load_config(SMOKE, ["train.channels_last=sometimes"])

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import Summary
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.step.bottleneck import Bounds, compute_seconds, measure_bounds

@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyramidrepro.config.config import ConfigError, expand_sweep, load_config
+from pyramidrepro.config.errors import ConfigError
+from pyramidrepro.config.load import load_config
+from pyramidrepro.config.sweep import expand_sweep
 from support import ONCE, SMOKE, run_cli
 
 

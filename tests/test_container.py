@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pyramidrepro
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.machine.container import (
     ENV_DIGEST,
     IMAGE_CLEAN_ENV,

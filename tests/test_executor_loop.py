@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import Status
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.recorder import RunRecorder

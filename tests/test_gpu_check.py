@@ -130,7 +130,7 @@ VALIDATE = """
 import json, sys
 sys.path.insert(0, "devicecheck")
 from gpu_check_plan import plan
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.workload.requirements import host_problem
 out = {}
 for step in plan("cuda", sys.argv[1] or None):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pyramidrepro.bench.harness import gpu_peak_tflops
-from pyramidrepro.config.config import ConfigError, load_config
+from pyramidrepro.config.errors import ConfigError
+from pyramidrepro.config.load import load_config
 from pyramidrepro.machine.devices import (
     ALLOCATOR_ENV,
     EXPANDABLE_SEGMENTS,

@@ -13,9 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
+from pyramidrepro.records.lock import RunFolderError, RunLock
 from pyramidrepro.records.metrics import read_metrics
-from pyramidrepro.records.runs import RunFolderError, RunLock, new_run_id
+from pyramidrepro.records.runs import new_run_id
 from support import ROOT, SMOKE, run_cli, wait_for_metrics
 
 TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
@@ -131,7 +132,7 @@ def test_default_run_ids_do_not_collide_within_a_second():
 
 
 def test_the_lock_is_released_when_its_owner_dies(tmp_path):
-    code = (f"from pyramidrepro.records.runs import RunLock; RunLock({str(tmp_path)!r}).acquire(); "
+    code = (f"from pyramidrepro.records.lock import RunLock; RunLock({str(tmp_path)!r}).acquire(); "
             "import time; time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code])
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import EXIT_CODES, FINISHED, Status
 from pyramidrepro.records.metrics import MetricsWriter, read_metrics
 from pyramidrepro.records.runs import is_done, prepare, run_dir_for, status_of
@@ -53,7 +53,7 @@ def _group(module: str) -> str:
 
 def test_groups_import_only_their_own_layer_or_below():
     graph = _import_graph()
-    groups = {_group(m) for m in graph} - {"", "_exports", "__main__"}
+    groups = {_group(m) for m in graph} - {"", "__main__"}
     assert groups == set(LEVEL), f"a subpackage is missing from LAYERS: {sorted(groups ^ set(LEVEL))}"
     assert len(groups) >= 6
     upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
@@ -62,16 +62,32 @@ def test_groups_import_only_their_own_layer_or_below():
     assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
 
 
-def test_every_public_name_of_a_group_resolves_and_config_stays_free_of_torch():
-    import importlib
+def _reexports(path: Path) -> list[str]:
+    """Names ``path`` passes on from elsewhere: in ``__all__`` but imported, imported ``as`` themselves,
+    or served by a module ``__getattr__``."""
+    tree = ast.parse(path.read_text())
+    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    listed: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            listed = [e.value for e in node.value.elts]
+    found = [f"{name} (in __all__, imported)" for name in listed if name in imported]
+    found += [f"{a.name} (imported as itself)" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              for a in n.names if a.asname == a.name]
+    found += ["__getattr__ (served lazily)" for n in tree.body if isinstance(n, ast.FunctionDef)
+              and n.name == "__getattr__"]
+    return found
+
+
+def test_every_public_name_has_one_import_path_and_config_stays_free_of_torch():
+    """A name is imported from the module that defines it: no facade, no re-export, no lazy export."""
     import subprocess
     import sys
 
-    for group in LEVEL:
-        package = importlib.import_module(f"pyramidrepro.{group}")
-        for name in getattr(package, "__all__", ()):
-            assert getattr(package, name) is not None, f"pyramidrepro.{group}.{name}"
-    code = ("import sys, pyramidrepro.config.config as c, pyramidrepro.records.runs, pyramidrepro.stats.measure; "
+    passed_on = {str(p.relative_to(PACKAGE)): r for p in PACKAGE.rglob("*.py") if (r := _reexports(p))}
+    assert not passed_on, f"re-exported names (import them from where they are defined): {passed_on}"
+    code = ("import sys, pyramidrepro.config.load as c, pyramidrepro.records.runs, pyramidrepro.stats.measure; "
             "c.load_config(sys.argv[1]); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(SMOKE)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "checking a config imported torch"
@@ -132,7 +148,7 @@ def test_run_id_ignores_where_a_run_executes():
 
 def test_installed_package_finds_its_experiments(tmp_path):
     """``reproduce`` resolves its default campaigns through package data, not the source tree."""
-    from pyramidrepro.cli import default_experiment
+    from pyramidrepro.cli.reproduce import default_experiment
 
     for n_gpus, name in ((0, "quick_cpu.yaml"), (2, "fig5.yaml")):
         path = Path(default_experiment(n_gpus))

@@ -7,7 +7,8 @@ import torch
 
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.workload.data import CIFAR10_MEAN, CIFAR10_STD, ImageSet
-from pyramidrepro.workload.loaders import Shard, make_loader
+from pyramidrepro.workload.loaders import make_loader
+from pyramidrepro.workload.loaders.base import Shard
 from support import ROOT, SMOKE, only_run_dir, run_cli
 
 LOADERS = ["torch", "torchvision", "dali"]

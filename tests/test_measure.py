@@ -50,7 +50,7 @@ def test_compare_calls_overlapping_intervals_noise():
 
 def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
     from pyramidrepro.records.runs import load_runs
-    from pyramidrepro.study.report import check_claims
+    from pyramidrepro.study.claims import check_claims
     from test_report import fake_run
 
     rows = [("single", 64, 450, 10), ("single", 128, 436, 10), ("ddp", 64, 455, 12), ("ddp", 128, 470, 12)]
@@ -68,7 +68,7 @@ def test_claims_within_noise_when_the_intervals_overlap(tmp_path):
 
 
 def test_figure5_styles_by_mode_and_remedy_and_leaves_out_the_thread_base():
-    from pyramidrepro.study.report import figure5_lines, line_style
+    from pyramidrepro.study.figures import figure5_lines, line_style
 
     assert line_style("ddp") == {"color": "tab:green", "marker": "^", "linestyle": "-"}
     assert line_style("single+bf16")["linestyle"] == "--" and line_style("single+ckpt")["linestyle"] == ":"
@@ -105,7 +105,8 @@ def test_pooling_narrows_agreeing_repeats_and_widens_for_disagreeing_ones():
 def test_a_point_whose_runs_give_one_window_has_no_interval_and_runs_again():
     """A short run whose warm-up leaves under four steps has one window and ci 0 ("unknown"): against
     any target it is too wide, not met; two pooled runs have an interval and are judged by it."""
-    from pyramidrepro.cluster.campaign import Repeats, needs_repeat, why_repeat
+    from pyramidrepro.cluster.campaign import needs_repeat, why_repeat
+    from pyramidrepro.cluster.campaign_state import Repeats
 
     one_window = Estimate(100.0, 0.0, 1)
     assert needs_repeat(one_window, 0.5)

@@ -7,7 +7,8 @@ import yaml
 
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import load_runs
-from pyramidrepro.study.report import build_report, check_claims
+from pyramidrepro.study.claims import check_claims
+from pyramidrepro.study.report import build_report
 from support import SMOKE, run_cli
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from pyramidrepro.cluster.dispatch import request_of
 from pyramidrepro.cluster.slurm_queue import Node, unsatisfiable
-from pyramidrepro.config.config import expand_sweep, load_config
+from pyramidrepro.config.load import load_config
+from pyramidrepro.config.sweep import expand_sweep
 from pyramidrepro.machine.parallel import DERIVED_PORTS, port_from_job_id, rendezvous_port
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import run_dir_for

@@ -21,7 +21,7 @@ import threading
 import time
 
 from pyramidrepro.cluster import dispatch
-from pyramidrepro.config.config import load_config
+from pyramidrepro.config.load import load_config
 from pyramidrepro.records.metrics import read_metrics
 
 BASE = ["train.max_steps=null", "model.depth=8", "model.alpha=4", "cluster.executor=slurm", "cluster.cpus_per_task=1",

@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from pyramidrepro.machine.parallel import detect_dist_env, init_process_group
 from pyramidrepro.workload.data import ImageSet
-from pyramidrepro.workload.loaders import Shard, make_loader
+from pyramidrepro.workload.loaders import make_loader
+from pyramidrepro.workload.loaders.base import Shard
 
 N, BATCH, EPOCH = 1024, 128, 1
 

@@ -41,7 +41,7 @@ def bench_device(device: str) -> torch.device:
     """The device a benchmark asked for; a clear input error when it is a GPU that is not there."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..config.config import ConfigError
+        from ..config.errors import ConfigError
 
         raise ConfigError("bench", "--device", "cuda requested but no CUDA device is available")
     return dev

@@ -27,9 +27,8 @@ from . import (
 )
 from ._errors import exit_code_for, interrupted
 from ._version import VersionAction
-from .reproduce import default_experiment
 
-__all__ = ["build_parser", "default_experiment", "main"]
+__all__ = ["build_parser", "main"]
 
 #: the commands, in the order ``--help`` lists them
 COMMANDS = (run, validate, data, model_info, bench_loader, bench, scaling, submit, status, follow, boundary, report,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ._types import int_between, percentage
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def open_campaign(folder: str, stream: Any = None) -> tuple[Campaign, CampaignSt
     when it holds none."""
     from ..cluster.campaign import Campaign
     from ..cluster.campaign_state import load_state, state_path
-    from ..config.config import config_from_dict
+    from ..config.experiment import config_from_dict
 
     path = Path(folder).resolve()  # `status .` names its folder too
     state = load_state(path)

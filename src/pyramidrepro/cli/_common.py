@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config.config import ExperimentConfig
+    from ..config.experiment import ExperimentConfig
 
 DEFAULT_OUT = "results/runs"
 SET_HELP = ("override a config value, e.g. --set train.batch_size=256 "
@@ -48,7 +48,7 @@ def add_model_args(p: argparse.ArgumentParser, depth: int, alpha: float, what: s
 def check_model_args(args: argparse.Namespace, widening: str = "additive") -> None:
     """ConfigError naming ``--depth`` or ``--alpha`` when ``add_model_args``' PyramidNet is not one this
     package builds: the config's own rule (``model.depth`` / ``model.alpha``: config.model_shape.check_size)."""
-    from ..config.config import ModelConfig
+    from ..config.sections import ModelConfig
 
     command = getattr(args, "command", None) or "model"
     try:

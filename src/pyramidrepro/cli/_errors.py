@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..config.schema import EXIT_BAD_INPUT
 
 EXIT_CTRL_C = 130
@@ -29,7 +29,7 @@ def interrupted(exc: KeyboardInterrupt) -> int:
 
 def exit_code_for(exc: Exception) -> int | None:
     """The exit code of a problem the user can fix, said in one line; None: a bug (let it raise)."""
-    from ..records.runs import RunFolderError
+    from ..records.lock import RunFolderError
     from ..workload.data import DataError
 
     if isinstance(exc, (ConfigError, DataError, FileNotFoundError, RunFolderError)):

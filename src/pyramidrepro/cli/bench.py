@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config.config import COMPILE_MODES
+from ..config.sections import COMPILE_MODES
 from ..workload.requirements import importable
 from ._common import add_model_args, check_model_args
 from ._types import positive_float, positive_int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ._types import non_negative_int, positive_int
 
 

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..config.config import ConfigError, load_config
+from ..config.errors import ConfigError
+from ..config.load import load_config
 from ._common import add_config_args, add_out_arg, check_runnable, default_nproc, hardware
 from ._types import positive_int
 

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def out_folder(args: argparse.Namespace) -> Path:
     """``--out``, else NEW/compare (./compare when NEW is a file); a file there is refused."""
-    from ..config.config import ConfigError
+    from ..config.errors import ConfigError
 
     out = Path(args.out) if args.out else (Path(args.new) / "compare" if Path(args.new).is_dir() else Path("compare"))
     if out.exists() and not out.is_dir():

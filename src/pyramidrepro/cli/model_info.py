@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config.config import ModelConfig
+from ..config.sections import ModelConfig
 from ._common import add_model_args, check_model_args
 
 

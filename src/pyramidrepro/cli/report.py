@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

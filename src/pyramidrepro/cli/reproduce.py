@@ -6,7 +6,9 @@ import argparse
 import time
 
 from ..cluster.campaign_state import Repeats, campaign_held
-from ..config.config import ConfigError, ExperimentConfig, load_config
+from ..config.errors import ConfigError
+from ..config.experiment import ExperimentConfig
+from ..config.load import load_config
 from ._campaign import ReportSchedule, add_repeat_args, print_summary, take_up
 from ._common import add_container_arg, add_out_arg, add_set_arg, container_override, default_nproc, hardware
 

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..autotune.trial_cache import RETUNE_ENV
-from ..config.config import ConfigError, load_config
+from ..config.errors import ConfigError
+from ..config.load import load_config
 from ..config.schema import EXIT_CODES, Attr
 from ._common import add_config_args, add_container_arg, add_out_arg, check_runnable, container_override
 from ._types import int_between
 
 if TYPE_CHECKING:
-    from ..config.config import ExperimentConfig
+    from ..config.experiment import ExperimentConfig
 
 MAX_LOCAL_RANKS = 256
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..config.schema import Status
 from ..stats.scaling import LINKS
 from ._common import add_model_args, check_model_args

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..cluster.campaign_state import Repeats, campaign_held
 from ..cluster.follow import LOCAL_POLL_S, MAX_POLL_S, POLL_S, QUIET_S
-from ..config.config import expand_sweep, load_config
+from ..config.load import load_config
 from ..config.schema import FINISHED
+from ..config.sweep import expand_sweep
 from ._campaign import ReportSchedule, add_repeat_args, print_summary, repeats_of, say_waiting, take_up
 from ._common import add_config_args, add_container_arg, add_out_arg, container_override
 from ._types import positive_float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config.config import load_config
+from ..config.load import load_config
 from ._common import add_config_args
 
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print the resolved config; for a sweep, the run id of every point; then where the data stands
     here (a comment: missing data does not fail the check of the config)."""
-    from ..config.config import expand_sweep
+    from ..config.sweep import expand_sweep
     from ..workload.data import dataset_state
 
     cfg = load_config(args.experiment, args.set)

@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.config import ExperimentConfig, load_config, point_slug, sweep_points
+from ..config.experiment import ExperimentConfig
+from ..config.load import load_config
 from ..config.schema import EXIT_CODES, Status
+from ..config.sweep import point_slug, sweep_points
 from ..records.runs import is_done, run_dir_for
 
 #: a probe runs this many steps (the first is warm-up: peaks are the steady state's after it)

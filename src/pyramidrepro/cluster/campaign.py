@@ -22,14 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..config.config import ExperimentConfig, expand_sweep
+from ..config.experiment import ExperimentConfig
 from ..config.schema import FINISHED, Status
+from ..config.sweep import expand_sweep
 from ..records.runs import METRICS_NAME, load_run, run_dir_for
 from ..stats.measure import Estimate, pool
 from .campaign_state import CampaignState, Repeats, point_of, repeat_id, save_state
 from .campaign_view import ENDED_HERE, Kind, RunView, look
 
-__all__ = ["Campaign", "Outcome", "Progress", "Repeats", "drive", "point_estimate", "repeat_id", "why_repeat"]
+__all__ = ["Campaign", "Outcome", "Progress", "drive", "point_estimate", "why_repeat"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config.config import ExperimentConfig
+from ..config.experiment import ExperimentConfig
 from ..config.schema import EXIT_CODES, FINISHED, Status
 from ..records.runs import run_dir_for, status_of
 from . import dispatch

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..records.lock import RunFolderError, RunLock
 from ..records.storage import write_atomically
 

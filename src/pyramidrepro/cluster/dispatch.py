@@ -23,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config.config import ConfigError, ExperimentConfig, config_from_dict, expand_sweep
+from ..config.errors import ConfigError
+from ..config.experiment import ExperimentConfig, config_from_dict
 from ..config.schema import Attr
+from ..config.sweep import expand_sweep
 from ..machine.container import resolve
 from ..machine.image_match import read_image_info, skew_problem
 from ..records.runs import CONFIG_NAME, is_done, run_dir_for, status_of

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..config.config import ConfigError, ExperimentConfig
+from ..config.errors import ConfigError
+from ..config.experiment import ExperimentConfig
 from ..config.sections import gres_gpus
 
 #: the GPUs of a DataParallel point, and of a DDP point without tasks_per_node (fig5's two TITAN Xp)

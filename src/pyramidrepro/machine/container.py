@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.binds import IMAGE_FOLDERS, IMAGE_HOME, IMAGE_PYTHON, IMAGE_VENV, parse_bind
-from ..config.config import ConfigError, ExperimentConfig
+from ..config.errors import ConfigError
+from ..config.experiment import ExperimentConfig
 from ..config.schema import Attr
 from .clean_env import KEEP_VARIABLE, PASSED_VARIABLE
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.config import ExperimentConfig
+from ..config.experiment import ExperimentConfig
 from ..config.schema import END_ATTRIBUTES, Attr, Status
 from .metrics import FINAL_WRITE_RESERVE_BYTES, MetricsWriter
 from .runs import METRICS_NAME, prepare

@@ -2,7 +2,7 @@
 
 A run lives in ``OUT/<experiment>/<run id>/`` and holds ``config.yaml`` (what it was asked to do),
 ``metrics.h5`` (what happened, :mod:`.metrics`) and ``checkpoint.pt`` (where a resume starts); its
-writer holds ``.lock`` (:mod:`.lock`, whose RunLock and RunFolderError are named here too).
+writer holds ``.lock`` (:mod:`.lock`).
 Every command that names, prepares or asks about a run goes through this module; the names it
 reads from ``metrics.h5`` are those of :mod:`.schema`.
 """
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config.config import SAFE_COMPONENT, ConfigError, ExperimentConfig, parse_yaml_text
+from ..config.errors import ConfigError
+from ..config.experiment import SAFE_COMPONENT, ExperimentConfig
+from ..config.reading import parse_yaml_text
 from ..config.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
 from ..stats.measure import Estimate, windows_of
 from .fields import Fields, is_missing, series
-from .lock import RunFolderError as RunFolderError
-from .lock import RunLock as RunLock
 from .metrics import read_metrics
 from .storage import write_atomically
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..config.schema import Status
 from ..records.runs import RunRecord, load_runs
 from .table import summarise

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..records.storage import write_atomically
 from .compare import MACHINE_FIELDS, PointKey, Side, SidePoint, campaign_side
 

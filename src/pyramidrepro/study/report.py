@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 from ..config.schema import BOUND_FIELDS, Status, Summary
 from ..records.runs import RunRecord, load_runs
 from ..records.storage import write_atomically
 from .claims import Claim, check_claims
 from .csv_tables import write_tables
-from .figures import figure5_lines, line_style, plot_accuracy, plot_fig5, plot_fitting, plot_scaling
+from .figures import plot_accuracy, plot_fig5, plot_fitting, plot_scaling
 from .markdown import md_code, md_text
 from .paper import PAPER_BATCHES, PAPER_ERROR
 from .provenance_section import provenance_lines
@@ -42,8 +42,7 @@ from .table import (
     summarise,
 )
 
-__all__ = ["ReportData", "Figures", "SECTIONS", "build_report", "check_claims", "figure5_lines", "line_style",
-           "render", "report_data"]
+__all__ = ["ReportData", "Figures", "SECTIONS", "build_report", "render", "report_data"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..config.config import ExperimentConfig
+from ..config.experiment import ExperimentConfig
 from ..config.schema import Attr
 from ..machine.container import container_attributes
 from ..machine.devices import allocator_settings, capability, device_name

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..records.runs import CHECKPOINT_NAME, RunFolderError
+from ..records.lock import RunFolderError
+from ..records.runs import CHECKPOINT_NAME
 from ..records.storage import ensure_space
 from ..step.executor import StepExecutor
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config.config import ConfigError
+from ..config.errors import ConfigError
 
 INJECT_OOM_VAR = "PYRAMIDREPRO_INJECT_OOM"
 INJECT_SIGNAL_VAR = "PYRAMIDREPRO_INJECT_SIGNAL"

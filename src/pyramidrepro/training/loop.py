@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..config.config import ExperimentConfig
+from ..config.experiment import ExperimentConfig
 from ..config.schema import Attr, Status, Summary
 from ..machine.devices import peak_memory, reset_peaks
 from ..machine.interrupts import interruption_reason
 from ..records.recorder import RunRecorder
 from ..stats.measure import throughput
 from ..step.executor import StepExecutor
-from ..workload.loaders import BatchLoader
+from ..workload.loaders.base import BatchLoader
 from .checkpoint import Checkpoints, Position
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from ..autotune.chooser import Choice
 from ..autotune.run_values import AutoRequest, resolve_auto, review_prediction
 from ..autotune.trial_cache import retune_requested
-from ..config.config import ExperimentConfig
+from ..config.experiment import ExperimentConfig
 from ..machine.devices import MemoryCap, cap_gpu_memory, cap_process_memory, request_allocator_settings, set_tf32
 from ..machine.parallel import DistEnv, detect_dist_env, free_port, init_process_group, pick_device
 from ..machine.system import default_threads
@@ -23,7 +23,8 @@ from ..records.runs import new_run_id, run_dir_for
 from ..stats.scaling import Link, grad_bytes_of, measure_link
 from ..step.executor import OptimizerSettings, StepExecutor, StepSettings, make_executor, resolve_optimizer_impl
 from ..workload.data import load_splits, per_rank_batch
-from ..workload.loaders import BatchLoader, Shard, make_loader
+from ..workload.loaders import make_loader
+from ..workload.loaders.base import BatchLoader, Shard
 from ..workload.model import PyramidNet
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..config.config import ConfigError, ExperimentConfig
+from ..config.errors import ConfigError
+from ..config.experiment import ExperimentConfig
 from ..config.schema import EXIT_CODES, Attr, Status
 from ..machine.devices import is_out_of_memory
 from ..machine.interrupts import SCHEDULER_STOP, DeferredStop, interruption, interruption_reason

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from ..data import ImageSet
-from .base import BatchLoader, Shard, ShardedLoader
+from .base import Shard, ShardedLoader
 
-__all__ = ["LOADERS", "BatchLoader", "Shard", "ShardedLoader", "make_loader"]
+__all__ = ["LOADERS", "make_loader"]
 
 LOADERS = ("torch", "torchvision", "dali")
 
