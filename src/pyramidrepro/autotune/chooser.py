@@ -1,7 +1,7 @@
 """Speed-ups chosen for the machine a run is on: by capability where that settles it, else by a
 short timed trial, and never one that its trial shows slower than the path without it.
 
-A training *path* is a :class:`~.paths.PathSpec` (precision, channels_last, loader, optimizer,
+A training *path* is a :class:`~..step.paths.PathSpec` (precision, channels_last, loader, optimizer,
 host sync, compile mode).  :func:`choose` starts from a reference path and tries the candidate
 pieces in turn (greedy forward selection): each candidate path is the current one with one piece
 switched; the current path is measured before and after each measurement of the candidate

@@ -1,5 +1,5 @@
 """The ``auto`` values of a run's config (``train.precision``, ``channels_last``, ``compile``):
-settled by capability and short trials of the run's own model (:func:`.autotune.choose`), and
+settled by capability and short trials of the run's own model (:func:`.chooser.choose`), and
 cached per device, model and batch so that later runs skip the trials.
 
 A cached choice carries the images/s its trials predicted.  A run that then measures far below

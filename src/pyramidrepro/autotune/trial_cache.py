@@ -1,7 +1,7 @@
 """The cache of ``auto`` trials: one JSON table per user, one entry per key (what a trial's outcome
 depends on: device, model, batch, torch ...), so later runs on the same machine skip the trials.
 
-Entries are plain dicts (:meth:`.autotune.Choice.to_dict`, kept by :mod:`.auto_values`); this module
+Entries are plain dicts (:meth:`.chooser.Choice.to_dict`, kept by :mod:`.run_values`); this module
 knows nothing of what is in them.
 """
 

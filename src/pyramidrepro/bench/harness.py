@@ -131,7 +131,7 @@ def bench_training(plan: BenchPlan, progress: Callable[[str], None] | None = Non
 
     From the baseline, each piece (tensor loader, foreach/fused SGD, no host sync, reduced
     precision where the device has the units, channels_last, then each ``compile`` mode) is tried
-    on top of the path chosen so far and kept only if its trial wins (:func:`.autotune.choose`);
+    on top of the path chosen so far and kept only if its trial wins (:func:`..autotune.chooser.choose`);
     then the baseline and the chosen path alternate ``plan.repeats`` times for the headline, which
     also times the HDF5 writer.  ``plan.steps`` (None: sized so the whole fits ``plan.budget_s``) is
     the length of one measurement; compile trials that the budget cannot hold are skipped with the

@@ -54,7 +54,7 @@ def take_up(c: Campaign, args: argparse.Namespace, defaults: Repeats, executor: 
     """The campaign's state: the one on disk, resumed, or a new one when there is none, ``rerun_done``
     asks for a fresh start, or it was made for other points; the repeats flags given replace its rule.
     ConfigError when a campaign replaced, or moved to another executor, still has jobs queued.  The
-    caller holds the campaign's lock (:func:`.campaign_state.campaign_held`)."""
+    caller holds the campaign's lock (:func:`..cluster.campaign_state.campaign_held`)."""
     from ..cluster.campaign_state import CampaignState, load_state
 
     old = load_state(c.folder)

@@ -3,7 +3,7 @@
 Every point runs at least ``minimum`` times (one run's interval cannot see how much the machine drifts
 between runs), and a point whose images/s interval is still wider than ``ci_target`` (a fraction of the
 mean) runs again, as ``<run id>-r2``, ``-r3`` ..., each repeat in a later pass over the points, until the
-repeats pooled (:func:`.measure.pool`) are narrow enough or ``maximum`` runs exist.  A pass starts only
+repeats pooled (:func:`..stats.measure.pool`) are narrow enough or ``maximum`` runs exist.  A pass starts only
 when every run of the previous one has ended, so a point's repeats are a pass apart.
 
 The executor is the only difference (:mod:`.campaign_launchers`): locally one point at a time, each with

@@ -134,7 +134,7 @@ class CampaignLock(RunLock):
     """The campaign's one driver: held on ``OUT/<experiment>/.lock`` by the process that submits and
     follows it (``submit``, ``follow``, ``reproduce``), from before it reads the state to its end, so two
     of them never submit the same runs twice; ``status`` reads without it.  A POSIX lock, as a run
-    folder's (:class:`.lock.RunLock`): it holds between login nodes on NFSv4, and on Lustre where the
+    folder's (:class:`..records.lock.RunLock`): it holds between login nodes on NFSv4, and on Lustre where the
     file system is mounted with ``-o flock`` (``localflock`` locks per node only)."""
 
     def _in_use(self) -> RunFolderError:

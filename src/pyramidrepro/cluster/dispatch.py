@@ -273,7 +273,7 @@ def submit_arrays(arrays: list[tuple], new_folders: list[Path], on_submitted: Su
 
 def not_done(points: list[tuple[str, ExperimentConfig]], out: Path, name: str,
              stream: TextIO) -> list[tuple[str, ExperimentConfig]]:
-    """The points whose run is not done (:func:`.runs.is_done`, as ``reproduce`` skips them); one line per
+    """The points whose run is not done (:func:`..records.runs.is_done`, as ``reproduce`` skips them); one line per
     point left out."""
     todo = []
     for run_id, point_cfg in points:

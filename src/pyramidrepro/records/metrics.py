@@ -1,6 +1,6 @@
 """Per-run metrics in one HDF5 file, written as the run goes.
 
-Layout (documented in docs/architecture.md; every name is defined in :mod:`.schema`):
+Layout (documented in docs/architecture.md; every name is defined in :mod:`..config.schema`):
 
 * root attributes (``schema.Attr``): ``status`` (``schema.Status``), ``config_yaml``, ``git_commit``,
   ``versions`` (JSON), ``hostname``, ``device_name``, ``world_size``, ``mode`` ...;

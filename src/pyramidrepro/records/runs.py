@@ -4,7 +4,7 @@ A run lives in ``OUT/<experiment>/<run id>/`` and holds ``config.yaml`` (what it
 ``metrics.h5`` (what happened, :mod:`.metrics`) and ``checkpoint.pt`` (where a resume starts); its
 writer holds ``.lock`` (:mod:`.lock`).
 Every command that names, prepares or asks about a run goes through this module; the names it
-reads from ``metrics.h5`` are those of :mod:`.schema`.
+reads from ``metrics.h5`` are those of :mod:`..config.schema`.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def load_run(path: str | Path) -> RunRecord:
 
     This is the one check of a run read back (the report, ``scaling --run`` and a campaign's repeats
     read through it): every value used has its type (text, a finite number, a JSON object ...), the
-    status is a :class:`.schema.Status`, the batch, ranks and micro-batches are at least 1 and every
+    status is a :class:`..config.schema.Status`, the batch, ranks and micro-batches are at least 1 and every
     figure is in range (images/s above 0, none negative), so what reads the record can use it as is.
     Text is kept as recorded: the report escapes what it shows (``study/markdown.py``).
     """
@@ -234,7 +234,7 @@ def _identity(a: Fields, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _status(a: Fields) -> str:
-    """The run's status: a :class:`.schema.Status` (none recorded: it failed before writing one)."""
+    """The run's status: a :class:`..config.schema.Status` (none recorded: it failed before writing one)."""
     status = a.text(Attr.STATUS, Status.FAILED.value)
     if status not in STATUSES:
         raise a.fail(Attr.STATUS, f"not a run status ({', '.join(STATUSES)})", status)

@@ -114,7 +114,7 @@ class SlowNode:
 
 def slow_nodes(runs: list[Any]) -> list[SlowNode]:
     """Each point and node whose repeats there are slower than the fastest node's beyond both intervals
-    (:func:`.measure.compare`); a point on one node gives none, and a node whose interval is unknown (0) is
+    (:func:`..stats.measure.compare`); a point on one node gives none, and a node whose interval is unknown (0) is
     left out of the comparison."""
     found = []
     for (line, batch), by_node in sorted(estimates_by_node(runs).items()):
@@ -182,7 +182,7 @@ CONFOUNDERS_CHECKED = ("/dev/shm with NCCL, NCCL_P2P_DISABLE, TF32, mixed GPU mo
 def confounders(runs: list[Any]) -> list[str]:
     """The known traps a set of runs falls into, one line each (empty: none).
 
-    ``runs`` are :class:`.runs.RunRecord`; each check (:data:`CONFOUNDER_CHECKS`, then
+    ``runs`` are :class:`..records.runs.RunRecord`; each check (:data:`CONFOUNDER_CHECKS`, then
     :data:`CONFOUNDER_LIST_CHECKS`) needs only what a run records.
     """
     flags = [flag for check in CONFOUNDER_CHECKS if (flag := check(runs)) is not None]

@@ -1,8 +1,8 @@
 """The training loop: iterate epochs and batches, time the steps, checkpoint, record.
 
 It knows nothing of the parallel mode, the precision or the loader: the step is the executor's
-(:mod:`.executor`), batches come from a loader (:mod:`.loaders`), rows go to the recorder
-(:mod:`.recorder`), and of the config it reads only :class:`LoopSettings`.  Losses stay on the
+(:mod:`..step.executor`), batches come from a loader (:mod:`..workload.loaders`), rows go to the recorder
+(:mod:`..records.recorder`), and of the config it reads only :class:`LoopSettings`.  Losses stay on the
 device; once per ``log_every`` window they are fetched in one host sync, all-reduced across
 ranks, and written with the window's step times.
 """
@@ -150,7 +150,7 @@ class TrainingLoop:
     is still open on the device saves nothing and the resume starts from the last checkpoint.
 
     ``interrupt`` is asked at every step boundary; a stop signal it returns (a rank's noted SIGINT or
-    SIGTERM, :class:`.interrupts.DeferredStop`) ends the run there, interrupted.
+    SIGTERM, :class:`..machine.interrupts.DeferredStop`) ends the run there, interrupted.
     """
 
     def __init__(self, settings: LoopSettings, executor: StepExecutor, train_loader: BatchLoader,

@@ -2,10 +2,10 @@
 
 ``Trainer(cfg, run_dir).run()`` is the entry point every command ends in: ``run`` calls it in
 this process (or in each rank that ``run --nproc`` or torchrun starts), ``submit`` and
-``reproduce`` in the job a submitit executor runs (:class:`.dispatch.JobRunner`).  It builds the
+``reproduce`` in the job a submitit executor runs (:class:`..cluster.dispatch.JobRunner`).  It builds the
 run context (rank, device, run folder), then what trains (:mod:`.setup`: model, path, step
 executor, loaders), hands them to the loop (:mod:`.loop`), and records the outcome once
-(:mod:`.recorder`, with the run's :mod:`.attributes`): completed, oom and nan are results;
+(:mod:`..records.recorder`, with the run's :mod:`.attributes`): completed, oom and nan are results;
 anything else is failed.
 """
 
