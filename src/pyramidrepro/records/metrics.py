@@ -1,6 +1,7 @@
 """Per-run metrics in one HDF5 file, written as the run goes.
 
-Layout (documented in docs/architecture.md; every name is defined in :mod:`..config.schema`):
+Layout (every name, what it holds and its documented line are declared once in :mod:`..config.schema`,
+which renders the table in docs/architecture.md):
 
 * root attributes (``schema.Attr``): ``status`` (``schema.Status``), ``config_yaml``, ``git_commit``,
   ``versions`` (JSON), ``hostname``, ``device_name``, ``world_size``, ``mode`` ...;

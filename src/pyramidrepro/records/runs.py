@@ -21,7 +21,20 @@ import numpy as np
 from ..config.errors import ConfigError
 from ..config.experiment import SAFE_COMPONENT, ExperimentConfig
 from ..config.reading import parse_yaml_text
-from ..config.schema import BOUND_FIELDS, FINISHED, Attr, Status, Summary
+from ..config.schema import (
+    BOUND_FIELDS,
+    FINISHED,
+    FLAG,
+    FLOAT,
+    INT,
+    JSON_LIST,
+    JSON_OBJECT,
+    TEXT,
+    Attr,
+    Documented,
+    Status,
+    Summary,
+)
 from ..stats.measure import Estimate, windows_of
 from .fields import Fields, is_missing, series
 from .metrics import read_metrics
@@ -135,6 +148,9 @@ class RunRecord:
     node_sharing: dict[str, Any] = field(default_factory=dict)  # Slurm's view of its node at start and end
     container_digest: str = ""  # the image's sha256 (container.image_digest), with container_image
     image_commit: str = ""  # the commit baked into that image
+    #: every root and summary attribute the run recorded, each read as its schema kind says
+    #: (:func:`recorded_values`): a name added to the schema is here without a change to this reader
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     def estimate(self) -> Estimate:
         """Its images/s with the interval and the windows behind it (measure.throughput)."""
@@ -183,7 +199,19 @@ def load_run(path: str | Path) -> RunRecord:
     m = read_metrics(path)
     a = Fields(m["attrs"], "{} attribute")
     cfg = _config_of(a)
-    return RunRecord(path=str(path), **_identity(a, cfg), **_measured(m, a), **_provenance(a), **_layout(m, a))
+    return RunRecord(path=str(path), **_identity(a, cfg), **_measured(m, a), **_provenance(a), **_layout(m, a),
+                     recorded={**recorded_values(a, Attr), **recorded_values(Fields(m.get("summary", {}),
+                                                                                   "summary's {}"), Summary)})
+
+
+def recorded_values(values: Fields, names: type[Documented]) -> dict[str, Any]:
+    """Each of ``names`` that ``values`` holds, read as its kind (:data:`..config.schema.KINDS`): text,
+    a whole number, a finite number, a flag, a JSON object or list; ValueError naming the first that is not."""
+    read: dict[str, Callable[[str], Any]] = {
+        TEXT: values.text, INT: lambda k: values.integer(k, None), FLOAT: values.number,
+        FLAG: lambda k: values.flag(k, None), JSON_OBJECT: lambda k: values.nested(k, dict),
+        JSON_LIST: lambda k: values.nested(k, list)}
+    return {name.value: read[name.kind](name) for name in names if values.raw(name) is not None}
 
 
 def _config_of(a: Fields) -> dict[str, Any]:
