@@ -122,7 +122,8 @@ class QuickStart:
         digest = (self.sif.parent / (self.sif.name + ".sha256")).read_text().split()[0]
         assert (a["status"], a["container_image"], a["container_digest"]) == (
             "completed", str(self.sif), f"sha256:{digest}")
-        assert a["slurm_job_id"] and a["python_executable"] == "/opt/venv/bin/python"
+        assert a["slurm_job_id"] and a["slurm_partition"] == "debug"
+        assert a["python_executable"] == "/opt/venv/bin/python"
         assert (campaign / "report.md").is_file()
 
     def __enter__(self) -> QuickStart:

@@ -111,6 +111,7 @@ class Attr(Documented):
     SLURM_JOB_ID = "slurm_job_id", "the Slurm job"
     SLURM_ARRAY_TASK_ID = "slurm_array_task_id", "its array task"
     SLURM_NODELIST = "slurm_nodelist", "its nodes"
+    SLURM_PARTITION = "slurm_partition", "the partition it ran in (points from two partitions ran on two kinds of node)"
     NODE_SHARING = "node_sharing", "Slurm's view of rank 0's node at start and end: other jobs' CPUs/GPUs", JSON_OBJECT
     SUBMITIT_JOB_ID = "submitit_job_id", "submitit's job id"
     JOB_STDOUT = "job_stdout", "the job's stdout log (submitit's of rank 0's task, else Slurm's)"

@@ -60,13 +60,14 @@ def default_threads(local_ranks: int, environ: dict[str, str] | None = None) -> 
 
 def slurm_attributes(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The Slurm job a process runs in (empty outside Slurm): job id (an array's parent id), array
-    task and node list, as every run records them however it was launched (submitit or sbatch)."""
+    task, node list and partition, as every run records them however it was launched (submitit or sbatch)."""
     env = os.environ if environ is None else environ
     if "SLURM_JOB_ID" not in env:
         return {}
     return {Attr.SLURM_JOB_ID: env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"],
             Attr.SLURM_ARRAY_TASK_ID: env.get("SLURM_ARRAY_TASK_ID", ""),
-            Attr.SLURM_NODELIST: env.get("SLURM_JOB_NODELIST", "")}
+            Attr.SLURM_NODELIST: env.get("SLURM_JOB_NODELIST", ""),
+            Attr.SLURM_PARTITION: env.get("SLURM_JOB_PARTITION", "")}
 
 
 def describe_system(device: torch.device, local_world_size: int = 1,
