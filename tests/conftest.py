@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support import ROOT, CliResult, call_main  # noqa: E402
+from support import ROOT, CliResult, call_main
 
 
 @pytest.fixture
 def cifar_root(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A tiny dataset in the official format, and its checksums."""
-    from cifar_format import write_cifar10
+    from support.cifar_format import write_cifar10
 
     sums = write_cifar10(tmp_path / "cifar", per_batch=40, test=40)
     return tmp_path / "cifar", sums

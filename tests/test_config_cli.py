@@ -163,6 +163,7 @@ def test_apptainer_definitions_and_templates():
 
 def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     """requires-python says 3.10; enum.StrEnum is 3.11: the schema keeps the same behaviour on 3.10."""
+    import os
     import shutil
     import subprocess
 
@@ -170,8 +171,9 @@ def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     lowest = next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)  # a shim may refuse
     if lowest is None:
         pytest.skip("no Python 3.10 on this machine")
-    code = ("import sys; sys.path.insert(0, 'src'); from pyramidrepro.config.schema import Status; "
+    code = ("import sys; from pyramidrepro.config.schema import Status; "
             "assert str(Status.COMPLETED) == 'completed' and f'{Status.OOM}' == 'oom' and Status.NAN == 'nan'; "
             "print(sys.version_info[:2])")
-    r = subprocess.run([lowest, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    r = subprocess.run([lowest, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
     assert r.returncode == 0 and r.stdout.strip() == "(3, 10)", r.stdout + r.stderr

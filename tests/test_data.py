@@ -5,13 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-from cifar_format import write_cifar10
 from pyramidrepro.workload.data import (
     OFFICIAL_MD5,
     DataError,
     load_cifar10,
     shard_batches,
 )
+from support.cifar_format import write_cifar10
 
 
 def test_reads_the_official_format_from_archive_and_folder(tmp_path):
@@ -28,7 +28,7 @@ def test_reads_the_official_format_from_archive_and_folder(tmp_path):
 
 
 def test_rgb_planes_become_chw(tmp_path):
-    from cifar_format import make_batch
+    from support.cifar_format import make_batch
 
     img = np.zeros((1, 3, 32, 32), dtype=np.uint8)
     img[0, 0] = 10  # R plane

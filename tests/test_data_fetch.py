@@ -25,7 +25,6 @@ from types import SimpleNamespace
 import pytest
 
 import pyramidrepro.cli as cli_package
-from cifar_format import write_cifar10
 from pyramidrepro.cli import data as cli_data
 from pyramidrepro.workload.data import (
     ARCHIVE_NAME,
@@ -37,6 +36,7 @@ from pyramidrepro.workload.data import (
 )
 from pyramidrepro.workload.fetch import PARTIAL_ARCHIVE, fetch_archive, leftovers
 from support import SMOKE
+from support.cifar_format import write_cifar10
 from support.hide import hiding_env
 
 #: how long a stalled response holds its connection at most (the fixture releases it sooner)

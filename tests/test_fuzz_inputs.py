@@ -1,12 +1,12 @@
 """Every careless or hostile input gets one clear line (exit 2, nothing created) or a correct result.
 
-The cases and their classifier are in fuzz_cases.py; ``tests/support/fuzz_verdicts.py`` counts the
-verdicts of any checkout (the closing notes give the counts before and after).
+The cases and their classifier are in support/fuzz_cases.py; ``python -m support.fuzz_verdicts`` counts
+the verdicts of any checkout (the closing notes give the counts before and after).
 """
 
 import pytest
 
-from fuzz_cases import all_cases, run_case
+from support.fuzz_cases import all_cases, run_case
 
 CASES = all_cases()
 

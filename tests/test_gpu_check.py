@@ -128,7 +128,6 @@ def _plan_module():
 #: and checked as ``run`` checks it before training (the loader's package must import)
 VALIDATE = """
 import json, sys
-sys.path.insert(0, "devicecheck")
 from gpu_check_plan import plan
 from pyramidrepro.config.load import load_config
 from pyramidrepro.workload.requirements import host_problem
@@ -157,7 +156,8 @@ def test_every_run_of_the_cuda_plan_gets_the_loader_it_names_in_the_device_image
         assert steps[0].name == "dali_unpack"
     needs_dali = {s.name for s in steps if "nvidia.dali" in s.needs}
     assert needs_dali == {"dali_single_sync", "dali_gloo_2ranks", "dali_bf16_channels_last", "bench_loader_dali"}
-    env = dict(os.environ, **hiding_env(tmp_path / "hide", DEVICE_IMAGE_LACKS | {"nvidia.dali"}, str(ROOT / "src")))
+    env = dict(os.environ, **hiding_env(tmp_path / "hide", DEVICE_IMAGE_LACKS | {"nvidia.dali"},
+                                                f"{ROOT / 'devicecheck'}:{ROOT / 'src'}"))
     r = subprocess.run([sys.executable, "-c", VALIDATE, pack], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

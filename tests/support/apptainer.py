@@ -24,9 +24,8 @@ def install(folder: Path, image: Path) -> dict[str, str]:
     """An ``apptainer`` in ``folder`` whose SIFs name ``image``; the variables that put it first on PATH."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "apptainer"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path[:0] = [{str(Path(__file__).parents[1])!r}, "
-                      f"{str(Path(__file__).parents[2] / 'src')!r}]\nfrom support.apptainer import main\n"
-                      f"sys.exit(main(sys.argv[1:], {str(image)!r}))\n")
+    script.write_text(f"#!{sys.executable}\nimport runpy\n"
+                      f"runpy.run_path({__file__!r}, {{'IMAGE': {str(image)!r}}}, run_name='__main__')\n")
     script.chmod(0o755)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}
 
@@ -96,3 +95,7 @@ def main(args: list[str], image: str) -> int:
         raise SystemExit(f"apptainer (stand-in): {verb} is not a verb the package uses")
     os.execvp(shutil.which("bwrap") or "bwrap", _bwrap(sif, options, command))
     return 127
+
+
+if __name__ == "__main__":  # the script install() writes runs this file with IMAGE set
+    sys.exit(main(sys.argv[1:], IMAGE))  # noqa: F821 - given by runpy.run_path

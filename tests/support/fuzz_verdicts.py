@@ -1,6 +1,6 @@
-"""Count the verdicts of the input fuzz cases (tests/fuzz_cases.py), per group.
+"""Count the verdicts of the input fuzz cases (tests/support/fuzz_cases.py), per group.
 
-    python tests/support/fuzz_verdicts.py [--show silent,traceback,hang]
+    cd tests && python -m support.fuzz_verdicts [--show silent,traceback,hang]
 
 Run it against any checkout (PYTHONPATH=OTHER/src) to compare before and after.
 """
@@ -15,9 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fuzz_cases import all_cases, run_case  # noqa: E402
+from .fuzz_cases import all_cases, run_case
 
 
 def main() -> int:
@@ -37,8 +35,8 @@ def main() -> int:
             if args.group and case.group != args.group:
                 continue
             try:
-                proc = subprocess.run([sys.executable, __file__, "--one", str(i), f"{tmp}/c{i}"], capture_output=True,
-                                      text=True, timeout=case.timeout_s + 30)
+                proc = subprocess.run([sys.executable, "-m", "support.fuzz_verdicts", "--one", str(i), f"{tmp}/c{i}"],
+                                      capture_output=True, text=True, timeout=case.timeout_s + 30)
                 lines = proc.stdout.strip().splitlines()
                 outcome = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
                     "verdict": "traceback", "code": proc.returncode, "stderr": proc.stderr[-500:] or "crashed"}

@@ -60,8 +60,8 @@ class QuickStart:
     ``python3.11`` and the image folder ``image`` for the SIF (through :mod:`support.apptainer`)."""
 
     def __init__(self, tmp: Path, python: str, image: Path) -> None:
-        from cifar_format import write_cifar10
         from pyramidrepro.workload.data import ARCHIVE_NAME
+        from support.cifar_format import write_cifar10
 
         self.tmp, self.clone = tmp, tmp / "pyramidrepro"
         sums = write_cifar10(tmp / "served", per_batch=40, test=40)

@@ -10,7 +10,7 @@ classified as one of:
 * ``hang``: still running after the case's time limit;
 * ``silent``: anything else (a run that should have been refused, a wrong exit code ...).
 
-``tests/support/fuzz_verdicts.py`` prints the count of each verdict per group; the tests assert each
+``cd tests && python -m support.fuzz_verdicts`` prints the count of each verdict per group; the tests assert each
 case gets the verdict it expects.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from support import call_main, environment
+from . import call_main, environment
 
 SMOKE = {
     "name": "fz",
