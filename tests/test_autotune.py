@@ -15,9 +15,8 @@ from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.step.paths import PathSpec, TrainPath
 from pyramidrepro.workload.data import synthetic_splits
 from pyramidrepro.workload.model import PyramidNet
-from support import SMOKE, run_cli
+from support import SMOKE, TINY, run_cli
 
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 #: an AVX2-only CPU's instruction set, on whatever CPU runs the test: torch's kernels and oneDNN
 #: both limited to AVX2 (no AVX-512, no bf16 units)
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

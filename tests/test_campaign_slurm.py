@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pyramidrepro.cluster.campaign_state import load_state, point_of
-from support import ROOT, SMOKE, call_main, run_cli
+from support import ON_TEST_CLUSTER, ROOT, SMOKE, TINY, call_main, run_cli, wait_until
 from support.hide import hiding_env
 from support.slurm import slurm_unavailable
 
@@ -19,8 +19,7 @@ reason = slurm_unavailable()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
 
 NAME = "campaign"
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1",
-        "--set", "cluster.time_min=10", "--set", f"name={NAME}", "--set", "sweep={train.batch_size: [16, 32, 48]}"]
+CAMPAIGN = [*TINY, *ON_TEST_CLUSTER, "--set", f"name={NAME}", "--set", "sweep={train.batch_size: [16, 32, 48]}"]
 REPEATS = ["--min-repeats", "2", "--max-repeats", "3", "--ci-target", "2"]
 
 
@@ -57,15 +56,6 @@ def _elements(array_arg):
                for part in spec.split(",") for a, _, b in [part.partition("-")])
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not seen within {timeout} s")
-
-
 def _cancel_ours():
     subprocess.run(["scancel", "-n", NAME], capture_output=True)
 
@@ -75,12 +65,12 @@ def test_a_campaign_survives_its_submitter_resumes_without_duplicates_and_repeat
     log = _wrappers(tmp_path / "bin", hold)
     env = {"PATH": f"{log.parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     out, folder = tmp_path / "out", tmp_path / "out" / NAME
-    submit = ["submit", str(SMOKE), "--cluster", "slurm", "--out", str(out), *REPEATS, *TINY]
+    submit = ["submit", str(SMOKE), "--cluster", "slurm", "--out", str(out), *REPEATS, *CAMPAIGN]
     hold.touch()  # the first pass queues held: it waits while the submitter is killed and taken over
     proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", *submit, "--wait", "--poll", "1"], cwd=ROOT,
                             env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: (s := load_state(folder)) is not None and s.jobs_submitted() == 3
+        wait_until(lambda: (s := load_state(folder)) is not None and s.jobs_submitted() == 3
                   and (folder / ".lock").exists(), 60, "3 jobs in the state")
         second = run_cli("follow", str(folder), env=env, timeout=60)  # one driver at a time
         assert second.returncode == 2 and "another process drives this campaign" in second.stderr, second.stderr

@@ -29,13 +29,13 @@ from pyramidrepro.machine.provenance import git_commit
 from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import CHECKPOINT_NAME
-from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
 from support.hide import hiding_env
 from support.images import fake_image
 from support.slurm import preempt_and_resume, slurm_unavailable
 
 CONTAINERS = ROOT / "containers"
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "train.threads=1"]
+IN_IMAGE = [*TINY, *ONE_THREAD]
 DDP = ["--set", "train.mode=ddp", "--set", "train.batch_size=32"]
 
 
@@ -112,7 +112,7 @@ def test_a_run_under_apptainer_records_the_sif_it_names_and_reads_its_digest_bes
 
 def _bad_image_run(tmp_path: Path, *sets: str) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
-    r = run_cli("run", str(SMOKE), "--out", str(out), *TINY, *[x for s in sets for x in ("--set", s)])
+    r = run_cli("run", str(SMOKE), "--out", str(out), *IN_IMAGE, *[x for s in sets for x in ("--set", s)])
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
     assert not out.exists() or not list(out.rglob("metrics.h5"))  # no run folder
@@ -158,7 +158,7 @@ def test_debug_executor_cannot_run_in_an_image(tmp_path):
     (fake / "opt/venv/bin/python").write_text("")
     r = run_cli("submit", str(SMOKE), *ONCE,
                 "--cluster", "debug", "--out", str(tmp_path / "out"), "--container", str(fake),
-                "--set", "container.runtime=bwrap", *TINY)
+                "--set", "container.runtime=bwrap", *IN_IMAGE)
     assert r.returncode == 2 and "cluster.executor" in r.stderr and "use local or slurm" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
 
@@ -272,7 +272,7 @@ def test_a_run_started_by_charliecloud_records_the_image_it_ran_in(image, tmp_pa
     experiment = tmp_path / "smoke.yaml"  # ch-run binds the host's /tmp (and $HOME), not this checkout
     shutil.copy(SMOKE, experiment)
     cmd = [ch_run, str(image), "--", f"{Path(IMAGE_PYTHON).parent}/pyramidrepro", "run", str(experiment),
-           "--out", str(tmp_path / "out"), "--no-progress", *TINY]
+           "--out", str(tmp_path / "out"), "--no-progress", *IN_IMAGE]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # ch-run passes all on
     env["USER"] = env.get("USER") or "root"  # ch-run refuses to start without $USER
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
@@ -301,7 +301,7 @@ def test_smoke_run_inside_the_image(image, tmp_path):
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('the host package leaked into the image')\n")
     (broken / "__main__.py").write_text("raise SystemExit(9)\n")
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path / "out"), "--container", str(image), *TINY,
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path / "out"), "--container", str(image), *IN_IMAGE,
                 env={"HOST_ONLY_SETTING": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     box = resolve(load_config(SMOKE, [f"container.image={image}"]), "test")
@@ -319,7 +319,7 @@ def test_smoke_run_inside_the_image(image, tmp_path):
 
 
 def test_two_rank_ddp_inside_the_image(image, tmp_path):
-    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), "--nproc", "2", *TINY, *DDP)
+    r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), "--nproc", "2", *IN_IMAGE, *DDP)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = tmp_path.glob("smoke/*/metrics.h5")
     m = read_metrics(path)
@@ -329,7 +329,7 @@ def test_two_rank_ddp_inside_the_image(image, tmp_path):
 
 def test_submit_local_runs_in_the_image(image, tmp_path):
     r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "local", "--wait", "--out", str(tmp_path),
-                "--container", str(image), *TINY, "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:],
+                "--container", str(image), *IN_IMAGE, "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:],
                 "--set", "cluster.tasks_per_node=2")
     assert r.returncode == 0, r.stdout + r.stderr
     found = sorted(tmp_path.glob("smoke/*/metrics.h5"))
@@ -345,7 +345,7 @@ def test_submit_local_runs_in_the_image(image, tmp_path):
 def test_sigterm_reaches_the_run_inside_the_image(image, tmp_path):
     """bwrap passes no signal on: `run --container` sends SIGTERM to the Python inside instead."""
     proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--out", str(tmp_path),
-                             "--container", str(image), "--no-progress", *TINY, "--set", "train.max_steps=null",
+                             "--container", str(image), "--no-progress", *IN_IMAGE, "--set", "train.max_steps=null",
                              "--set", "train.epochs=200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (path,) = wait_for_metrics(tmp_path)
     time.sleep(3)  # past setup, into the steps
@@ -360,7 +360,7 @@ def test_sigterm_reaches_the_run_inside_the_image(image, tmp_path):
 
 def test_reproduce_runs_every_point_in_the_image(image, tmp_path):
     out = tmp_path / "new"  # not there yet: reproduce makes it before binding it into the image
-    r = run_cli("reproduce", "--experiment", str(SMOKE), "--out", str(out), "--container", str(image), *TINY,
+    r = run_cli("reproduce", "--experiment", str(SMOKE), "--out", str(out), "--container", str(image), *IN_IMAGE,
                 "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:], "--min-repeats", "1", "--max-repeats", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     found = sorted(out.glob("smoke/*/metrics.h5"))
@@ -383,14 +383,14 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
                            env=dict(os.environ, **light))
     assert probe.returncode == 1 and "No module named 'torch'" in probe.stderr
     assert run_cli("validate", str(SMOKE), env=light).returncode == 0
-    for command in (["run", str(SMOKE), *TINY], ["reproduce", "--experiment", str(SMOKE)]):  # would train here
+    for command in (["run", str(SMOKE), *IN_IMAGE], ["reproduce", "--experiment", str(SMOKE)]):  # would train here
         here = run_cli(*command, "--out", str(tmp_path / "here"), env=light)
         assert here.returncode == 2 and len(here.stderr.strip().splitlines()) == 1, here.stderr
         assert "torch is not installed here" in here.stderr and not (tmp_path / "here").exists()
     info = run_cli("model-info", "--depth", "20", "--alpha", "12", env=light)
     assert info.returncode == 2 and "needs torch, which is not installed here" in info.stderr, info.stderr
     r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--wait", "--poll", "2", "--out", str(tmp_path),
-                "--container", str(image), *TINY, "--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10",
+                "--container", str(image), *IN_IMAGE, *ON_TEST_CLUSTER,
                 "--set", "sweep=[{train.mode: [single]}, {train.mode: [ddp], cluster.nodes: [2]}]", *DDP[2:],
                 "--set", "cluster.tasks_per_node=1", timeout=600, env=light)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -497,13 +497,6 @@ def _job(job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
 
 
-def _until(what: str, check, timeout: float = 180) -> None:  # noqa: ANN001 - a predicate
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
-        time.sleep(0.5)
-
-
 @pytest.mark.slurm
 @pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
 def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself_at_the_time_limit(image, tmp_path):
@@ -512,20 +505,20 @@ def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself
     for), it checkpoints and requeues itself from the batch shell on the host (the image has no Slurm
     client) and resumes again.  Steps 1..N once each over the three starts."""
     run_dir = tmp_path / "run"
-    args = [*TINY, "--set", "train.batch_size=32", "--set", "train.max_steps=null", "--set", "train.epochs=8",
+    args = [*IN_IMAGE, "--set", "train.batch_size=32", "--set", "train.max_steps=null", "--set", "train.epochs=8",
             "--set", "train.checkpoint_every_s=1"]
     first = _sbatch("ddp_multinode.sbatch", tmp_path, args, IMAGE=str(image), RUN_DIR=str(run_dir))
-    _until("20 steps written", lambda: len(_steps(run_dir)) >= 20)
+    wait_until(lambda: len(_steps(run_dir)) >= 20, 180, "20 steps written", poll_s=0.5)
     subprocess.run(["scancel", first], check=True)
-    _until("the cancelled job gone", lambda: _job(first).get("JobState") in (None, "CANCELLED"))
-    _until("the run interrupted", lambda: _status(run_dir) == "interrupted")
+    wait_until(lambda: _job(first).get("JobState") in (None, "CANCELLED"), 180, "the cancelled job gone", poll_s=0.5)
+    wait_until(lambda: _status(run_dir) == "interrupted", 180, "the run interrupted", poll_s=0.5)
     assert _job(first).get("Restarts", "0") == "0"  # a cancel is not requeued
     done_before = len(_steps(run_dir))
 
     second = _sbatch("ddp_multinode.sbatch", tmp_path, args, IMAGE=str(image), RUN_DIR=str(run_dir))
-    _until("the resubmitted job past the first", lambda: len(_steps(run_dir)) >= done_before + 20)
+    wait_until(lambda: len(_steps(run_dir)) >= done_before + 20, 180, "the resubmitted job past the first", poll_s=0.5)
     subprocess.run(["scancel", "--batch", "--signal=USR1", second], check=True)  # what --signal=B:USR1@120 sends
-    _until("the requeued job completed", lambda: _job(second).get("JobState") == "COMPLETED", timeout=240)
+    wait_until(lambda: _job(second).get("JobState") == "COMPLETED", 240, "the requeued job completed", poll_s=0.5)
     assert _job(second)["Restarts"] == "1"
     m = read_metrics(run_dir / "metrics.h5")
     steps = list(m["steps"]["step"])

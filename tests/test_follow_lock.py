@@ -23,7 +23,7 @@ from pyramidrepro.cluster.slurm_queue import Node, Request, never_starts, waits_
 from pyramidrepro.records import lock as lock_module
 from pyramidrepro.records.lock import LOCK_NAME, RunFolderError, RunLock
 from pyramidrepro.records.metrics import read_metrics
-from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
 from support.slurm import slurm_unavailable
 
 NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "drain", ("debug",)),
@@ -154,9 +154,7 @@ def _gone(pid: int, timeout: float = 10) -> bool:
 def test_the_lock_holds_between_processes_that_share_no_parent(tmp_path):
     folder, ready = tmp_path / "run", tmp_path / "holder.pid"
     subprocess.run([sys.executable, "-c", DETACH, HOLD, str(folder), str(ready)], check=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: ready.exists() and ready.read_text(), 30, "the holder's pid", poll_s=0.05)
     holder = int(ready.read_text())
     try:
         lock = folder / LOCK_NAME
@@ -208,8 +206,7 @@ def test_a_file_system_without_locks_is_said_and_the_run_goes_on(tmp_path, monke
 reason = slurm_unavailable(min_nodes=3)
 needs_slurm = pytest.mark.skipif(reason is not None, reason=reason or "")
 NAME = "followlock"
-TINY = ["--set", f"name={NAME}", "--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1",
-        "--set", "cluster.time_min=10", "--set", "train.threads=1"]
+JOB = ["--set", f"name={NAME}", *TINY, *ON_TEST_CLUSTER, *ONE_THREAD]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=1000", "--set", "train.checkpoint_every_s=2"]
 TOOLS = ("squeue", "sinfo", "scontrol", "sacct")
 
@@ -250,7 +247,7 @@ def test_wait_asks_squeue_once_per_poll_and_no_more_often(tmp_path):
     t0 = time.time()
     try:
         r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path / "out"), "--wait",
-                    "--poll", str(poll), "--no-preflight", *TINY, "--set", "sweep={train.batch_size: [16, 32, 48]}",
+                    "--poll", str(poll), "--no-preflight", *JOB, "--set", "sweep={train.batch_size: [16, 32, 48]}",
                     "--set", "train.max_steps=6", env=env, timeout=120)
     except BaseException:
         _cancel_ours()
@@ -286,7 +283,7 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
         _drain(node)  # the only node the job may use
         proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE,
                                  "--cluster", "slurm",
-                                 "--out", str(tmp_path), "--wait", "--poll", "1", *TINY, *_on(node),
+                                 "--out", str(tmp_path), "--wait", "--poll", "1", *JOB, *_on(node),
                                  "--set", "train.max_steps=4"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -317,7 +314,7 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
 @pytest.mark.slurm
 @needs_slurm
 def test_a_second_run_from_another_node_is_refused_and_scancel_leaves_the_run_interrupted(tmp_path):
-    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), *TINY, *LONG, *_on("node1"),
+    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), *JOB, *LONG, *_on("node1"),
                 timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = r.stdout.split("submitted ", 1)[1].split(":")[0]
@@ -326,7 +323,7 @@ def test_a_second_run_from_another_node_is_refused_and_scancel_leaves_the_run_in
         run_dir = metrics.parent
         second = subprocess.run(
             ["srun", "-w", "node2", "-N1", "-n1", "-c1", "-J", NAME, "-t", "5", sys.executable, "-m", "pyramidrepro",
-             "run", str(SMOKE), "--out", str(tmp_path), "--run-id", run_dir.name, "--no-progress", *TINY, *LONG],
+             "run", str(SMOKE), "--out", str(tmp_path), "--run-id", run_dir.name, "--no-progress", *JOB, *LONG],
             cwd=ROOT, capture_output=True, text=True, timeout=90)
         said = [ln for ln in second.stderr.splitlines() if ln.startswith("pyramidrepro")]
         print("second run, on node2:", second.returncode, second.stderr)

@@ -26,9 +26,7 @@ from pyramidrepro.machine.parallel import wrap_model
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.step.executor import resolve_optimizer_impl
 from pyramidrepro.workload.model import PyramidNet
-from support import ROOT, SMOKE, run_cli
-
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
+from support import ROOT, SMOKE, TINY, run_cli
 
 
 @pytest.mark.parametrize("mode", ["dp", "dp_balanced"])

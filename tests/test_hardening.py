@@ -17,9 +17,8 @@ from pyramidrepro.config.load import load_config
 from pyramidrepro.records.lock import RunFolderError, RunLock
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import new_run_id
-from support import ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
 
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=10000", "--set", "data.synthetic_train_size=4096"]
 
 
@@ -36,12 +35,7 @@ def _start(*args: str) -> subprocess.Popen:
 
 
 def _wait_steps(path: Path, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and len(read_metrics(path)["steps"]["step"]) >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{path}: fewer than {n} steps after {timeout} s")
+    wait_until(lambda: path.is_file() and len(read_metrics(path)["steps"]["step"]) >= n, timeout, f"{path}: {n} steps")
 
 
 def test_second_writer_is_refused_and_sigterm_ends_the_first_as_interrupted(tmp_path):
@@ -159,10 +153,7 @@ def test_ranks_die_with_a_killed_launcher(tmp_path):
         assert len(ranks) == 2
         launcher.kill()
         launcher.wait()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in ranks):
-            time.sleep(0.2)
-        assert not any(_alive(p) for p in ranks), "a rank outlived its launcher by 10 s"
+        wait_until(lambda: not any(_alive(p) for p in ranks), 10, "every rank gone with its launcher")
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -181,10 +172,7 @@ def test_a_stop_signal_to_the_launcher_stops_every_rank_at_the_next_step(tmp_pat
         assert len(ranks) == 2
         at_signal = int(read_metrics(metrics)["steps"]["step"][-1])
         launcher.send_signal(sig)
-        signalled = time.monotonic()
-        while time.monotonic() - signalled < 5 and any(_alive(p) for p in ranks):
-            time.sleep(0.05)
-        assert not any(_alive(p) for p in ranks), "a rank still runs 5 s after the launcher's signal"
+        wait_until(lambda: not any(_alive(p) for p in ranks), 5, "every rank gone after the launcher's signal", 0.05)
         _, err = launcher.communicate(timeout=60)
     finally:
         if launcher.poll() is None:

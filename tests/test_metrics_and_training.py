@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from pyramidrepro.records.metrics import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, read_metrics
-from support import ROOT, SMOKE, only_run_dir
-
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
+from support import ROOT, SMOKE, TINY, only_run_dir, wait_until
 
 
 def test_run_writes_the_documented_layout_and_no_progress_bar_without_a_tty(tmp_path, cli):
@@ -52,23 +50,19 @@ def test_metrics_readable_mid_run_and_after_sigkill(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 90
-        seen = 0
-        while time.monotonic() < deadline:
+        def ten_rows() -> dict | None:
             files = list(out.glob("*/*/metrics.h5"))
-            if files:
-                m = read_metrics(files[0])
-                seen = len(m["steps"]["step"]) if "steps" in m else 0
-                if seen >= 10:
-                    break
-            time.sleep(0.2)
-        assert seen >= 10, "no rows appeared while the run was going"
+            m = read_metrics(files[0]) if files else {}
+            return m if len(m.get("steps", {}).get("step", [])) >= 10 else None
+
+        m = wait_until(ten_rows, 90, "10 rows while the run goes")
+        seen = len(m["steps"]["step"])
         assert m["attrs"]["status"] == "running"
         assert list(m["steps"]["step"]) == list(range(1, seen + 1))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    after = read_metrics(files[0])
+    after = read_metrics(next(out.glob("*/*/metrics.h5")))
     assert after["attrs"]["status"] == "running"  # never finished, but readable
     n = len(after["steps"]["step"])
     assert n >= seen

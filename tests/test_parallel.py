@@ -10,9 +10,7 @@ import torch
 from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
 from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
-from support import ROOT, SMOKE, only_run_dir, run_cli, wait_for_metrics
-
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4"]
+from support import ROOT, SMOKE, TINY, only_run_dir, run_cli, wait_for_metrics
 
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -4,11 +4,11 @@ the scripts for real, in real shells, with a stand-in for the node's `scontrol` 
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from pyramidrepro.cluster import requeue_relay
 from pyramidrepro.machine.clean_env import RELAY_BIN, RELAY_REQUEST_VARIABLE, cleaned
+from support import wait_until
 
 STUB = requeue_relay.STUB_DIR / "scontrol"
 #: the container command's stand-in: submitit in the image, once its job has checkpointed
@@ -58,10 +58,11 @@ def test_the_stub_outlives_the_requeues_own_sigterm_and_still_answers(tmp_path):
 
 
 def _until(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while not path.exists():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    def seen() -> bool:
+        assert proc.poll() is None, f"the relay ended (exit {proc.returncode}) before {path} appeared"
+        return path.exists()
+
+    wait_until(seen, 20, str(path), poll_s=0.05)
 
 
 def test_signals_to_the_task_reach_the_container_command_itself(tmp_path):

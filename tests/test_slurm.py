@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyramidrepro.records.metrics import read_metrics
-from support import ONCE, ROOT, SMOKE, run_cli, wait_for_metrics
+from support import ON_TEST_CLUSTER, ONCE, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
 from support.slurm import assert_requeue_recorded, preempt_and_resume, slurm_unavailable
 
 reason = slurm_unavailable()
@@ -20,8 +20,7 @@ if reason:
     print(f"test_slurm: skipped: {reason}", file=sys.stderr)
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
 
-TINY = ["--set", "model.depth=8", "--set", "model.alpha=4", "--set", "cluster.cpus_per_task=1",
-        "--set", "cluster.time_min=10"]
+JOB = [*TINY, *ON_TEST_CLUSTER]
 
 
 def _runs(out):
@@ -30,7 +29,7 @@ def _runs(out):
 
 def test_single_task_run(tmp_path):
     r = run_cli("submit", str(SMOKE), *ONCE,
-                "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *TINY)
+                "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2", *JOB)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
     assert m["attrs"]["status"] == "completed"
@@ -40,7 +39,7 @@ def test_single_task_run(tmp_path):
 
 def test_two_task_ddp_run(tmp_path):
     r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
-                "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", *TINY)
+                "--set", "train.mode=ddp", "--set", "cluster.tasks_per_node=2", *JOB)
     assert r.returncode == 0, r.stdout + r.stderr
     (m,) = _runs(tmp_path).values()
     assert m["attrs"]["status"] == "completed" and m["attrs"]["world_size"] == 2
@@ -49,7 +48,7 @@ def test_two_task_ddp_run(tmp_path):
 
 def test_three_point_sweep_is_one_job_array(tmp_path):
     r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "2",
-                "--set", "sweep={train.batch_size: [32, 64, 128]}", *TINY)
+                "--set", "sweep={train.batch_size: [32, 64, 128]}", *JOB)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = _runs(tmp_path)
     assert len(runs) == 3
@@ -62,7 +61,7 @@ def test_scancel_is_reported_quickly(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out",
          str(tmp_path), "--wait", "--poll", "1", "--set", "train.max_steps=100000", "--set", "train.epochs=1000",
-         *TINY],
+         *JOB],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -129,10 +128,8 @@ def test_an_sbatch_template_submitted_from_another_folder_finds_the_package_and_
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().split(";")[0]
     run_dir = tmp_path / "results" / "runs" / "smoke" / "sbatch-single"
-    deadline = time.monotonic() + 180
-    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
-        assert time.monotonic() < deadline, f"job {job} still queued or running"
-        time.sleep(1)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
+               180, f"job {job} ended", poll_s=1)
     log = (tmp_path / "job.out").read_text()
     assert read_metrics(run_dir / "metrics.h5")["attrs"]["status"] == "completed", log
 
@@ -143,13 +140,10 @@ def test_a_run_beside_another_job_on_its_node_records_it_and_the_report_names_th
     blocker = subprocess.run(["sbatch", "--parsable", "-w", "node1", "-c", "1", "-o", "/dev/null",
                               "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["squeue", "-h", "-j", blocker, "-o", "%T"], capture_output=True,
-                             text=True).stdout.strip() != "RUNNING":
-            assert time.monotonic() < deadline, "the other job never started"
-            time.sleep(0.5)
+        wait_until(lambda: subprocess.run(["squeue", "-h", "-j", blocker, "-o", "%T"], capture_output=True,
+                                          text=True).stdout.strip() == "RUNNING", 60, "the other job running", 0.5)
         r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), "--wait", "--poll", "1",
-                    *TINY, "--set", "cluster.additional_parameters={nodelist: node1}")
+                    *JOB, "--set", "cluster.additional_parameters={nodelist: node1}")
     finally:
         subprocess.run(["scancel", blocker])
     assert r.returncode == 0, r.stdout + r.stderr

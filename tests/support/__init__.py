@@ -11,12 +11,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
+#: the smallest PyramidNet the tests train (depth 8, widening 4): seconds on a CPU
+TINY = ("--set", "model.depth=8", "--set", "model.alpha=4")
+#: a job's request on the Slurm test cluster: one CPU, a 10-minute limit
+ON_TEST_CLUSTER = ("--set", "cluster.cpus_per_task=1", "--set", "cluster.time_min=10")
+#: one torch thread per run, as the suite's processes run side by side on 2 cores
+ONE_THREAD = ("--set", "train.threads=1")
 #: ``submit`` runs every point once (its cluster defaults repeat each at least twice)
 ONCE = ("--min-repeats", "1", "--max-repeats", "1")
 #: torch.compile's on-disk cache in inductor's own default place, for the tests that compile: they check
@@ -90,12 +99,19 @@ def only_run_dir(out: Path) -> Path:
     return dirs[0]
 
 
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, poll_s: float = 0.2) -> T:
+    """``predicate()``'s first truthy value, asked every ``poll_s`` seconds; AssertionError saying
+    ``what`` was not seen when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not seen within {timeout:g} s")
+        time.sleep(poll_s)
+
+
 def wait_for_metrics(out: Path, pattern: str = "*/*/metrics.h5", timeout: float = 120) -> list[Path]:
     """Wait until a run below ``out`` has written its metrics file; returns the files found."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        files = list(out.glob(pattern))
-        if files:
-            return files
-        time.sleep(0.2)
-    raise AssertionError(f"no {pattern} below {out} after {timeout} s")
+    return wait_until(lambda: list(out.glob(pattern)), timeout, f"a {pattern} below {out}")
