@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= results/local
 
-.PHONY: reproduce test venv tools image lint bench stress cluster-up cluster-down clean
+.PHONY: reproduce test test-fast venv tools image lint bench stress cluster-up cluster-down clean
 
 ## venv: create .venv with pip and install the package with torch, DALI and the test tools
 venv: $(STAMP)
@@ -36,6 +36,11 @@ image: $(STAMP) tools
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check src tests benchmarks devicecheck
 	bash slurm/dev/with-cluster.sh bash tests/run_suite.sh $(PY)
+
+## test-fast: the edit-test loop: lint, then every test that needs no cluster, no image and no long process
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks devicecheck
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slurm and not image and not slow and not device_check" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks devicecheck

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from support import ROOT, CliResult, call_main
+from support.slurm import slurm_unavailable
 
 
 @pytest.fixture
@@ -45,3 +46,20 @@ def image() -> Path:
     said = [ln for ln in r.stderr.splitlines() if "dependencies" in ln or "image ready" in ln]
     print(f"\nimage: {path} in {time.monotonic() - t0:.0f} s: {' | '.join(said)}", file=sys.stderr)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _resources_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The markers are the gates: a test marked ``slurm`` (``slurm(nodes=N)``) runs where the test cluster
+    has N nodes up and is skipped with the reason elsewhere; any other test runs without ``SLURM_CONF``,
+    so one that reaches Slurm unmarked fails.  A test that uses the ``image`` fixture must be marked
+    ``image``: ``run_suite.sh`` and ``make test-fast`` select by these markers."""
+    if "image" in request.fixturenames and request.node.get_closest_marker("image") is None:
+        pytest.fail("this test uses the image fixture: mark it @pytest.mark.image")
+    slurm = request.node.get_closest_marker("slurm")
+    if slurm is None:
+        monkeypatch.delenv("SLURM_CONF", raising=False)
+        return
+    reason = slurm_unavailable(slurm.kwargs.get("nodes", 1))
+    if reason:
+        pytest.skip(reason)

@@ -120,6 +120,7 @@ def test_the_chooser_keeps_an_option_its_trial_shows_faster():
     assert choice.decisions[0].kept and choice.decisions[0].ratio > 1.4
 
 
+@pytest.mark.slow
 def test_auto_on_an_avx2_only_cpu_keeps_fp32_by_capability_and_caches_the_trials(tmp_path, cli):
     env = {**AVX2_ONLY, "PYRAMIDREPRO_CACHE_DIR": str(tmp_path / "cache")}
     args = ["run", str(SMOKE), "--out", str(tmp_path), *TINY, "--set", "train.precision=auto",

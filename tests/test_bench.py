@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from support import INDUCTOR_CACHE, run_cli
 
 
+@pytest.mark.slow
 def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--steps", "3", "--repeats", "1",
@@ -65,6 +68,7 @@ def test_bench_runs_both_paths_and_prints_figures(tmp_path):
     assert data["elapsed_s"] > 0 and data["budget_s"] == 900
 
 
+@pytest.mark.slow
 def test_on_an_avx2_only_cpu_bench_never_measures_bf16(tmp_path):
     """Without bf16 units, bf16 is ~10x slower: neither the chooser nor the ablation spends minutes on it."""
     out = tmp_path / "bench.json"
@@ -81,6 +85,7 @@ def test_on_an_avx2_only_cpu_bench_never_measures_bf16(tmp_path):
     assert "baseline + bf16" in r.stdout and "not measured (capability" in r.stdout
 
 
+@pytest.mark.slow
 def test_bench_skips_a_compile_trial_the_budget_cannot_hold(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--depth", "8", "--alpha", "4", "--batch-size", "16", "--repeats", "1",
@@ -107,3 +112,27 @@ def test_bench_rejects_bad_input_with_exit_2(cli):
         for cmd in ("bench", "bench-loader"):
             r = cli(cmd, "--device", "cuda")
             assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_budget_leaves_out_a_trial_the_headline_would_not_have_time_for():
+    """With the baseline at 640 images/s and 64-image steps, a measurement of 10 steps takes 1 s and the
+    headline after the trials about 11 s: a compile trial (~100 s until one has compiled) fits only in a
+    budget with room for both; a plain trial needs four measurements' room."""
+    import time
+
+    import torch
+
+    from pyramidrepro.bench.plan import BenchPlan, bench_candidates
+    from pyramidrepro.bench.trials import PathBench
+
+    plan = BenchPlan(steps=10, batch_size=64, repeats=3, compile="default")
+    candidates = {c.piece: c for c in bench_candidates(plan, torch.device("cpu"), {"fast_bf16": False})}
+
+    def bench(seconds_left: float) -> PathBench:
+        return PathBench(path=None, plan=plan, deadline=time.monotonic() + seconds_left, compile_need_s=100.0,
+                         say=print, base_rates=[640.0])
+
+    assert "raise --budget-s" in bench(60).budget_skip(candidates["compile_mode"])
+    assert bench(200).budget_skip(candidates["compile_mode"]) is None
+    assert bench(12).budget_skip(candidates["channels_last"]).startswith("budget:")
+    assert bench(30).budget_skip(candidates["channels_last"]) is None

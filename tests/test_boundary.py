@@ -64,6 +64,7 @@ def test_failed_allocations_of_every_kind_count_as_out_of_memory():
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
+@pytest.mark.slow
 def test_boundary_finds_the_largest_batch_under_a_cpu_cap_and_resumes(tmp_path, cli):
     """Real probes (fresh processes) under RLIMIT_DATA: the batch found fits, the next step fails,
     the report uses the probes for the largest batch only, and a second search reruns nothing.

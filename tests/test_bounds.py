@@ -41,6 +41,7 @@ def training(tmp_path_factory):
     return build_training(cfg, ctx)
 
 
+@pytest.mark.slow
 def test_a_slow_loader_makes_the_point_input_bound_and_its_rate_is_measured(training):
     x, y = next(iter(training.train_loader))
     # at most 64 images/s, and five times slower than the tiny model computes here and now: a busy
@@ -67,6 +68,7 @@ def test_the_lowest_rate_names_the_bound_and_missing_parts_are_left_out():
         Summary.COMPUTE_IMAGES_PER_S: 900.0, Summary.INPUT_IMAGES_PER_S: 5000.0, Summary.BOUND: "compute"}
 
 
+@pytest.mark.slow
 def test_a_ddp_run_records_all_three_and_the_report_shows_them(tmp_path, cli):
     done = run_cli("run", str(SMOKE), "--set", "devices.device=cpu", "--set", "train.mode=ddp", "--nproc", "2",
                    "--set", "train.bucket_cap_mb=0.01", "--set", "train.measure_bounds=true", "--out", str(tmp_path),

@@ -13,10 +13,8 @@ import pytest
 from pyramidrepro.cluster.campaign_state import load_state, point_of
 from support import ON_TEST_CLUSTER, ROOT, SMOKE, TINY, call_main, run_cli, wait_until
 from support.hide import hiding_env
-from support.slurm import slurm_unavailable
 
-reason = slurm_unavailable()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+pytestmark = pytest.mark.slurm
 
 NAME = "campaign"
 CAMPAIGN = [*TINY, *ON_TEST_CLUSTER, "--set", f"name={NAME}", "--set", "sweep={train.batch_size: [16, 32, 48]}"]

@@ -59,6 +59,7 @@ def campaigns(tmp_path_factory):
     return ref, new
 
 
+@pytest.mark.slow
 def test_compare_flags_exactly_the_slowed_point_and_exits_1(campaigns, cli, tmp_path):
     ref, new = campaigns
     r = cli("compare", str(ref), str(new), "--tolerance", TOLERANCE, "--out", str(tmp_path / "c"))
@@ -73,6 +74,7 @@ def test_compare_flags_exactly_the_slowed_point_and_exits_1(campaigns, cli, tmp_
     assert "## What changed between the machines" in text and "## The paper's claims" in text
 
 
+@pytest.mark.slow
 def test_a_campaign_against_itself_is_the_same_everywhere(campaigns, cli, tmp_path):
     ref, _ = campaigns
     r = cli("compare", str(ref), str(ref), "--out", str(tmp_path / "c"))
@@ -80,6 +82,7 @@ def test_a_campaign_against_itself_is_the_same_everywhere(campaigns, cli, tmp_pa
     assert "compare: 3 point(s): 3 same; same machine fields" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_reference_file_gives_the_campaigns_verdicts_and_one_side_points_fail_only_when_required(
         campaigns, cli, tmp_path):
     ref, new = campaigns
@@ -100,6 +103,7 @@ def test_a_reference_file_gives_the_campaigns_verdicts_and_one_side_points_fail_
     assert required.returncode == 1, required.stdout
 
 
+@pytest.mark.slow
 def test_the_csv_tables_hold_the_reports_figures(campaigns):
     ref, _ = campaigns
     report = (ref / "report.md").read_text()
@@ -115,6 +119,17 @@ def test_the_csv_tables_hold_the_reports_figures(campaigns):
     assert {int(r["batch_size"]) for r in runs} == {16, 32, 48} and all(r["git_commit"] for r in runs)
 
 
+def test_the_committed_campaign_against_itself_changes_nothing_and_writes_its_report(cli, tmp_path):
+    """The fast path through compare, its report and its figure: no run, the committed campaign twice."""
+    out = tmp_path / "c"
+    c = cli("compare", str(COMMITTED), str(COMMITTED), "--out", str(out))
+    assert c.returncode == 0, c.stdout + c.stderr
+    text = (out / "compare.md").read_text()
+    assert "| ddp batch 64 (2 rank(s), PyramidNet-20 alpha=24 basic) |" in text and "slower" not in c.stdout
+    assert (out / "compare_fig5.png").exists()
+
+
+@pytest.mark.slow
 def test_the_committed_campaign_against_a_fresh_run_names_what_changed(cli, tmp_path):
     fresh = tmp_path / "fresh"
     r = cli("reproduce", "--experiment", str(ROOT / "experiments" / "quick_cpu.yaml"), "--out", str(fresh),
@@ -135,6 +150,7 @@ def test_the_committed_campaign_against_a_fresh_run_names_what_changed(cli, tmp_
 
 @pytest.mark.parametrize("case", ["empty folder", "not a reference", "other experiment", "unreadable runs",
                                   "negative tolerance", "nan tolerance"])
+@pytest.mark.slow
 def test_hostile_inputs_are_one_line_exit_2_and_write_nothing(campaigns, cli, tmp_path, case):
     ref, _ = campaigns
     args = [str(ref), str(ref)]
@@ -167,6 +183,7 @@ def compare_reference(cli, ref, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_compare_and_the_tables_need_no_torch(campaigns, tmp_path):
     ref, new = campaigns
     light = hiding_env(tmp_path / "hide", {"torch", "torchvision", "nvidia.dali"})

@@ -32,7 +32,7 @@ from pyramidrepro.records.runs import CHECKPOINT_NAME
 from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
 from support.hide import hiding_env
 from support.images import fake_image
-from support.slurm import preempt_and_resume, slurm_unavailable
+from support.slurm import preempt_and_resume
 
 CONTAINERS = ROOT / "containers"
 IN_IMAGE = [*TINY, *ONE_THREAD]
@@ -218,6 +218,7 @@ SCRATCH_PROBE = ("import os, tempfile; fd, path = tempfile.mkstemp(); os.close(f
                  "print(os.environ.get('TMPDIR'), path)")
 
 
+@pytest.mark.image
 def test_a_run_in_the_image_sees_the_nodes_tmpdir_bound_in(image, tmp_path, monkeypatch):
     """A job's node-local scratch ($TMPDIR, under /tmp or not) reaches the run in the image: bound at
     its path and passed on, in the command run here and in the shell line a job runs on its node."""
@@ -263,6 +264,7 @@ def _check_ran_in(image: Path, metrics: dict) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", a["image_built"])
 
 
+@pytest.mark.image
 def test_a_run_started_by_charliecloud_records_the_image_it_ran_in(image, tmp_path):
     """`ch-run IMAGE -- pyramidrepro run ...`, the package not starting the container: the run still
     records the image's commit, recipe, build date and manifest digest, and which runtime ran it."""
@@ -286,6 +288,7 @@ def test_a_run_started_by_charliecloud_records_the_image_it_ran_in(image, tmp_pa
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", a["image_built"])
 
 
+@pytest.mark.image
 def test_version_inside_the_image_says_what_it_was_built_from(image):
     box = resolve(load_config(SMOKE, [f"container.image={image}"]), "test")
     r = subprocess.run([*box.python([]), "-m", "pyramidrepro", "--version"], capture_output=True, text=True,
@@ -294,6 +297,7 @@ def test_version_inside_the_image_says_what_it_was_built_from(image):
     assert f"Python {IMAGE_PYTHON}" in r.stdout and f"image: commit {git_commit()}" in r.stdout
 
 
+@pytest.mark.image
 def test_smoke_run_inside_the_image(image, tmp_path):
     """A host PYTHONPATH at a broken package and a stray variable do not reach the run; the run
     records the variables that did."""
@@ -318,6 +322,7 @@ def test_smoke_run_inside_the_image(image, tmp_path):
     assert not {"HOST_ONLY_SETTING", "PYTHONPATH", "VIRTUAL_ENV"} & set(passed)
 
 
+@pytest.mark.image
 def test_two_rank_ddp_inside_the_image(image, tmp_path):
     r = run_cli("run", str(SMOKE), "--out", str(tmp_path), "--container", str(image), "--nproc", "2", *IN_IMAGE, *DDP)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -327,6 +332,7 @@ def test_two_rank_ddp_inside_the_image(image, tmp_path):
     assert m["attrs"]["world_size"] == 2 and m["attrs"]["backend"] == "gloo"
 
 
+@pytest.mark.image
 def test_submit_local_runs_in_the_image(image, tmp_path):
     r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "local", "--wait", "--out", str(tmp_path),
                 "--container", str(image), *IN_IMAGE, "--set", "sweep={train.mode: [single, ddp]}", *DDP[2:],
@@ -342,6 +348,7 @@ def test_submit_local_runs_in_the_image(image, tmp_path):
     assert f"- container image: {image} ({_manifest_digest(image)}, built from {git_commit()})" in report
 
 
+@pytest.mark.image
 def test_sigterm_reaches_the_run_inside_the_image(image, tmp_path):
     """bwrap passes no signal on: `run --container` sends SIGTERM to the Python inside instead."""
     proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--out", str(tmp_path),
@@ -358,6 +365,7 @@ def test_sigterm_reaches_the_run_inside_the_image(image, tmp_path):
     assert not left, f"processes of the run still alive: {left}"
 
 
+@pytest.mark.image
 def test_reproduce_runs_every_point_in_the_image(image, tmp_path):
     out = tmp_path / "new"  # not there yet: reproduce makes it before binding it into the image
     r = run_cli("reproduce", "--experiment", str(SMOKE), "--out", str(out), "--container", str(image), *IN_IMAGE,
@@ -369,11 +377,10 @@ def test_reproduce_runs_every_point_in_the_image(image, tmp_path):
         _check_ran_in(image, read_metrics(path))
 
 
-SLURM_REASON = slurm_unavailable(min_nodes=2)
 
 
-@pytest.mark.slurm
-@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+@pytest.mark.slurm(nodes=2)
+@pytest.mark.image
 def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_and_reports(image, tmp_path):
     """The host has the package but no torch (nor torchvision, DALI): it validates, refuses to train
     here in one line, submits a single point and a 2-node DDP point through sbatch + srun with every
@@ -413,8 +420,8 @@ def test_a_login_node_without_torch_submits_ranks_into_the_image_on_two_nodes_an
         assert r.returncode == 0 and said in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.slurm
-@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+@pytest.mark.slurm(nodes=2)
+@pytest.mark.image
 def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_and_resumes(image, tmp_path):
     """A 2-node DDP job submitted with the image (every rank in it) is preempted (SIGTERM, then
     submitit's USR2): rank 0 checkpoints and calls `scontrol requeue`, the image's stub writes it
@@ -443,8 +450,8 @@ def test_submit_in_the_image_on_two_nodes_outlives_a_preemption_and_a_requeue_an
     assert "Restarts=2" in job.stdout, job.stdout
 
 
-@pytest.mark.slurm
-@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+@pytest.mark.slurm(nodes=2)
+@pytest.mark.image
 def test_a_preempted_run_in_the_image_whose_requeue_is_refused_ends_interrupted_with_its_checkpoint(image, tmp_path):
     """Submitted with --no-requeue (cluster.requeue: false, as on a site that refuses requeue), a
     preempted run checkpoints, the relayed `scontrol requeue` fails on the host, and the run ends
@@ -497,8 +504,8 @@ def _job(job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
 
 
-@pytest.mark.slurm
-@pytest.mark.skipif(SLURM_REASON is not None, reason=SLURM_REASON or "")
+@pytest.mark.slurm(nodes=2)
+@pytest.mark.image
 def test_sbatch_template_in_the_image_resumes_after_a_cancel_and_requeues_itself_at_the_time_limit(image, tmp_path):
     """slurm/ddp_multinode.sbatch with IMAGE set, every rank in the image on two nodes: cancelled, then
     resubmitted, it resumes in the same folder; warned of its time limit (the USR1 its --signal asks
@@ -551,6 +558,7 @@ def test_submit_refuses_an_image_whose_package_reads_another_config_schema_befor
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.image
 def test_an_image_of_this_checkout_records_the_schema_submit_compares(image):
     from pyramidrepro.config.experiment import schema_digest
     from pyramidrepro.machine.container import IMAGE_INFO
@@ -682,5 +690,6 @@ class _Counted:
         self._fh.close()
 
 
+@pytest.mark.image
 def test_the_image_holds_no_pip_cache(image):
     assert not list((image / "root").glob(".cache/pip")) and not list(image.glob("home/*/.cache/pip"))

@@ -23,6 +23,8 @@ RUN_STEPS = ["cap_b256", "cap_b512", "sync_fp32", "sync_bf16", "ddp_gloo_ws1", "
 DEVICE_IMAGE_LACKS = {"torchvision", "matplotlib", "submitit"}
 
 
+@pytest.mark.device_check
+@pytest.mark.slow
 def test_device_check_cpu_form_with_the_device_image_packages_only(tmp_path):
     out = tmp_path / "out"
     hidden = hiding_env(tmp_path / "hide", DEVICE_IMAGE_LACKS, str(ROOT / "src"))

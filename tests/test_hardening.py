@@ -38,6 +38,7 @@ def _wait_steps(path: Path, n: int, timeout: float = 120) -> None:
     wait_until(lambda: path.is_file() and len(read_metrics(path)["steps"]["step"]) >= n, timeout, f"{path}: {n} steps")
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_sigterm_ends_the_first_as_interrupted(tmp_path):
     first = _start("--out", str(tmp_path), "--run-id", "same", *LONG, "--set", "metrics.flush_interval_s=0.2")
     metrics = tmp_path / "smoke" / "same" / "metrics.h5"

@@ -15,7 +15,6 @@ import pytest
 
 from support import ROOT, SMOKE
 from support.quick_start import QuickStart, quick_start_commands
-from support.slurm import slurm_unavailable
 
 DECLARED = re.search(r'^requires-python = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
 LOWEST = tuple(int(v) for v in re.fullmatch(r">=\s*(\d+)\.(\d+)", DECLARED).groups())
@@ -55,7 +54,6 @@ def test_an_older_python_is_refused_in_one_line_by_the_package_and_by_pip(tmp_pa
 
 @pytest.mark.slurm
 @pytest.mark.image
-@pytest.mark.skipif(slurm_unavailable() is not None, reason=slurm_unavailable() or "")
 def test_the_readme_quick_start_runs_as_written_in_the_lowest_declared_python(tmp_path, image):
     """Every command of README's "On a Slurm cluster" block, in order, in a clone, with only the
     substitutions :class:`support.quick_start.QuickStart` names (this machine's stand-ins for a site)."""

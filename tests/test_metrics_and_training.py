@@ -90,6 +90,7 @@ def test_a_new_metrics_file_appears_with_its_identity(tmp_path):
     w.close("completed")
 
 
+@pytest.mark.slow
 def test_learns_a_small_task_to_90_percent_on_cpu(tmp_path, cli):
     out = tmp_path / "out"
     start = time.monotonic()

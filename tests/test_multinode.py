@@ -14,12 +14,9 @@ from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.runs import load_run
 from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
-from support.slurm import assert_requeue_recorded, preempt_and_resume, sbatch_multinode_template, slurm_unavailable
+from support.slurm import assert_requeue_recorded, preempt_and_resume, sbatch_multinode_template
 
-reason = slurm_unavailable(min_nodes=3)
-if reason:
-    print(f"test_multinode: skipped: {reason}", file=sys.stderr)
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+pytestmark = pytest.mark.slurm(nodes=3)
 
 CLUSTER = ["bash", str(ROOT / "slurm" / "dev" / "cluster.sh")]
 JOB = [*TINY, *ON_TEST_CLUSTER, *ONE_THREAD]

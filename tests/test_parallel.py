@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
@@ -20,6 +21,7 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_matches_the_single_process_run(tmp_path, cli):
     """2 gloo ranks x B/2 == one process with batch B, exactly for this setting.
 
@@ -79,6 +81,7 @@ def _children_with_rank(pid: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_job_nonzero_quickly(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyramidrepro", "run", str(SMOKE), "--nproc", "2", "--out",
@@ -104,6 +107,7 @@ def test_killed_rank_ends_the_job_nonzero_quickly(tmp_path):
     assert "rank 1 ended (signal SIGKILL)" in err
 
 
+@pytest.mark.slow
 def test_consecutive_two_rank_runs_exit_cleanly(tmp_path):
     for i in range(3):
         r = run_cli("run", str(SMOKE), "--nproc", "2", "--set", "train.mode=ddp", "--set",

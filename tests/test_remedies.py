@@ -1,5 +1,6 @@
 """Memory remedies: gradient accumulation equivalences (activation checkpointing: test_model)."""
 
+import pytest
 import torch
 
 from pyramidrepro.step.executor import OptimizerSettings, StepSettings, make_executor
@@ -38,6 +39,7 @@ def test_accumulation_equals_one_big_batch():
     assert any(not torch.equal(pa, p0) for pa, p0 in zip(a.parameters(), init.parameters()))  # it moved
 
 
+@pytest.mark.slow
 def test_ddp_accumulation_with_no_sync_matches_single_process(tmp_path, cli):
     """2 ranks x 2 micro batches (no_sync on the first) == 1 process x 4 micro batches.
 

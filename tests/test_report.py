@@ -73,6 +73,7 @@ def test_claims_not_run_without_the_needed_runs(tmp_path):
     assert claims["C4"].verdict == "NOT RUN"
 
 
+@pytest.mark.slow
 def test_report_from_real_short_runs_marks_running_and_oom(tmp_path, cli):
     out = tmp_path / "runs"
     for mode, batch in (("single", 32), ("single", 64)):

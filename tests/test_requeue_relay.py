@@ -6,6 +6,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pyramidrepro.cluster import requeue_relay
 from pyramidrepro.machine.clean_env import RELAY_BIN, RELAY_REQUEST_VARIABLE, cleaned
 from support import wait_until
@@ -93,6 +95,7 @@ def test_outlive_signals_keeps_a_runtime_that_forwards_nothing_alive(tmp_path):
     assert proc.wait(timeout=30) == 0 and (tmp_path / "ran").read_text() == "done\n"
 
 
+@pytest.mark.slow
 def test_the_stub_refuses_anything_but_a_requeue_and_a_forged_request_is_not_run(tmp_path):
     relay, env = _node(tmp_path)
     assert os.access(STUB, os.X_OK)  # the image runs its own copy from the PATH

@@ -13,12 +13,9 @@ import pytest
 
 from pyramidrepro.records.metrics import read_metrics
 from support import ON_TEST_CLUSTER, ONCE, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
-from support.slurm import assert_requeue_recorded, preempt_and_resume, slurm_unavailable
+from support.slurm import assert_requeue_recorded, preempt_and_resume
 
-reason = slurm_unavailable()
-if reason:
-    print(f"test_slurm: skipped: {reason}", file=sys.stderr)
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+pytestmark = pytest.mark.slurm
 
 JOB = [*TINY, *ON_TEST_CLUSTER]
 

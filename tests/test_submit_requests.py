@@ -14,7 +14,6 @@ from pyramidrepro.machine.parallel import DERIVED_PORTS, port_from_job_id, rende
 from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import run_dir_for
 from support import ONCE, ROOT, SMOKE
-from support.slurm import slurm_unavailable
 
 FIG5 = str(ROOT / "experiments" / "fig5.yaml")
 #: fig5's three modes at one batch size; the GPU count each asks for is the point's own (synthetic data:
@@ -114,11 +113,9 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-slurm_reason = slurm_unavailable()
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(slurm_reason is not None, reason=slurm_reason or "")
 def test_a_resubmission_on_slurm_reruns_only_the_failed_point(cli, tmp_path):
     # 3 points train; the 4th reads a CIFAR-10 archive that is not one: it passes every check (the file is
     # there), then fails in its job on the archive's checksum
