@@ -1,7 +1,8 @@
-"""The campaign's state and its checks before anything queues (no cluster: the Slurm path is in
-test_campaign_slurm.py)."""
+"""The campaign's state and its checks before anything queues, and ``reproduce``'s local campaigns
+(no cluster: the Slurm path is in test_campaign_slurm.py)."""
 
 import json
+import re
 
 import pytest
 
@@ -14,6 +15,7 @@ from pyramidrepro.cluster.campaign_state import (
     state_path,
 )
 from pyramidrepro.cluster.campaign_view import Kind, classify
+from pyramidrepro.records.runs import status_of
 from support import ROOT, SMOKE
 
 FIG5 = str(ROOT / "experiments" / "fig5.yaml")
@@ -92,3 +94,99 @@ def test_submit_again_skips_what_is_done_and_rerun_done_starts_afresh(cli, tmp_p
     assert rerun.returncode == 0 and "running ..." in rerun.stdout, rerun.stdout + rerun.stderr
     state = load_state(tmp_path / "smoke")  # a new campaign: its one job is the rerun's
     assert state.rerun_done and state.jobs_submitted() == 1 and state.last_job(run_dir.name) != first_job
+
+
+@pytest.mark.slow
+def test_reproduce_runs_each_point_through_the_local_executor_and_skips_done_ones(tmp_path, cli):
+    """The local campaign is submit --cluster local, one point at a time; a rerun skips results (nan too).
+    ``reproduce`` runs in this process: each point is a process of submitit's, as for a user."""
+    import yaml
+
+    exp = yaml.safe_load(SMOKE.read_text())
+    exp.update(name="tiny", model={"depth": 8, "alpha": 4, "block": "basic"},
+               sweep=[{"train.mode": ["single", "ddp"]}, {"train.lr": [1e30], "train.max_steps": [40],
+                                                          "data.synthetic_train_size": [2048]}])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "out"
+    r = cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+            "--min-repeats", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[1/3]" in r.stdout and ": completed in" in r.stdout and ": nan in" in r.stdout
+    folders = sorted(p.parent for p in out.glob("tiny/*/metrics.h5"))
+    assert [status_of(f) for f in folders] == ["completed", "completed", "nan"]
+    assert list((out / ".submitit").iterdir())  # the jobs were submitit's
+    assert (out / "tiny" / "report.md").is_file()
+    again = cli("reproduce", "--experiment", str(path), "--out", str(out), "--nproc", "2", "--max-repeats", "1",
+                "--min-repeats", "1")
+    assert again.returncode == 0 and again.stdout.count("already done, skipped") == 3, again.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli):
+    """A 0.01 % target cannot be met: each point runs --max-repeats times, in passes (a point's repeat
+    comes after every point's first run), and the report pools them; a 100 % target is met at once;
+    a rerun finds every repeat done."""
+    import yaml
+
+    exp = yaml.safe_load(SMOKE.read_text())
+    exp.update(name="rep", model={"depth": 8, "alpha": 4, "block": "basic"}, sweep={"train.max_steps": [12, 14]})
+    path = tmp_path / "rep.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    one_point = tmp_path / "one.yaml"
+    one_point.write_text(yaml.safe_dump({**exp, "sweep": {"train.max_steps": [12]}}))
+    out = tmp_path / "out"
+    args = ["reproduce", "--experiment", str(path), "--out", str(out), "--max-repeats", "2", "--min-repeats", "1"]
+    r = cli(*args, "--ci-target", "0.01")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "repeat 2 of at most 2" in r.stdout and "4 runs of 2 points" in r.stdout
+    started = [line.split()[1].rstrip(":") for line in r.stdout.splitlines() if line.endswith(": running ...")]
+    first, second = sorted(p.parent.name for p in out.glob("rep/*/metrics.h5") if "-r" not in p.parent.name)
+    assert started == [first, second, first + "-r2", second + "-r2"]
+    row = next(line for line in (out / "rep" / "report.md").read_text().splitlines() if line.startswith("| single |"))
+    assert row.rstrip().endswith("| 4 |")  # the repeats column: both points are one line at one batch
+    # the report is written after each pass (it says which) and once more at the end; within a pass,
+    # again once REPORT_EVERY_S have passed
+    assert "reproduce: report (pass 1 of at most 2 done, the campaign goes on)" in r.stdout
+    assert "reproduce: report (pass 2 of at most 2 done" in r.stdout
+    assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
+    from pyramidrepro.cli._campaign import ReportSchedule
+    from pyramidrepro.cluster.campaign import Progress
+
+    command = f"pyramidrepro reproduce --out {out}"
+    ReportSchedule(out / "rep", command, 2, every_s=3600)(Progress(1, 1, 2))  # too soon: not written
+    assert "Campaign: complete after 2 pass(es)" in (out / "rep" / "report.md").read_text()
+    ReportSchedule(out / "rep", command, 2, every_s=0)(Progress(1, 1, 2))
+    assert "Campaign: pass 1 of at most 2 under way: 1 of 2 points done" in (out / "rep" / "report.md").read_text()
+    again = cli(*args, "--ci-target", "0.01")
+    assert again.stdout.count("already done, skipped") == 4, again.stdout
+    # a 100 % target is met by one run: --min-repeats still runs each point twice
+    wide = cli("reproduce", "--experiment", str(one_point), "--out", str(tmp_path / "wide"), "--max-repeats", "2",
+               "--min-repeats", "2", "--ci-target", "100")
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    assert wide.stdout.count("(repeat 2 of at least 2)") == 1 and "2 runs of 1 points" in wide.stdout
+    bad = cli(*args[:4], str(tmp_path / "bad"), "--max-repeats", "2", "--min-repeats", "3")
+    assert bad.returncode == 2 and "--min-repeats: must be between 1 and --max-repeats (2), got 3" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_status_reads_a_finished_campaign_a_row_per_point(tmp_path, cli):
+    """``status`` on the committed CPU campaign (42 runs, 14 points, 3 each): every point done, and
+    what the campaign waits for said in one line."""
+    import shutil
+
+    from pyramidrepro.cluster.campaign_state import CampaignState, Repeats, save_state
+
+    committed = ROOT / "results" / "quick_cpu_2core" / "quick_cpu"
+    folder = tmp_path / "quick_cpu"
+    shutil.copytree(committed, folder, ignore=shutil.ignore_patterns("*.png", "*.svg", "report.md"))
+    runs = sorted(p.name for p in folder.iterdir() if (p / "metrics.h5").is_file())
+    save_state(folder, CampaignState("quick_cpu", str(ROOT / "experiments" / "quick_cpu.yaml"), {"name": "quick_cpu"},
+                                     Repeats(3, 3, 0.02), "local", passes=[runs]))
+    r = cli("status", str(folder), "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert len(status["points"]) == 14 and all(p["done"] == 3 for p in status["points"])
+    assert status["waits_for"].startswith("pass 1 has ended")
+    table = cli("status", str(folder))
+    assert table.returncode == 0 and len(re.findall(r"^\| p0\d\d-\S+ \| 3/", table.stdout, re.M)) == 14, table.stdout

@@ -177,3 +177,12 @@ def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     r = subprocess.run([lowest, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1],
                        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
     assert r.returncode == 0 and r.stdout.strip() == "(3, 10)", r.stdout + r.stderr
+
+
+def test_run_id_ignores_where_a_run_executes():
+    base = load_config(SMOKE)
+    moved = load_config(SMOKE, ["cluster.partition=other", "cluster.time_min=5", "container.image=/x/img.sif",
+                                "metrics.flush_interval_s=9"])
+    assert moved.digest() == base.digest()
+    assert load_config(SMOKE, ["train.batch_size=32"]).digest() != base.digest()
+    assert load_config(SMOKE, ["devices.allow_tf32=true"]).digest() != base.digest()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import (
+    EXIT_CODES,
+    FINISHED,
     FLAG,
     FLOAT,
     INT,
@@ -21,9 +24,9 @@ from pyramidrepro.config.schema import (
     Summary,
     layout_table,
 )
-from pyramidrepro.records.metrics import MetricsWriter
-from pyramidrepro.records.runs import load_run
-from support import ROOT
+from pyramidrepro.records.metrics import MetricsWriter, read_metrics
+from pyramidrepro.records.runs import is_done, load_run, prepare, run_dir_for, status_of
+from support import ROOT, SMOKE
 
 #: a value of each kind, as a writer passes it
 SAMPLE = {TEXT: "some text", INT: 7, FLOAT: 2.5, FLAG: True, JSON_OBJECT: {"a": 1}, JSON_LIST: [{"b": 2}]}
@@ -65,3 +68,29 @@ def test_a_name_outside_the_schema_is_refused_by_the_writer_and_a_wrong_kind_by_
     w.close(Status.COMPLETED)
     with pytest.raises(ValueError, match="its world_size attribute is not a (whole )?number"):
         load_run(tmp_path / "metrics.h5")
+
+
+def test_the_status_vocabulary_decides_done_and_exit_codes(tmp_path):
+    """nan and oom are results (done; their own non-zero exit codes); failed, interrupted and running are not."""
+    assert FINISHED == {Status.COMPLETED, Status.OOM, Status.NAN}
+    for status in Status:
+        folder = run_dir_for(tmp_path, "exp", status.value)
+        prepare(folder, load_config(SMOKE))
+        writer = MetricsWriter(folder / "metrics.h5", flush_interval_s=0)
+        if status != Status.RUNNING:
+            writer.close(status)
+        assert status_of(folder) == status
+        assert is_done(folder) == (status in FINISHED)
+    assert EXIT_CODES == {"completed": 0, "failed": 1, "oom": 3, "nan": 4, "interrupted": 143}
+    assert not is_done(tmp_path / "exp" / "never-started")
+
+
+def test_writer_refuses_a_name_the_schema_does_not_define(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.h5")
+    with pytest.raises(KeyError, match="schema"):
+        writer.set_attrs(batchsize=64)
+    with pytest.raises(KeyError, match="schema"):
+        writer.set_summary(imgs_per_s=1.0)
+    writer.set_attrs(batch_size=64)
+    writer.close("completed")
+    assert read_metrics(tmp_path / "metrics.h5")["attrs"]["batch_size"] == 64

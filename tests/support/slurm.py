@@ -30,6 +30,11 @@ def slurm_unavailable(min_nodes: int = 1) -> str | None:
     return None
 
 
+def on_node(node: str) -> list[str]:
+    """``--set`` arguments that put a job on ``node``."""
+    return ["--set", f"cluster.additional_parameters={{nodelist: {node}}}"]
+
+
 def preempt_and_resume(out: Path, overrides: list[str], after_steps: int = 20,
                        requeue_after: int = 0) -> subprocess.CompletedProcess:
     """Submit the smoke experiment to Slurm with ``overrides``, preempt it once its metrics hold

@@ -1,15 +1,12 @@
 """``submit --wait`` polls the way admins allow, waits on pending reasons that clear, and says where a
-failed job logged; the run-folder lock is a POSIX record lock that holds between processes and nodes;
-a job cancelled with scancel leaves its run ``interrupted``.
+failed job logged (cluster/follow.py).
 
 The Slurm tests use the 3-node test cluster (slurm/dev/cluster.sh) and skip without it; their jobs are
-named ``followlock`` so that tests counting ``smoke`` jobs never see them."""
+named ``follow`` so that tests counting ``smoke`` jobs never see them."""
 
 from __future__ import annotations
 
-import errno
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,11 +17,8 @@ import pytest
 from pyramidrepro.cluster import follow
 from pyramidrepro.cluster.follow import BACKOFF, MAX_POLL_S, NODES_EVERY, QUIET_S, NeverStartWatch, PollClock
 from pyramidrepro.cluster.slurm_queue import Node, Request, never_starts, waits_for
-from pyramidrepro.records import lock as lock_module
-from pyramidrepro.records.lock import LOCK_NAME, RunFolderError, RunLock
-from pyramidrepro.records.metrics import read_metrics
-from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli, wait_for_metrics, wait_until
-from support.slurm import slurm_unavailable
+from support import ON_TEST_CLUSTER, ONCE, ONE_THREAD, ROOT, SMOKE, TINY, run_cli
+from support.slurm import on_node
 
 NODES = [Node("node1", 2, 2, 23000, "idle", ("debug",)), Node("node2", 2, 2, 23000, "drain", ("debug",)),
          Node("big1", 64, 8, 512000, "down", ("big",))]
@@ -119,100 +113,10 @@ def test_the_end_names_the_logs_of_each_job_that_ended_badly(tmp_path, capsys):
 # The run-folder lock
 # ---------------------------------------------------------------------------------------------
 
-HOLD = ("import os, sys, time\n"
-        "from pyramidrepro.records.lock import RunLock\n"
-        "RunLock(sys.argv[1]).acquire()\n"
-        "open(sys.argv[2], 'w').write(f'{os.getpid()}')\n"
-        "time.sleep(120)\n")
-#: starts HOLD in a new session and exits at once: the holder is left to init, no parent shared with us
-DETACH = ("import subprocess, sys\n"
-          "subprocess.Popen([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], start_new_session=True,\n"
-          "                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n")
-TRY = ("import sys\n"
-       "from pyramidrepro.records.lock import RunLock\n"
-       "RunLock(sys.argv[1]).acquire()\n")
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name: state, parent, ... ([] once the process is gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
-def _gone(pid: int, timeout: float = 10) -> bool:
-    """Whether ``pid`` ended (reaped, or a zombie) within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _stat(pid)[:1] in ([], ["Z"]):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def test_the_lock_holds_between_processes_that_share_no_parent(tmp_path):
-    folder, ready = tmp_path / "run", tmp_path / "holder.pid"
-    subprocess.run([sys.executable, "-c", DETACH, HOLD, str(folder), str(ready)], check=True, timeout=30)
-    wait_until(lambda: ready.exists() and ready.read_text(), 30, "the holder's pid", poll_s=0.05)
-    holder = int(ready.read_text())
-    try:
-        lock = folder / LOCK_NAME
-        inode = os.stat(lock).st_ino
-        held = [ln for ln in Path("/proc/locks").read_text().splitlines() if f":{inode} " in ln]
-        assert len(held) == 1 and "POSIX" in held[0] and "WRITE" in held[0] and f" {holder} " in held[0], held
-        contender = subprocess.Popen([sys.executable, "-c", TRY, str(folder)], stderr=subprocess.PIPE, text=True)
-        _, err = contender.communicate(timeout=60)
-        parent = int(_stat(holder)[1])
-        print(f"holder {holder} (parent {parent}), contender {contender.pid} (parent {os.getpid()})")
-        assert parent not in (os.getpid(), contender.pid)  # neither the other's parent nor sharing ours
-        assert contender.returncode != 0 and "in use by a run that is still going" in err, err
-        with pytest.raises(RunFolderError, match="in use"):  # and from this process, a third one
-            RunLock(folder).acquire()
-    finally:
-        os.kill(holder, signal.SIGKILL)
-    assert _gone(holder)
-    r = subprocess.run([sys.executable, "-c", TRY, str(folder)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr  # the OS dropped the lock with its owner
-
-
-def test_a_second_lock_in_the_same_process_is_refused_and_does_not_drop_the_first(tmp_path):
-    first = RunLock(tmp_path).acquire()
-    try:
-        with pytest.raises(RunFolderError, match="in use"):
-            RunLock(tmp_path).acquire()
-        r = subprocess.run([sys.executable, "-c", TRY, str(tmp_path)], capture_output=True, text=True, timeout=60)
-        assert r.returncode != 0 and "in use" in r.stderr  # the refused attempt closed nothing of ours
-    finally:
-        first.release()
-    RunLock(tmp_path).acquire().release()
-
-
-def test_a_file_system_without_locks_is_said_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-    def no_locks(fd, how):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(lock_module.fcntl, "lockf", no_locks)
-    held = RunLock(tmp_path).acquire()
-    held.release()
-    err = capsys.readouterr().err
-    assert "gives no locks (No locks available); a second run into this folder would not be refused" in err
-
-
-# ---------------------------------------------------------------------------------------------
-# On the Slurm test cluster
-# ---------------------------------------------------------------------------------------------
-
-reason = slurm_unavailable(min_nodes=3)
-needs_slurm = pytest.mark.skipif(reason is not None, reason=reason or "")
-NAME = "followlock"
+NAME = "follow"
 JOB = ["--set", f"name={NAME}", *TINY, *ON_TEST_CLUSTER, *ONE_THREAD]
 LONG = ["--set", "train.max_steps=100000", "--set", "train.epochs=1000", "--set", "train.checkpoint_every_s=2"]
 TOOLS = ("squeue", "sinfo", "scontrol", "sacct")
-
-
-def _on(node: str) -> list[str]:
-    return ["--set", f"cluster.additional_parameters={{nodelist: {node}}}"]
 
 
 def _logging_tools(folder: Path) -> Path:
@@ -238,8 +142,7 @@ def _cancel_ours() -> None:
     subprocess.run(["scancel", "-n", NAME], capture_output=True)
 
 
-@pytest.mark.slurm
-@needs_slurm
+@pytest.mark.slurm(nodes=3)
 def test_wait_asks_squeue_once_per_poll_and_no_more_often(tmp_path):
     poll = 2.0
     log = _logging_tools(tmp_path / "bin")
@@ -267,15 +170,14 @@ def test_wait_asks_squeue_once_per_poll_and_no_more_often(tmp_path):
 
 
 def _drain(node: str) -> None:
-    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=test_follow_lock"], check=True)
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=test_follow"], check=True)
 
 
 def _resume(node: str) -> None:
     subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
 
 
-@pytest.mark.slurm
-@needs_slurm
+@pytest.mark.slurm(nodes=3)
 def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when_it_returns(tmp_path):
     node = "node3"
     proc = None
@@ -283,7 +185,7 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
         _drain(node)  # the only node the job may use
         proc = subprocess.Popen([sys.executable, "-m", "pyramidrepro", "submit", str(SMOKE), *ONCE,
                                  "--cluster", "slurm",
-                                 "--out", str(tmp_path), "--wait", "--poll", "1", *JOB, *_on(node),
+                                 "--out", str(tmp_path), "--wait", "--poll", "1", *JOB, *on_node(node),
                                  "--set", "train.max_steps=4"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -309,35 +211,3 @@ def test_a_job_pending_on_a_drained_node_is_reported_not_cancelled_and_runs_when
     assert f"UnavailableNodes:{node}; {node} dr" in report and "waits for its nodes to come back" in report, text
     assert "NEVER STARTS" not in text and proc.returncode == 0
     assert "submit: 1 runs of 1 points" in text and ", 0 failed" in text
-
-
-@pytest.mark.slurm
-@needs_slurm
-def test_a_second_run_from_another_node_is_refused_and_scancel_leaves_the_run_interrupted(tmp_path):
-    r = run_cli("submit", str(SMOKE), *ONCE, "--cluster", "slurm", "--out", str(tmp_path), *JOB, *LONG, *_on("node1"),
-                timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    job_id = r.stdout.split("submitted ", 1)[1].split(":")[0]
-    try:
-        (metrics,) = wait_for_metrics(tmp_path, f"{NAME}/*/metrics.h5", timeout=60)
-        run_dir = metrics.parent
-        second = subprocess.run(
-            ["srun", "-w", "node2", "-N1", "-n1", "-c1", "-J", NAME, "-t", "5", sys.executable, "-m", "pyramidrepro",
-             "run", str(SMOKE), "--out", str(tmp_path), "--run-id", run_dir.name, "--no-progress", *JOB, *LONG],
-            cwd=ROOT, capture_output=True, text=True, timeout=90)
-        said = [ln for ln in second.stderr.splitlines() if ln.startswith("pyramidrepro")]
-        print("second run, on node2:", second.returncode, second.stderr)
-        assert second.returncode != 0 and len(said) == 1 and "in use by a run that is still going" in said[0]
-        assert read_metrics(metrics)["attrs"]["status"] == "running"
-        subprocess.run(["scancel", job_id], check=True)
-        deadline = time.monotonic() + 30
-        while read_metrics(metrics)["attrs"]["status"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.3)
-    finally:
-        _cancel_ours()
-    time.sleep(7)  # past the test cluster's KillWait (5 s): the job is gone, SIGKILL included
-    attrs = read_metrics(metrics)["attrs"]
-    assert attrs["status"] == "interrupted" and "cancelled (scancel)" in attrs["error"], attrs["error"]
-    assert attrs["hostname"] == "node1" and attrs["finished_at"]
-    assert Path(attrs["job_stdout"]).is_file() and Path(attrs["job_stderr"]).is_file()
-    assert f"/{job_id}/{job_id}_0_log" in attrs["job_stderr"]
