@@ -171,8 +171,8 @@ def test_reproduce_repeats_a_point_while_its_interval_is_too_wide(tmp_path, cli)
 
 
 def test_status_reads_a_finished_campaign_a_row_per_point(tmp_path, cli):
-    """``status`` on the committed CPU campaign (42 runs, 14 points, 3 each): every point done, and
-    what the campaign waits for said in one line."""
+    """``status`` on the committed CPU campaign (42 runs, 14 points, 3 passes): every point done, and the
+    campaign complete."""
     import shutil
 
     from pyramidrepro.cluster.campaign_state import CampaignState, Repeats, save_state
@@ -181,12 +181,17 @@ def test_status_reads_a_finished_campaign_a_row_per_point(tmp_path, cli):
     folder = tmp_path / "quick_cpu"
     shutil.copytree(committed, folder, ignore=shutil.ignore_patterns("*.png", "*.svg", "report.md"))
     runs = sorted(p.name for p in folder.iterdir() if (p / "metrics.h5").is_file())
+    passes = [[r for r in runs if re.search(r"-r\d$", r) is None], *([r for r in runs if r.endswith(f"-r{n}")]
+                                                                     for n in (2, 3))]
+    assert [len(p) for p in passes] == [14, 14, 14]  # a pass per repeat, as the campaign ran them
     save_state(folder, CampaignState("quick_cpu", str(ROOT / "experiments" / "quick_cpu.yaml"), {"name": "quick_cpu"},
-                                     Repeats(3, 3, 0.02), "local", passes=[runs]))
+                                     Repeats(3, 3, 0.02), "local", passes=passes))
     r = cli("status", str(folder), "--json")
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
     assert len(status["points"]) == 14 and all(p["done"] == 3 for p in status["points"])
-    assert status["waits_for"].startswith("pass 1 has ended")
+    assert all(p["wanted"] == 3 for p in status["points"]), status["points"]
+    assert status["waits_for"] == "complete after 3 pass(es)", status["waits_for"]
     table = cli("status", str(folder))
-    assert table.returncode == 0 and len(re.findall(r"^\| p0\d\d-\S+ \| 3/", table.stdout, re.M)) == 14, table.stdout
+    rows = re.findall(r"^\| p0\d\d-\S+ \| 3/3 \|", table.stdout, re.M)
+    assert table.returncode == 0 and len(rows) == 14, table.stdout
