@@ -1,3 +1,6 @@
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -163,9 +166,6 @@ def test_apptainer_definitions_and_templates():
 
 def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     """requires-python says 3.10; enum.StrEnum is 3.11: the schema keeps the same behaviour on 3.10."""
-    import os
-    import shutil
-    import subprocess
 
     found = [*sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python")), shutil.which("python3.10")]
     lowest = next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)  # a shim may refuse
@@ -186,3 +186,17 @@ def test_run_id_ignores_where_a_run_executes():
     assert moved.digest() == base.digest()
     assert load_config(SMOKE, ["train.batch_size=32"]).digest() != base.digest()
     assert load_config(SMOKE, ["devices.allow_tf32=true"]).digest() != base.digest()
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["train.mode=dp", "train.compile=true"], "train.compile"),
+    (["train.mode=dp_balanced", "train.compile=true"], "train.compile"),
+    (["train.mode=ddp", "train.compile=true", "train.compile_mode=reduce-overhead"], "train.compile_mode"),
+])
+def test_unsupported_combinations_are_config_errors(cli, sets, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, sets)
+    assert err.value.key == key and str(SMOKE) in str(err.value)
+    r = cli("run", str(SMOKE), *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
+    load_config(SMOKE, ["train.mode=ddp", "train.compile=true", "train.compile_mode=default"])  # this one is fine

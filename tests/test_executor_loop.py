@@ -1,6 +1,7 @@
 """The step executor and the training loop through their public seams (no CLI, no subprocess)."""
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -8,10 +9,11 @@ import torch
 
 from pyramidrepro.config.load import load_config
 from pyramidrepro.config.schema import Status
+from pyramidrepro.machine.parallel import wrap_model
 from pyramidrepro.records.metrics import read_metrics
 from pyramidrepro.records.recorder import RunRecorder
 from pyramidrepro.records.runs import is_done, status_of
-from pyramidrepro.step.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor
+from pyramidrepro.step.executor import EXECUTORS, OptimizerSettings, StepSettings, make_executor, resolve_optimizer_impl
 from pyramidrepro.training.checkpoint import Checkpoints, Position
 from pyramidrepro.training.loop import LoopSettings, TrainingLoop
 from pyramidrepro.workload.data import synthetic_splits
@@ -135,3 +137,31 @@ def test_loop_stops_with_nan_and_the_status_is_a_result(tmp_path):
     assert status_of(tmp_path / "run") == "nan" and is_done(tmp_path / "run")
     losses = read_metrics(tmp_path / "run" / "metrics.h5")["steps"]["loss"]
     assert not math.isfinite(losses[-1]) and np.isfinite(losses[:-1]).all()
+
+
+@pytest.mark.parametrize("mode", ["dp", "dp_balanced"])
+def test_dp_replica_computes_in_the_configured_dtype_in_a_fresh_thread(mode):
+    """DataParallel calls each replica in a worker thread (parallel_apply), where autocast's
+    thread-local dtype is not the caller's: the replica itself must enter autocast."""
+    model = PyramidNet(8, 4)
+    wrapped, _ = wrap_model(model, mode, torch.device("cpu"), allow_cpu_dp=True, autocast_dtype=torch.bfloat16)
+    replica = wrapped.module  # what DataParallel replicates onto each GPU
+    dtypes = []
+    seen = []
+    hook = model.fc.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    args = (x, y) if mode == "dp_balanced" else (x,)
+    with torch.autocast("cpu", dtype=torch.float16):  # the caller's context must not leak into the thread
+        worker = threading.Thread(target=lambda: seen.append(replica(*args)))
+        worker.start()
+        worker.join()
+    hook.remove()
+    assert dtypes == [torch.bfloat16]
+    if mode == "dp_balanced":  # loss sum, correct, count: in fp32 whatever the replica computed in
+        assert seen[0].dtype == torch.float32 and seen[0][0, 2] == 4
+
+
+def test_auto_optimizer_is_fused_on_gpus_so_fp16_needs_no_host_sync():
+    assert resolve_optimizer_impl("auto", torch.device("cuda", 0)) == "fused"
+    assert resolve_optimizer_impl("auto", torch.device("cpu")) == "default"
+    assert resolve_optimizer_impl("foreach", torch.device("cuda", 0)) == "foreach"

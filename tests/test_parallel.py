@@ -11,6 +11,7 @@ import torch
 from pyramidrepro.machine.parallel import ModelWithLoss, detect_dist_env, port_from_job_id
 from pyramidrepro.machine.slurm_job import expand_nodelist
 from pyramidrepro.records.metrics import read_metrics
+from pyramidrepro.workload.model import PyramidNet
 from support import ROOT, SMOKE, TINY, only_run_dir, run_cli, wait_for_metrics
 
 
@@ -47,7 +48,6 @@ def test_two_rank_ddp_matches_the_single_process_run(tmp_path, cli):
     # the link the scaling model needs, measured on this process group
     assert m["attrs"]["link_name"] == "measured (gloo, 2 ranks)"
     assert 0.01 < m["attrs"]["link_bandwidth_GBps"] < 1000 and m["attrs"]["link_latency_us"] >= 0
-    from pyramidrepro.workload.model import PyramidNet
 
     assert m["attrs"]["grad_bytes"] == 4 * sum(p.numel() for p in PyramidNet(8, 4).parameters())
     assert m["ranks"]["step_time_s"].shape == (2, 4)
@@ -136,7 +136,6 @@ def test_dp_on_cpu_is_a_clear_error_unless_allowed(tmp_path, cli):
 
 
 def test_dp_balanced_loss_and_gradients_match_dp():
-    from pyramidrepro.workload.model import PyramidNet
 
     torch.manual_seed(0)
     a = PyramidNet(8, 4)
@@ -166,3 +165,9 @@ def test_rank_discovery_from_torchrun_and_slurm():
     assert detect_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).launcher == "none"
     assert expand_nodelist("a[1-3],b,c[09-10]") == ["a1", "a2", "a3", "b", "c09", "c10"]
     assert port_from_job_id("123_4") != port_from_job_id("123_5")
+
+
+def test_every_rank_gets_its_cpus_under_srun():
+    """Slurm 22.05-23.02 srun does not inherit --cpus-per-task (submitit: test_slurm's dry run)."""
+    for script in (ROOT / "slurm").glob("*.sbatch"):
+        assert "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK" in script.read_text(), script

@@ -1,6 +1,10 @@
 """The system a run describes from inside its job, and one test per confounder flag that trips it."""
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from pyramidrepro.records.metrics import MetricsWriter
 from pyramidrepro.records.runs import RunRecord
 from pyramidrepro.study.confounders import SHM_MIN_BYTES, confounders
 from pyramidrepro.study.report import build_report
+from support import ROOT
 
 
 def test_describe_system_on_this_cpu():
@@ -97,3 +102,24 @@ def test_report_shows_the_system_and_the_flags(tmp_path):
     text = (tmp_path / "e" / "report.md").read_text() if build_report(tmp_path / "e") else ""
     assert "- system: " in text and "cores given" in text and "NCCL_P2P_DISABLE=1" in text
     assert "**confounder:** runs from 2 commits" in text and "**confounder:** NCCL_P2P_DISABLE=1" in text
+
+
+def test_an_image_without_git_records_the_baked_commit(tmp_path):
+    """Inside the image the package is a copy with no .git: the build bakes the commit into it."""
+    pkg = tmp_path / "site" / "pyramidrepro"
+    shutil.copytree(ROOT / "src" / "pyramidrepro", pkg, ignore=shutil.ignore_patterns("__pycache__", "BUILD_COMMIT"))
+    r = subprocess.run(["bash", str(ROOT / "containers" / "bake_commit.sh"), str(pkg), str(ROOT)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    baked = (pkg / "BUILD_COMMIT").read_text().strip()
+    assert baked.startswith(head)
+    env = {k: v for k, v in os.environ.items() if k != "PYRAMIDREPRO_GIT_COMMIT"}
+    env["PYTHONPATH"] = str(pkg.parent)
+    code = "from pyramidrepro.machine.provenance import git_commit; print(git_commit())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == baked
+    bad = subprocess.run(["bash", str(ROOT / "containers" / "bake_commit.sh"), str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such package folder" in bad.stderr
