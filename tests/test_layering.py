@@ -115,3 +115,14 @@ def test_installed_package_finds_its_experiments(tmp_path):
         path = Path(default_experiment(n_gpus))
         assert path.name == name and path.is_file()
         assert load_config(path).name
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """pyproject.toml lists the packages by hand (the experiments ship as one): a folder it misses is
+    left out of a non-editable install, which is what the image and a site's login node get."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(("pyramidrepro", *p.parent.relative_to(PACKAGE).parts)) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, f"missing from [tool.setuptools] packages: {sorted(folders - listed)}"
+    assert listed - folders == {"pyramidrepro.experiments"}
