@@ -70,7 +70,8 @@ class QuickStart:
         url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{ARCHIVE_NAME}"
         self.sif = tmp / "images" / "pyramidrepro.sif"
         self.sif.parent.mkdir()
-        self.env = {**install_apptainer(tmp / "apptainer-bin", image), "PYRAMIDREPRO_BUILD_MIN_GB": "1"}
+        self.env = {**install_apptainer(tmp / "apptainer-bin", image), "PYRAMIDREPRO_BUILD_MIN_GB": "1",
+                    "APPTAINER_TMPDIR": str(tmp / "apptainer-tmp")}  # build.sh's default is /var/tmp
         self.substitutions = [
             Substitution("<this repository>", str(ROOT), "this checkout (its uncommitted files laid over)"),
             Substitution("python3.11 -m venv", f"{python} -m venv", "the lowest Python the package declares"),
