@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import shutil
@@ -15,19 +16,32 @@ from . import ROOT, SMOKE
 PREEMPT_JOB = Path(__file__).with_name("preempt_job.py")
 
 
-def slurm_unavailable(min_nodes: int = 1) -> str | None:
-    """Why the Slurm test cluster cannot serve, or None."""
+#: the states ``sinfo -o %t`` gives a node that takes jobs (a suffix such as ``*`` marks a node not
+#: responding, which does not); ``comp``: its last job is still being cleaned up, for seconds
+UP_STATES = ("idle", "mix", "alloc", "comp")
+
+
+@functools.cache
+def _cluster() -> tuple[str | None, int]:
+    """(why the test cluster cannot serve, or None; how many nodes take jobs), asked once per process:
+    a node that a test drains for a while, or one still cleaning up a job, does not skip later tests."""
     if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set (start it: bash slurm/dev/cluster.sh start; eval $(... env))"
+        return "SLURM_CONF is not set (start it: bash slurm/dev/cluster.sh start; eval $(... env))", 0
     if not shutil.which("sbatch"):
-        return "Slurm client tools are not installed"
+        return "Slurm client tools are not installed", 0
     r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True)
-    up = {line.split()[0] for line in r.stdout.splitlines() if line.split()[-1] in ("idle", "mix", "alloc")}
+    up = {line.split()[0] for line in r.stdout.splitlines() if line.split()[-1] in UP_STATES}
     if r.returncode != 0 or not up:
-        return f"the local Slurm cluster does not answer ({r.stderr.strip()})"
-    if len(up) < min_nodes:
-        return f"the local Slurm cluster has {len(up)} node(s) up, these tests need {min_nodes}"
-    return None
+        return f"the local Slurm cluster does not answer ({r.stderr.strip()})", 0
+    return None, len(up)
+
+
+def slurm_unavailable(min_nodes: int = 1) -> str | None:
+    """Why the Slurm test cluster cannot serve a test that needs ``min_nodes`` nodes, or None."""
+    reason, up = _cluster()
+    if reason is None and up < min_nodes:
+        return f"the local Slurm cluster has {up} node(s) up, these tests need {min_nodes}"
+    return reason
 
 
 def on_node(node: str) -> list[str]:
