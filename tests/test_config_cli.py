@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import yaml
 from pyramidrepro.config.errors import ConfigError
 from pyramidrepro.config.load import load_config
 from pyramidrepro.config.sweep import expand_sweep
-from support import ONCE, SMOKE, run_cli
+from support import ONCE, SMOKE, find_python, run_cli
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -167,8 +166,7 @@ def test_apptainer_definitions_and_templates():
 def test_the_schema_imports_on_the_lowest_python_the_package_declares():
     """requires-python says 3.10; enum.StrEnum is 3.11: the schema keeps the same behaviour on 3.10."""
 
-    found = [*sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python")), shutil.which("python3.10")]
-    lowest = next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)  # a shim may refuse
+    lowest = find_python(3, 10)
     if lowest is None:
         pytest.skip("no Python 3.10 on this machine")
     code = ("import sys; from pyramidrepro.config.schema import Status; "

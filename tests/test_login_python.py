@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, SMOKE
+from support import ROOT, SMOKE, find_python
 from support.quick_start import QuickStart, quick_start_commands
 
 DECLARED = re.search(r'^requires-python = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
 LOWEST = tuple(int(v) for v in re.fullmatch(r">=\s*(\d+)\.(\d+)", DECLARED).groups())
-
-
-def _python(major: int, minor: int) -> str | None:
-    """An interpreter of exactly ``major.minor``: pyenv's, else one on PATH (never pyenv's shim)."""
-    found = [*sorted(Path.home().glob(f".pyenv/versions/{major}.{minor}.*/bin/python")),
-             shutil.which(f"python{major}.{minor}")]
-    return next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)
 
 
 def _venv(python: str, folder: Path) -> Path:
@@ -37,7 +29,7 @@ def _venv(python: str, folder: Path) -> Path:
 
 
 def test_an_older_python_is_refused_in_one_line_by_the_package_and_by_pip(tmp_path):
-    older = _python(LOWEST[0], LOWEST[1] - 1)
+    older = find_python(LOWEST[0], LOWEST[1] - 1)
     if older is None:
         pytest.skip(f"no Python {LOWEST[0]}.{LOWEST[1] - 1} on this machine")
     r = subprocess.run([older, "-m", "pyramidrepro", "validate", str(SMOKE)], capture_output=True, text=True,
@@ -57,7 +49,7 @@ def test_an_older_python_is_refused_in_one_line_by_the_package_and_by_pip(tmp_pa
 def test_the_readme_quick_start_runs_as_written_in_the_lowest_declared_python(tmp_path, image):
     """Every command of README's "On a Slurm cluster" block, in order, in a clone, with only the
     substitutions :class:`support.quick_start.QuickStart` names (this machine's stand-ins for a site)."""
-    lowest = _python(*LOWEST)
+    lowest = find_python(*LOWEST)
     if lowest is None:
         pytest.skip(f"no Python {LOWEST[0]}.{LOWEST[1]} (the lowest {DECLARED} allows) on this machine")
     pip = subprocess.run([lowest, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp_path / "probe"), "pip"],

@@ -99,6 +99,16 @@ def only_run_dir(out: Path) -> Path:
     return dirs[0]
 
 
+def find_python(major: int, minor: int) -> str | None:
+    """An interpreter of exactly ``major.minor``: pyenv's, else one on PATH (never pyenv's shim, which
+    may refuse a version it does not have selected)."""
+    import shutil
+
+    found = [*sorted(Path.home().glob(f".pyenv/versions/{major}.{minor}.*/bin/python")),
+             shutil.which(f"python{major}.{minor}")]
+    return next((str(p) for p in found if p and ".pyenv/shims" not in str(p)), None)
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, poll_s: float = 0.2) -> T:
     """``predicate()``'s first truthy value, asked every ``poll_s`` seconds; AssertionError saying
     ``what`` was not seen when ``timeout`` seconds pass first."""

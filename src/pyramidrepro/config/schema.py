@@ -210,9 +210,11 @@ def write_layout(path: str) -> bool:
     head, rest = text.split(LAYOUT_BEGIN, 1)
     tail = rest.split(LAYOUT_END, 1)[1]
     new = f"{head}{LAYOUT_BEGIN}\n{layout_table()}\n{LAYOUT_END}{tail}"
+    if new == text:
+        return False
     with open(path, "w", encoding="utf-8") as f:
         f.write(new)
-    return new != text
+    return True
 
 
 if __name__ == "__main__":  # python -m pyramidrepro.config.schema [FILE]: refresh the documented layout
