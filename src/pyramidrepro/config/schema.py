@@ -221,4 +221,8 @@ if __name__ == "__main__":  # python -m pyramidrepro.config.schema [FILE]: refre
     import sys
 
     target = sys.argv[1] if len(sys.argv) > 1 else "docs/architecture.md"
-    print(f"{target}: {'updated' if write_layout(target) else 'already current'}")
+    try:
+        print(f"{target}: {'updated' if write_layout(target) else 'already current'}")
+    except (OSError, ValueError) as exc:  # no such file, or no block to fill: one line, nothing written
+        print(f"python -m pyramidrepro.config.schema: error: {exc}", file=sys.stderr)
+        sys.exit(2)
